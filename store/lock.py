@@ -1,0 +1,84 @@
+"""The lock beside the replica that keeps a second replicad process out.
+
+An ``flock`` on ``<replica>.lock``: the kernel releases it when the holder dies, even
+by ``kill -9``, so a stale file never blocks a restart. The holder's pid is written
+into the file so the refused process can say who holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+
+class ReplicaBusy(RuntimeError):
+    """Another process holds the replica."""
+
+
+def lock_path(replica: Path) -> Path:
+    """Where the lock for a replica lives."""
+    return replica.with_name(replica.name + ".lock")
+
+
+class ReplicaLock:
+    """An exclusive, non-blocking lock held for the life of the daemon."""
+
+    def __init__(self, replica: Path) -> None:
+        self.path = lock_path(replica)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise ReplicaBusy naming the holder."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = holder_pid(self.path)
+            who = f"replicad process {holder}" if holder else "another replicad process"
+            raise ReplicaBusy(
+                f"replica {self.path.with_suffix('')} is in use by {who}; "
+                "stop it first or use another replica path"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (the file stays; it is harmless)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+
+def holder_pid(path: Path) -> int | None:
+    """The pid written by the current holder, if any."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def is_held(replica: Path) -> int | None:
+    """The pid of a live holder of the replica's lock, or None (does not keep it)."""
+    path = lock_path(replica)
+    if not path.exists():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return holder_pid(path) or -1
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

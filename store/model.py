@@ -1,0 +1,73 @@
+"""Plain data that flows from a pull connector into the store.
+
+Nothing here touches SQLite or HTTP: connectors build these values from the wire,
+the store applies them, and tests build them by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+JSONObject = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordChange:
+    """One structurally valid queue item: an upsert, or a delete (ids only)."""
+
+    type: str
+    id: int
+    revision: int
+    ack_key: str
+    deleted: bool
+    data: JSONObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BadItem:
+    """A queue item that cannot be stored; it is quarantined with its raw JSON."""
+
+    raw: str
+    reason: str
+    ack_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FailedObject:
+    """An object the server said it failed to include in a page."""
+
+    type: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PageBatch:
+    """Everything one page asks the replica to do, in one transaction."""
+
+    changes: list[RecordChange]
+    bad_items: list[BadItem] = field(default_factory=list)
+    failed_objects: list[FailedObject] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PullTarget:
+    """Where a pull sync writes: its label, connection and table naming."""
+
+    sync: str
+    connection: str
+    prefix: str = ""
+    apply_deletes: bool = True
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    """What applying one page did, for logs and progress."""
+
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    stale: int = 0
+    quarantined: int = 0
+    ack_keys: int = 0
+    new_columns: list[str] = field(default_factory=list)

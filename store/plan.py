@@ -1,0 +1,86 @@
+"""Pure merge rules for applying queue items: which rows to insert, update or delete.
+
+Kept free of I/O so the rules can be checked exhaustively (see tests/unit). The store
+reads the current revisions and tombstones, asks ``plan_table`` what to do, and runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from store.model import RecordChange
+
+
+@dataclass(slots=True)
+class TablePlan:
+    """The writes one run of changes needs on one table."""
+
+    inserts: list[RecordChange] = field(default_factory=list)
+    updates: list[RecordChange] = field(default_factory=list)
+    # (id, last known revision) of rows to delete and remember as tombstones.
+    deletes: list[tuple[int, int]] = field(default_factory=list)
+    # Tombstones superseded by a genuinely newer revision of the record.
+    revived: list[int] = field(default_factory=list)
+    stale: int = 0
+
+
+def split_runs(
+    items: Iterable[tuple[str, RecordChange]],
+) -> list[list[tuple[str, RecordChange]]]:
+    """Cut a page into runs in which no (table, id) repeats.
+
+    Within a run the order of items does not matter, so each run can be applied with
+    one batched statement per table and kind; a repeated id starts a new run so that
+    sequential semantics hold when a page carries the same record twice.
+    """
+    runs: list[list[tuple[str, RecordChange]]] = []
+    current: list[tuple[str, RecordChange]] = []
+    seen: set[tuple[str, int]] = set()
+    for tbl, change in items:
+        key = (tbl, change.id)
+        if key in seen:
+            runs.append(current)
+            current, seen = [], set()
+        seen.add(key)
+        current.append((tbl, change))
+    if current:
+        runs.append(current)
+    return runs
+
+
+def plan_table(
+    changes: Iterable[RecordChange],
+    existing: Mapping[int, int],
+    tombstones: Mapping[int, int],
+    *,
+    apply_deletes: bool = True,
+) -> TablePlan:
+    """Decide the writes for changes to one table, given current revisions.
+
+    ``existing`` maps id → revision of live rows, ``tombstones`` id → last known
+    revision of deleted ones. An upsert wins only with a strictly higher revision;
+    a delete (revision 0 on the wire) removes a live row and keeps its revision as
+    the tombstone; a delete of a record never seen, or already deleted, does nothing.
+    """
+    plan = TablePlan()
+    for c in changes:
+        if c.deleted:
+            if apply_deletes and c.id in existing:
+                plan.deletes.append((c.id, existing[c.id]))
+            else:
+                plan.stale += 1
+        elif c.id in existing:
+            if c.revision > existing[c.id]:
+                plan.updates.append(c)
+            else:
+                plan.stale += 1
+        elif c.id in tombstones:
+            if c.revision > tombstones[c.id]:
+                plan.revived.append(c.id)
+                plan.inserts.append(c)
+            else:
+                plan.stale += 1
+        else:
+            plan.inserts.append(c)
+    return plan

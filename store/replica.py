@@ -1,0 +1,215 @@
+"""The replica: opening, migrating and locking the SQLite file, and its small state.
+
+``Replica`` is the daemon's only handle on the file. Every write transaction it runs
+is short (a page, an ack batch) so local apps reading or writing through their own
+connections are never starved.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+
+import aiosqlite
+
+from store.apply import apply_page
+from store.lock import ReplicaLock
+from store.model import ApplyResult, PageBatch, PullTarget
+from store.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from store.tables import TableCatalog
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+class ReplicaRefused(RuntimeError):
+    """The file is not a replica this version can use (foreign, or newer schema)."""
+
+
+def utcnow() -> str:
+    """Timestamps in the replica: ISO 8601, UTC, millisecond precision."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Replica:
+    """An open, locked replica."""
+
+    def __init__(self, path: Path, db: aiosqlite.Connection, lock: ReplicaLock) -> None:
+        self.path = path
+        self.db = db
+        self._lock = lock
+        self.catalog = TableCatalog()
+
+    @classmethod
+    async def open(cls, path: Path) -> Replica:
+        """Lock, open and migrate the replica at ``path`` (created if missing)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = ReplicaLock(path)
+        lock.acquire()
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except BaseException:
+            lock.release()
+            raise
+        replica = cls(path, db, lock)
+        try:
+            await replica._prepare()
+        except BaseException:
+            await replica.close()
+            raise
+        return replica
+
+    async def __aenter__(self) -> Replica:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection, then release the lock."""
+        try:
+            await self.db.close()
+        finally:
+            self._lock.release()
+
+    async def _prepare(self) -> None:
+        db = self.db
+        await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        app_id = await self._pragma("application_id")
+        version = await self._pragma("user_version")
+        if app_id == 0 and version == 0:
+            rows = await db.execute_fetchall("SELECT count(*) FROM sqlite_master")
+            if next(iter(rows))[0]:
+                raise ReplicaRefused(
+                    f"{self.path} is an SQLite file that replicad did not create; "
+                    "choose another [replica] path"
+                )
+            await db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        elif app_id != APPLICATION_ID:
+            raise ReplicaRefused(f"{self.path} is not a replicad replica (application_id)")
+        if version > SCHEMA_VERSION:
+            raise ReplicaRefused(
+                f"{self.path} was written by a newer replicad (schema {version}, this "
+                f"version knows {SCHEMA_VERSION}); upgrade replicad"
+            )
+        await db.execute("PRAGMA journal_mode = WAL")
+        # FULL: a page's commit is durable before its ack keys can be sent upstream,
+        # even across a power cut.
+        await db.execute("PRAGMA synchronous = FULL")
+        for target in range(version, SCHEMA_VERSION):
+            try:
+                await db.executescript(
+                    "BEGIN IMMEDIATE;\n"
+                    + MIGRATIONS[target]
+                    + f"\nPRAGMA user_version = {target + 1};\nCOMMIT;"
+                )
+            except BaseException:
+                if db.in_transaction:
+                    await db.rollback()
+                raise
+        await self.catalog.load(db)
+
+    async def _pragma(self, name: str) -> int:
+        rows = await self.db.execute_fetchall(f"PRAGMA {name}")
+        return int(next(iter(rows))[0])
+
+    async def meta(self, key: str) -> str | None:
+        """A value of the replica's private key/value table."""
+        rows = list(
+            await self.db.execute_fetchall("SELECT value FROM _replicad_meta WHERE key = ?", (key,))
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def device_uuid(self, connection: str, configured: str | None = None) -> str:
+        """The connection's device UUID: configured, else generated once and kept."""
+        key = f"device_uuid.{connection}"
+        stored = await self.meta(key)
+        if configured is not None:
+            if stored != configured:
+                await self.db.execute(
+                    "INSERT OR REPLACE INTO _replicad_meta (key, value) VALUES (?, ?)",
+                    (key, configured),
+                )
+            return configured
+        if stored is not None:
+            return stored
+        new = str(uuid.uuid4())
+        await self.db.execute("INSERT INTO _replicad_meta (key, value) VALUES (?, ?)", (key, new))
+        return new
+
+    async def apply_page(self, target: PullTarget, batch: PageBatch) -> ApplyResult:
+        """Apply one page in one transaction (see ``store.apply``)."""
+        try:
+            return await apply_page(self.db, self.catalog, target, batch, utcnow())
+        except BaseException:
+            # A rolled-back ALTER must not linger in the cached catalog.
+            await self.catalog.load(self.db)
+            raise
+
+    async def pending_acks(self, connection: str, limit: int) -> list[str]:
+        """Ack keys committed but not yet acknowledged upstream."""
+        rows = await self.db.execute_fetchall(
+            "SELECT ack_key FROM _replicad_pending_acks WHERE connection = ? LIMIT ?",
+            (connection, limit),
+        )
+        return [str(r[0]) for r in rows]
+
+    async def count_pending_acks(self, connection: str) -> int:
+        """How many ack keys wait to be sent for a connection."""
+        rows = await self.db.execute_fetchall(
+            "SELECT count(*) FROM _replicad_pending_acks WHERE connection = ?", (connection,)
+        )
+        return int(next(iter(rows))[0])
+
+    async def forget_acks(self, connection: str, keys: list[str]) -> None:
+        """Drop ack keys the remote has accepted."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            await self.db.executemany(
+                "DELETE FROM _replicad_pending_acks WHERE connection = ? AND ack_key = ?",
+                [(connection, k) for k in keys],
+            )
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.rollback()
+            raise
+
+    async def register_sync(self, sync: str, direction: str, connection: str) -> None:
+        """Make a configured sync visible in ``replicad_syncs``."""
+        await self.db.execute(
+            "INSERT INTO _replicad_syncs (sync, direction, connection, updated_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (sync) DO UPDATE SET "
+            "direction = excluded.direction, connection = excluded.connection",
+            (sync, direction, connection, utcnow()),
+        )
+
+    async def sync_started(self, sync: str, total: int | None) -> None:
+        """Record the start of a cycle (and the queue size when known)."""
+        now = utcnow()
+        await self.db.execute(
+            "UPDATE _replicad_syncs SET state = 'syncing', last_started = ?, "
+            "items_total = ?, items_done = 0, updated_at = ? WHERE sync = ?",
+            (now, total, now, sync),
+        )
+
+    async def sync_finished(self, sync: str, error: str | None) -> None:
+        """Record the outcome of a cycle; an error keeps the last success visible."""
+        now = utcnow()
+        if error is None:
+            await self.db.execute(
+                "UPDATE _replicad_syncs SET state = 'idle', last_success = ?, "
+                "updated_at = ? WHERE sync = ?",
+                (now, now, sync),
+            )
+        else:
+            await self.db.execute(
+                "UPDATE _replicad_syncs SET state = 'failing', last_error = ?, "
+                "last_error_at = ?, updated_at = ? WHERE sync = ?",
+                (error, now, now, sync),
+            )

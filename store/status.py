@@ -1,0 +1,38 @@
+"""Reading the replica's status from outside the daemon (read-only, no lock needed)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from store.lock import is_held
+from store.names import quote
+from store.schema import APPLICATION_ID
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    """Status of a replica as plain data; works whether or not the daemon runs."""
+    pid = is_held(path)
+    report: dict[str, Any] = {
+        "replica": str(path),
+        "exists": path.exists(),
+        "daemon": {"running": pid is not None, "pid": pid if pid and pid > 0 else None},
+        "syncs": [],
+        "tables": [],
+    }
+    if not path.exists():
+        return report
+    db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=5)
+    try:
+        db.row_factory = sqlite3.Row
+        if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            raise ValueError(f"{path} is not a replicad replica")
+        report["schema_version"] = db.execute("PRAGMA user_version").fetchone()[0]
+        report["syncs"] = [dict(r) for r in db.execute("SELECT * FROM replicad_syncs")]
+        for r in db.execute("SELECT name, type, sync FROM replicad_tables ORDER BY name"):
+            rows = db.execute(f"SELECT count(*) FROM {quote(r['name'])}").fetchone()[0]
+            report["tables"].append({**dict(r), "rows": rows})
+    finally:
+        db.close()
+    return report
