@@ -1,0 +1,1 @@
+"""The remote protocols, one module per kind; connectors/emulator/ serves them all."""

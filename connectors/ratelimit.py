@@ -1,0 +1,67 @@
+"""A client-side token bucket that models the remote's request budget.
+
+Sell allows 36,000 requests per hour per token: a bucket of 36,000 that refills at
+10 per second lets bursts run at full speed while no hour can exceed the budget.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+SELL_DEFAULT = "36000/h"
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*([smh])\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A budget of ``capacity`` requests per ``period`` seconds."""
+
+    capacity: int
+    period: float
+
+    @property
+    def per_second(self) -> float:
+        """The steady refill rate."""
+        return self.capacity / self.period
+
+
+def parse_rate(text: str) -> Rate:
+    """Parse ``"36000/h"``, ``"10/s"`` or ``"600/m"``; raise ValueError otherwise."""
+    m = _RATE_RE.match(text)
+    if not m or int(m.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a rate like '36000/h', '600/m' or '10/s'")
+    return Rate(int(m.group(1)), _UNITS[m.group(2)])
+
+
+class TokenBucket:
+    """Full at start; each request takes a token; tokens refill continuously."""
+
+    def __init__(self, rate: Rate, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._tokens = float(rate.capacity)
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        gained = (now - self._stamp) * self.rate.per_second
+        self._tokens = min(float(self.rate.capacity), self._tokens + gained)
+        self._stamp = now
+
+    def reserve(self) -> float:
+        """Take a token; return how long to wait before using it (0 if available)."""
+        self._refill()
+        self._tokens -= 1.0
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate.per_second
+
+    async def acquire(self) -> None:
+        """Wait until a request may be sent."""
+        delay = self.reserve()
+        if delay > 0:
+            await anyio.sleep(delay)

@@ -1,0 +1,206 @@
+"""The Sell Sync API client: start a session, drain the main queue, acknowledge.
+
+One keep-alive ``httpx.AsyncClient`` per connection, a token bucket for the remote's
+budget, bounded retries with jittered backoff and ``Retry-After``. Parsing lives in
+``connectors.sell_protocol``; this module only moves bytes and decides on retries.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import anyio
+import httpx
+import structlog
+
+from connectors.errors import AuthRefused, RemoteRefused, RemoteUnreachable
+from connectors.ratelimit import SELL_DEFAULT, TokenBucket, parse_rate
+from connectors.retry import RETRYABLE_STATUS, RetryPolicy, retry_after
+from connectors.sell_protocol import (
+    ProtocolError,
+    QueuePage,
+    SyncSession,
+    ack_body,
+    error_message,
+    parse_page,
+    parse_start,
+)
+
+log = structlog.get_logger("replicad.sell")
+
+
+@dataclass(slots=True)
+class SellSettings:
+    """What a Sell connection needs (built by the daemon from the config)."""
+
+    base_url: str
+    token: str = field(repr=False)
+    device_uuid: str
+    rate_limit: str = SELL_DEFAULT
+    timeout: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(slots=True)
+class RequestStats:
+    """Counts of what went over the wire, for progress, logs and benchmarks."""
+
+    start: int = 0
+    fetch: int = 0
+    ack: int = 0
+    retries: int = 0
+
+    @property
+    def total(self) -> int:
+        """All HTTP requests, retries included."""
+        return self.start + self.fetch + self.ack + self.retries
+
+
+class SellClient:
+    """An async Sell Sync API client bound to one device UUID."""
+
+    def __init__(
+        self,
+        settings: SellSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        bucket: TokenBucket | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bucket = bucket or TokenBucket(parse_rate(settings.rate_limit))
+        self.stats = RequestStats()
+        self._rng = rng or random.Random()
+        self._http = httpx.AsyncClient(
+            base_url=settings.base_url.rstrip("/") + "/v2",
+            headers={
+                "Authorization": f"Bearer {settings.token}",
+                "X-Basecrm-Device-UUID": settings.device_uuid,
+                "Accept": "application/json",
+                "User-Agent": "replicad",
+            },
+            timeout=httpx.Timeout(settings.timeout),
+            transport=transport,
+            verify=True,
+            follow_redirects=False,
+        )
+
+    async def __aenter__(self) -> SellClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def check_credentials(self) -> None:
+        """Ask who the token belongs to (read-only); raises AuthRefused if refused."""
+        await self._request("GET", "/users/self", "credentials check")
+
+    async def start(self) -> SyncSession | None:
+        """Start a session; None when there is nothing new (204)."""
+        self.stats.start += 1
+        status, body, _ = await self._request("POST", "/sync/start", "start")
+        return parse_start(status, body)
+
+    async def fetch(self, session_id: str) -> tuple[QueuePage | None, bool]:
+        """Next page of the main queue, None at the end (204).
+
+        The boolean says whether the page was retried after a failure that may have
+        consumed a page on the server (a lost answer): its items were not acknowledged,
+        so a later session delivers them again, and the caller should start one.
+        """
+        lossy = False
+        for attempt in range(self.settings.retry.max_retries + 1):
+            self.stats.fetch += 1
+            status, body, retried = await self._request(
+                "GET", f"/sync/{session_id}/queues/main", "fetch"
+            )
+            lossy = lossy or retried
+            try:
+                return parse_page(status, body), lossy
+            except ProtocolError as e:
+                # The server has moved past this page; its items were not acked, so
+                # a later session brings them again.
+                lossy = True
+                log.warning("pull.bad_page", error=str(e), attempt=attempt + 1)
+        raise ProtocolError("the main queue keeps answering malformed pages")
+
+    async def ack(self, keys: list[str]) -> None:
+        """Acknowledge committed items."""
+        self.stats.ack += 1
+        await self._request("POST", "/sync/ack", "ack", json_body=ack_body(keys))
+
+    async def _request(
+        self, method: str, path: str, what: str, json_body: Any = None
+    ) -> tuple[int, Any, bool]:
+        policy = self.settings.retry
+        attempt = 0
+        lossy = False
+        while True:
+            await self.bucket.acquire()
+            delay: float | None = None
+            reason = ""
+            try:
+                resp = await self._http.request(method, path, json=json_body)
+                content = resp.content
+            except (httpx.TransportError, httpx.DecodingError) as e:
+                # The request may have reached the server: for a queue fetch, the page
+                # it asked for may be gone from this session.
+                lossy = True
+                reason = type(e).__name__
+            else:
+                status = resp.status_code
+                if status in (401, 403):
+                    raise AuthRefused(
+                        f"{what}: token rejected or missing the sync scope "
+                        f"({error_message(status, _decode(content))})"
+                    )
+                if status < 300:
+                    if status == 204 or not content:
+                        return status, None, lossy
+                    try:
+                        return status, json.loads(content), lossy
+                    except ValueError:
+                        lossy = True
+                        reason = "malformed JSON body"
+                elif status in RETRYABLE_STATUS:
+                    lossy = lossy or status >= 500
+                    reason = f"HTTP {status}"
+                    delay = retry_after(resp.headers.get("Retry-After"))
+                    if delay is not None and delay > policy.max_retry_after:
+                        raise RemoteUnreachable(
+                            f"{what}: remote asks to wait {delay:.0f}s (Retry-After)"
+                        )
+                else:
+                    raise RemoteRefused(f"{what}: {error_message(status, _decode(content))}")
+            attempt += 1
+            if attempt > policy.max_retries:
+                raise RemoteUnreachable(
+                    f"{what}: gave up after {policy.max_retries} retries (last: {reason})"
+                )
+            wait = delay if delay is not None else policy.backoff(attempt, self._rng)
+            self.stats.retries += 1
+            log.warning("http.retry", request=what, reason=reason, attempt=attempt, wait=wait)
+            await anyio.sleep(wait)
+
+
+def _decode(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return None
+
+
+__all__ = ["ProtocolError", "SellClient", "SellSettings", "SyncSession"]

@@ -1,0 +1,129 @@
+"""Sans-IO parsing of the Sell Sync API: session starts, queue pages, errors, acks.
+
+Every function takes what came off the wire (status code and decoded JSON) and
+returns plain data, so the protocol rules are testable without a network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from store.model import BadItem, FailedObject, PageBatch, RecordChange
+from store.values import dumps_raw
+
+
+class ProtocolError(RuntimeError):
+    """The server answered something the Sync API does not allow."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSession:
+    """A started session: its id and the size of its main queue."""
+
+    id: str
+    pages: int | None
+    total_count: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePage:
+    """One 200 answer of the main queue (possibly with no items)."""
+
+    batch: PageBatch
+    count: int
+    count_left: int | None
+
+
+def parse_start(status: int, body: Any) -> SyncSession | None:
+    """A 201 starts a session; a 204 means there is nothing to synchronize."""
+    if status == 204:
+        return None
+    if status not in (200, 201):
+        raise ProtocolError(f"unexpected status {status} from sync/start")
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str | int):
+        raise ProtocolError("sync/start answered without a session id")
+    pages = total = None
+    for queue in data.get("queues") or []:
+        q = queue.get("data") if isinstance(queue, dict) else None
+        if isinstance(q, dict) and q.get("name") == "main":
+            pages = q.get("pages") if isinstance(q.get("pages"), int) else None
+            total = q.get("total_count") if isinstance(q.get("total_count"), int) else None
+    return SyncSession(str(data["id"]), pages, total)
+
+
+def parse_page(status: int, body: Any) -> QueuePage | None:
+    """A 200 is a page (even an empty one); only a 204 ends the session."""
+    if status == 204:
+        return None
+    if status != 200:
+        raise ProtocolError(f"unexpected status {status} from the main queue")
+    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+        raise ProtocolError("queue page without an items array")
+    meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
+    changes: list[RecordChange] = []
+    bad: list[BadItem] = []
+    for item in body["items"]:
+        parsed = parse_item(item)
+        if isinstance(parsed, RecordChange):
+            changes.append(parsed)
+        else:
+            bad.append(parsed)
+    failed = [
+        FailedObject(str(f.get("type")), str(f.get("id")))
+        for f in meta.get("failed_objects") or []
+        if isinstance(f, dict)
+    ]
+    count_left = meta.get("count_left")
+    return QueuePage(
+        PageBatch(changes, bad, failed),
+        count=len(body["items"]),
+        count_left=count_left if isinstance(count_left, int) else None,
+    )
+
+
+def parse_item(item: Any) -> RecordChange | BadItem:
+    """One queue item, or the reason it cannot be stored (kept raw in quarantine)."""
+    raw = dumps_raw(item)
+    if not isinstance(item, dict):
+        return BadItem(raw, "item is not an object", None)
+    meta = item.get("meta")
+    sync = meta.get("sync") if isinstance(meta, dict) else None
+    ack_key = sync.get("ack_key") if isinstance(sync, dict) else None
+    if not isinstance(ack_key, str) or not ack_key:
+        return BadItem(raw, "item has no meta.sync.ack_key", None)
+    assert isinstance(meta, dict) and isinstance(sync, dict)
+    type_ = meta.get("type")
+    data = item.get("data")
+    revision = sync.get("revision")
+    if not isinstance(type_, str):
+        return BadItem(raw, "item has no meta.type", ack_key)
+    if not isinstance(data, dict):
+        return BadItem(raw, "item data is not an object", ack_key)
+    rid = data.get("id")
+    if not isinstance(rid, int) or isinstance(rid, bool):
+        return BadItem(raw, "item data has no integer id", ack_key)
+    if not isinstance(revision, int) or isinstance(revision, bool):
+        return BadItem(raw, "item has no integer meta.sync.revision", ack_key)
+    deleted = sync.get("event_type") == "deleted" or (revision == 0 and set(data) == {"id"})
+    return RecordChange(type_, rid, revision, ack_key, deleted, {} if deleted else data)
+
+
+def ack_body(keys: list[str]) -> dict[str, Any]:
+    """The ack request body: Sell wraps every request body in a data envelope."""
+    return {"data": {"ack_keys": keys}}
+
+
+def error_message(status: int, body: Any) -> str:
+    """A one-line message from Sell's error envelope (never echoes request headers)."""
+    parts: list[str] = []
+    if isinstance(body, dict):
+        for entry in body.get("errors") or []:
+            err = entry.get("error") if isinstance(entry, dict) else None
+            if isinstance(err, dict):
+                text = err.get("message") or err.get("code") or ""
+                details = err.get("details")
+                parts.append(f"{text}: {details}" if details else str(text))
+    detail = "; ".join(p for p in parts if p)[:300]
+    return f"HTTP {status}" + (f" ({detail})" if detail else "")
