@@ -1,0 +1,164 @@
+"""The ``replicad`` command line: a thin layer over the engine.
+
+Every expected failure ends as one line on stderr and a contract exit code; stdout
+carries command output only (``status --json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import anyio
+
+from daemon import exits
+from daemon.config import Config, ConfigError, default_config_path, load_config
+from daemon.logs import configure, redact
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="replicad",
+        description="Mirror a remote account into a local SQLite replica and keep it in sync.",
+    )
+    parser.add_argument("--log-level", default=None, help="debug, info, warning (default)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", type=Path, default=None, help="config file (TOML)")
+        return p
+
+    p = with_config(sub.add_parser("sync", help="run one full cycle of every sync, then exit"))
+    p.add_argument("--once", action="store_true", help="one cycle, then exit (the default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sync)
+
+    p = with_config(sub.add_parser("run", help="the long-running daemon"))
+    p.set_defaults(func=cmd_run)
+
+    p = with_config(sub.add_parser("status", help="per-sync state, read from the replica"))
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.set_defaults(func=cmd_status)
+
+    p = with_config(sub.add_parser("validate", help="check the config and credentials"))
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("emulator", help="serve the built-in emulator on 127.0.0.1")
+    p.add_argument("--port", type=int, default=8899, help="0 picks a free port")
+    p.add_argument("--records", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--page-size", type=int, default=100)
+    p.set_defaults(func=cmd_emulator)
+
+    p = sub.add_parser("demo", help="a self-contained demo against the built-in emulator")
+    p.add_argument("--dir", type=Path, default=Path("replicad-demo"))
+    p.add_argument("--records", type=int, default=3000)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    default_level = "info" if args.command == "run" else "warning"
+    configure(args.log_level or os.environ.get("REPLICAD_LOG_LEVEL") or default_level)
+    func: Command = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("replicad: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as raw:
+        error = exits.unwrap(raw)
+        if isinstance(error, SystemExit):
+            raise error from None
+        if isinstance(error, KeyboardInterrupt):
+            print("replicad: interrupted", file=sys.stderr)
+            return 130
+        if args.debug:
+            import traceback
+
+            traceback.print_exception(error)
+        code = exits.exit_code(error)
+        message = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        if code == exits.FAILURE and not exits.expected(error):
+            message = f"{type(error).__name__}: {message} (run with --debug for a traceback)"
+        print(f"replicad: {message}", file=sys.stderr)
+        return code
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = args.config or default_config_path()
+    return load_config(path)
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """One cycle of every non-paused sync; exit code of the first failure."""
+    from daemon.oneshot import sync_once
+
+    config = _config(args)
+    show = sys.stderr.isatty() and not args.no_progress
+    return anyio.run(sync_once, config, show)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The daemon; returns 0 after SIGTERM/SIGINT."""
+    from daemon.run import run_daemon
+
+    anyio.run(run_daemon, _config(args))
+    return exits.OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the status of every sync."""
+    from daemon.status_view import render_status, status_report
+
+    report = status_report(_config(args))
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_status(report))
+    return exits.OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check the config, tokens and (when reachable) credentials; change nothing."""
+    from daemon.validate import validate
+
+    return anyio.run(validate, _config(args))
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    """Serve the emulator until interrupted."""
+    from connectors.emulator.server import serve
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port: {args.port} is not a port number")
+    serve(
+        port=args.port,
+        records=args.records,
+        seed=args.seed,
+        token=os.environ.get("REPLICAD_EMULATOR_TOKEN") or None,
+        page_size=args.page_size,
+    )
+    return exits.OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo: emulator, config, replica, sync, remote changes, sync, queries."""
+    from daemon.demo import run_demo
+
+    return run_demo(args.dir, args.records)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

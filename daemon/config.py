@@ -1,0 +1,326 @@
+"""The TOML configuration: parsing, validation with errors that name the key, tokens.
+
+The file is checked whole before anything runs: unknown keys, wrong types and dangling
+references are errors naming the key (``syncs.mirror.interval: …``), never surprises
+at run time. Tokens are read at the last moment and never kept in the config object's
+repr, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import platformdirs
+
+from connectors.ratelimit import SELL_DEFAULT, parse_rate
+from daemon.durations import parse_duration
+from store.names import valid_prefix
+
+CONNECTION_KINDS = ("sell", "endgrate", "cdm", "rest")
+PULL_OPERATIONS = ("mirror", "upsert")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """A remote account and how to reach it."""
+
+    name: str
+    kind: str
+    base_url: str
+    token_env: str | None = None
+    token_file: Path | None = None
+    device_uuid: str | None = None
+    rate_limit: str = SELL_DEFAULT
+    timeout: float = 30.0
+    max_retries: int = 6
+    retry_backoff: float = 0.5
+    retry_backoff_max: float = 30.0
+    ack_batch: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """A declared sync: what flows where, how often."""
+
+    label: str
+    direction: str
+    connection: str
+    operation: str = "mirror"
+    interval: float = 30.0
+    prefix: str = ""
+    paused: bool = False
+    max_sessions: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A validated configuration file."""
+
+    path: Path
+    replica_path: Path
+    connections: dict[str, Connection] = field(default_factory=dict)
+    syncs: dict[str, Sync] = field(default_factory=dict)
+
+
+def default_config_path() -> Path:
+    """$REPLICAD_CONFIG, else the platform's user config dir."""
+    env = os.environ.get("REPLICAD_CONFIG")
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_config_dir("replicad")) / "config.toml"
+
+
+def default_replica_path() -> Path:
+    """$STATE_DIRECTORY (systemd), else the platform's user state dir."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0]) / "replica.db"
+    return Path(platformdirs.user_state_dir("replicad")) / "replica.db"
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no config file at {path} (pass --config or set REPLICAD_CONFIG)"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict[str, Any], path: Path) -> Config:
+    """Validate a decoded TOML document."""
+    _keys(raw, "", {"replica", "connections", "syncs"})
+    base = path.parent
+    replica = _table(raw, "replica", "replica")
+    _keys(replica, "replica", {"path"})
+    rpath = _opt(replica, "path", str, "replica.path")
+    replica_path = _resolve(base, rpath) if rpath else default_replica_path()
+    connections = {
+        name: _connection(name, _table(c, None, f"connections.{name}"), base)
+        for name, c in _table(raw, "connections", "connections").items()
+    }
+    syncs = {
+        label: _sync(label, _table(s, None, f"syncs.{label}"), connections)
+        for label, s in _table(raw, "syncs", "syncs").items()
+    }
+    _cross_checks(syncs)
+    return Config(path, replica_path, connections, syncs)
+
+
+def _connection(name: str, c: dict[str, Any], base: Path) -> Connection:
+    k = f"connections.{name}"
+    _keys(
+        c,
+        k,
+        {
+            "kind", "base_url", "token_env", "token_file", "device_uuid", "rate_limit",
+            "timeout", "max_retries", "retry_backoff", "retry_backoff_max", "ack_batch",
+        },
+    )  # fmt: skip
+    kind = _req(c, "kind", str, f"{k}.kind")
+    if kind not in CONNECTION_KINDS:
+        raise ConfigError(f"{k}.kind: {kind!r} is not one of {', '.join(CONNECTION_KINDS)}")
+    base_url = _req(c, "base_url", str, f"{k}.base_url")
+    url = urlsplit(base_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"{k}.base_url: {base_url!r} is not an http(s) URL")
+    if url.scheme == "http" and url.hostname not in LOOPBACK:
+        # The token would cross the network in clear text.
+        raise ConfigError(f"{k}.base_url: plain http is only allowed to loopback; use https")
+    token_env = _opt(c, "token_env", str, f"{k}.token_env")
+    token_file = _opt(c, "token_file", str, f"{k}.token_file")
+    if token_env and token_file:
+        raise ConfigError(f"{k}: set token_env or token_file, not both")
+    if not token_env and not token_file and not _credential_path(name):
+        raise ConfigError(f"{k}: set token_env or token_file")
+    rate = _opt(c, "rate_limit", str, f"{k}.rate_limit") or SELL_DEFAULT
+    try:
+        parse_rate(rate)
+    except ValueError as e:
+        raise ConfigError(f"{k}.rate_limit: {e}") from None
+    return Connection(
+        name=name,
+        kind=kind,
+        base_url=base_url,
+        token_env=token_env,
+        token_file=_resolve(base, token_file) if token_file else None,
+        device_uuid=_opt(c, "device_uuid", str, f"{k}.device_uuid"),
+        rate_limit=rate,
+        timeout=_duration(c, "timeout", 30.0, k),
+        max_retries=_count(c, "max_retries", 6, k, minimum=0),
+        retry_backoff=_duration(c, "retry_backoff", 0.5, k),
+        retry_backoff_max=_duration(c, "retry_backoff_max", 30.0, k),
+        ack_batch=_count(c, "ack_batch", 1000, k, minimum=1),
+    )
+
+
+def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection]) -> Sync:
+    k = f"syncs.{label}"
+    _keys(
+        s,
+        k,
+        {"direction", "connection", "operation", "interval", "prefix", "paused", "max_sessions",
+         "source", "object"},
+    )  # fmt: skip
+    direction = _req(s, "direction", str, f"{k}.direction")
+    if direction not in ("pull", "push"):
+        raise ConfigError(f"{k}.direction: {direction!r} is not 'pull' or 'push'")
+    conn = _req(s, "connection", str, f"{k}.connection")
+    if conn not in connections:
+        raise ConfigError(f"{k}.connection: no connection named {conn!r} in [connections]")
+    if direction == "push":
+        raise ConfigError(f"{k}.direction: push syncs are not supported by this version yet")
+    if connections[conn].kind != "sell":
+        raise ConfigError(f"{k}.connection: pull syncs need a 'sell' connection")
+    for key in ("source", "object"):
+        if key in s:
+            raise ConfigError(f"{k}.{key}: only push syncs take {key}")
+    operation = _opt(s, "operation", str, f"{k}.operation") or "mirror"
+    if operation not in PULL_OPERATIONS:
+        raise ConfigError(
+            f"{k}.operation: {operation!r} is not supported for pull syncs "
+            f"(use {' or '.join(PULL_OPERATIONS)})"
+        )
+    prefix = _opt(s, "prefix", str, f"{k}.prefix") or ""
+    if not valid_prefix(prefix):
+        raise ConfigError(f"{k}.prefix: {prefix!r} must be letters, digits and _")
+    return Sync(
+        label=label,
+        direction=direction,
+        connection=conn,
+        operation=operation,
+        interval=_duration(s, "interval", 30.0, k),
+        prefix=prefix,
+        paused=bool(_opt(s, "paused", bool, f"{k}.paused")),
+        max_sessions=_count(s, "max_sessions", 4, k, minimum=1),
+    )
+
+
+def _cross_checks(syncs: dict[str, Sync]) -> None:
+    pulls = [s for s in syncs.values() if s.direction == "pull"]
+    seen_prefix: dict[str, str] = {}
+    seen_conn: dict[str, str] = {}
+    for s in pulls:
+        if s.prefix in seen_prefix:
+            raise ConfigError(
+                f"syncs.{s.label}.prefix: syncs {seen_prefix[s.prefix]!r} and {s.label!r} "
+                f"would fill the same tables (prefix {s.prefix!r}); give one a prefix"
+            )
+        if s.connection in seen_conn:
+            raise ConfigError(
+                f"syncs.{s.label}.connection: connection {s.connection!r} is already pulled "
+                f"by sync {seen_conn[s.connection]!r}"
+            )
+        seen_prefix[s.prefix] = s.label
+        seen_conn[s.connection] = s.label
+
+
+def _credential_path(name: str) -> Path | None:
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and (Path(creds) / name).is_file():
+        return Path(creds) / name
+    return None
+
+
+def read_token(conn: Connection) -> str:
+    """The connection's token: systemd credential, token_file or token_env.
+
+    Raises ConfigError (never including the token itself).
+    """
+    k = f"connections.{conn.name}"
+    cred = _credential_path(conn.name)
+    if cred is not None:
+        # systemd owns the credential's mode; it is private to the service.
+        return _read_secret_file(cred, f"{k} (systemd credential)", check_mode=False)
+    if conn.token_file is not None:
+        return _read_secret_file(conn.token_file, f"{k}.token_file")
+    assert conn.token_env is not None
+    value = os.environ.get(conn.token_env, "").strip()
+    if not value:
+        raise ConfigError(f"{k}.token_env: environment variable {conn.token_env} is not set")
+    return value
+
+
+def _read_secret_file(path: Path, key: str, *, check_mode: bool = True) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        raise ConfigError(f"{key}: cannot read {path}") from None
+    if check_mode and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{key}: {path} is readable by group or others; run: chmod 600 {path}")
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"{key}: cannot read {path}") from None
+    if not value:
+        raise ConfigError(f"{key}: {path} is empty")
+    return value
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _keys(d: dict[str, Any], where: str, allowed: set[str]) -> None:
+    for key in d:
+        if key not in allowed:
+            name = f"{where}.{key}" if where else key
+            raise ConfigError(f"{name}: unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _table(d: dict[str, Any], key: str | None, name: str) -> dict[str, Any]:
+    value = d.get(key, {}) if key is not None else d
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: must be a table")
+    return value
+
+
+def _opt(d: dict[str, Any], key: str, typ: type, name: str) -> Any:
+    if key not in d:
+        return None
+    value = d[key]
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"{name}: must be a {typ.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _req(d: dict[str, Any], key: str, typ: type, name: str) -> Any:
+    if key not in d:
+        raise ConfigError(f"{name}: required")
+    return _opt(d, key, typ, name)
+
+
+def _duration(d: dict[str, Any], key: str, default: float, where: str) -> float:
+    if key not in d:
+        return default
+    try:
+        return parse_duration(d[key])
+    except ValueError as e:
+        raise ConfigError(f"{where}.{key}: {e}") from None
+
+
+def _count(d: dict[str, Any], key: str, default: int, where: str, *, minimum: int) -> int:
+    value = _opt(d, key, int, f"{where}.{key}")
+    if value is None:
+        return default
+    if value < minimum:
+        raise ConfigError(f"{where}.{key}: must be at least {minimum}")
+    return int(value)

@@ -1,0 +1,53 @@
+"""``replicad sync --once``: one cycle of every non-paused sync, then exit."""
+
+from __future__ import annotations
+
+import sys
+
+import structlog
+
+from connectors.errors import ConnectorError
+from connectors.sell_protocol import ProtocolError
+from daemon import exits
+from daemon.config import Config
+from daemon.engine import open_engine
+from daemon.logs import redact
+from daemon.progress import BarProgress
+from daemon.pull import PullProgress
+
+log = structlog.get_logger("replicad.sync")
+
+
+async def sync_once(config: Config, show_progress: bool) -> int:
+    """Run each sync once; report each outcome; return the first failure's exit code."""
+    code = exits.OK
+    async with open_engine(config) as engine:
+        syncs = engine.pull_syncs()
+        if not syncs:
+            print("replicad: no sync to run (all paused, or none configured)", file=sys.stderr)
+        bar = BarProgress() if show_progress else None
+        progress: PullProgress | None = bar
+        if bar is not None:
+            bar.__enter__()
+        try:
+            for sync in syncs:
+                try:
+                    outcome = await engine.pull(sync, progress)
+                except (ConnectorError, ProtocolError) as error:
+                    code = code or exits.exit_code(error)
+                    print(f"replicad: sync {sync.label}: {redact(str(error))}", file=sys.stderr)
+                    continue
+                print(
+                    f"{sync.label}: {outcome.items} items in {outcome.pages} pages "
+                    f"({outcome.sessions} sessions), {outcome.applied} rows changed"
+                    + (f", {outcome.quarantined} quarantined" if outcome.quarantined else "")
+                    + (
+                        f", {outcome.failed_objects} failed objects"
+                        if outcome.failed_objects
+                        else ""
+                    )
+                )
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+    return code

@@ -1,0 +1,58 @@
+"""A rich progress bar per sync, driven by the queue's total_count and count_left."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+
+class BarProgress:
+    """Progress bars on stderr (only used when stderr is a terminal)."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("items"),
+            TimeRemainingColumn(),
+            console=console or Console(stderr=True),
+            transient=False,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._done: dict[str, int] = {}
+
+    def __enter__(self) -> BarProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._progress.stop()
+
+    def session(self, sync: str, total: int | None) -> None:
+        """A session started: (re)size the bar."""
+        self._done[sync] = 0
+        if sync in self._tasks:
+            self._progress.reset(self._tasks[sync], total=total)
+        else:
+            self._tasks[sync] = self._progress.add_task(f"pull {sync}", total=total)
+
+    def page(self, sync: str, items: int, count_left: int | None) -> None:
+        """A page committed: advance, and trust the server's count_left for the total."""
+        self._done[sync] = self._done.get(sync, 0) + items
+        total = self._done[sync] + count_left if count_left is not None else None
+        self._progress.update(self._tasks[sync], completed=self._done[sync], total=total)

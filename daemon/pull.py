@@ -1,0 +1,193 @@
+"""The pull engine: one cycle of the Sell Sync flow for one sync.
+
+flush pending acks → start a session → drain the main queue (the next page is fetched
+while the current one is applied) → flush acks. Another session follows, up to
+``max_sessions``, while the last one reported failed objects or may have lost a page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+import structlog
+from anyio.streams.memory import MemoryObjectSendStream
+
+from connectors.sell import SellClient
+from connectors.sell_protocol import ProtocolError, QueuePage
+from daemon.config import Connection, Sync
+from store import PullTarget, Replica
+
+log = structlog.get_logger("replicad.pull")
+
+# A server may answer empty 200 pages; only 204 ends a session. These bound how long
+# we keep asking before we abandon the session for a later one.
+EMPTY_PAGE_PAUSE = 0.2
+MAX_EMPTY_PAGES = 50
+
+
+class _PageMayBeLost:
+    """Marker from the fetcher: a retried fetch may have cost the session a page."""
+
+
+PAGE_MAY_BE_LOST = _PageMayBeLost()
+_Fetched = QueuePage | _PageMayBeLost | BaseException
+
+
+class PullProgress(Protocol):
+    """Where a cycle reports its progress (a progress bar, or nothing)."""
+
+    def session(self, sync: str, total: int | None) -> None:
+        """A session started with ``total`` queued items."""
+
+    def page(self, sync: str, items: int, count_left: int | None) -> None:
+        """A page of ``items`` was committed."""
+
+
+class NoProgress:
+    """Progress that shows nothing (not a terminal, or the daemon)."""
+
+    def session(self, sync: str, total: int | None) -> None:
+        """Ignore."""
+
+    def page(self, sync: str, items: int, count_left: int | None) -> None:
+        """Ignore."""
+
+
+@dataclass(slots=True)
+class PullOutcome:
+    """What a cycle did."""
+
+    sessions: int = 0
+    pages: int = 0
+    items: int = 0
+    applied: int = 0
+    quarantined: int = 0
+    failed_objects: int = 0
+
+
+def pull_target(sync: Sync) -> PullTarget:
+    """The store's view of a pull sync."""
+    return PullTarget(sync.label, sync.connection, sync.prefix, sync.operation == "mirror")
+
+
+async def flush_acks(replica: Replica, client: SellClient, conn: Connection) -> int:
+    """Send every committed-but-unacknowledged key, in batches; returns how many."""
+    sent = 0
+    while keys := await replica.pending_acks(conn.name, conn.ack_batch):
+        await client.ack(keys)
+        await replica.forget_acks(conn.name, keys)
+        sent += len(keys)
+    return sent
+
+
+async def pull_cycle(
+    replica: Replica,
+    sync: Sync,
+    conn: Connection,
+    client: SellClient,
+    progress: PullProgress | None = None,
+) -> PullOutcome:
+    """Run one pull cycle; raises connector errors after recording them in status."""
+    progress = progress or NoProgress()
+    outcome = PullOutcome()
+    await replica.register_sync(sync.label, "pull", conn.name)
+    try:
+        await flush_acks(replica, client, conn)
+        for _ in range(sync.max_sessions):
+            session = await client.start()
+            if session is None:
+                break
+            outcome.sessions += 1
+            await replica.sync_started(sync.label, session.total_count)
+            progress.session(sync.label, session.total_count)
+            log.info("pull.session", sync=sync.label, total=session.total_count)
+            again = await _drain(replica, sync, conn, client, session.id, progress, outcome)
+            await flush_acks(replica, client, conn)
+            if not again:
+                break
+    except BaseException as e:
+        with anyio.CancelScope(shield=True):
+            await replica.sync_finished(sync.label, _one_line(e))
+        raise
+    await replica.sync_finished(sync.label, None)
+    return outcome
+
+
+async def _drain(
+    replica: Replica,
+    sync: Sync,
+    conn: Connection,
+    client: SellClient,
+    session_id: str,
+    progress: PullProgress,
+    outcome: PullOutcome,
+) -> bool:
+    """Drain one session; True when another session should follow."""
+    target = pull_target(sync)
+    pending = await replica.count_pending_acks(conn.name)
+    again = False
+    send, recv = anyio.create_memory_object_stream[_Fetched](1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_fetch_pages, client, session_id, send)
+        async with recv:
+            async for page in recv:
+                if isinstance(page, BaseException):
+                    raise page
+                if isinstance(page, _PageMayBeLost):
+                    again = True
+                    continue
+                result = await replica.apply_page(target, page.batch)
+                outcome.pages += 1
+                outcome.items += page.count
+                outcome.applied += result.inserted + result.updated + result.deleted
+                outcome.quarantined += result.quarantined
+                outcome.failed_objects += len(page.batch.failed_objects)
+                again = again or bool(page.batch.failed_objects)
+                progress.page(sync.label, page.count, page.count_left)
+                if result.new_columns:
+                    log.info("schema.columns_added", sync=sync.label, columns=result.new_columns)
+                log.debug("pull.page", sync=sync.label, items=page.count, left=page.count_left)
+                pending += result.ack_keys
+                if pending >= conn.ack_batch:
+                    await flush_acks(replica, client, conn)
+                    pending = 0
+    return again
+
+
+async def _fetch_pages(
+    client: SellClient,
+    session_id: str,
+    send: MemoryObjectSendStream[_Fetched],
+) -> None:
+    """Fetch pages ahead of the applier, until 204; errors are handed over, not raised."""
+    empty = 0
+    async with send:
+        try:
+            while True:
+                page, lossy = await client.fetch(session_id)
+                if lossy:
+                    await send.send(PAGE_MAY_BE_LOST)
+                if page is None:
+                    return
+                if page.count == 0 and not page.batch.failed_objects:
+                    empty += 1
+                    if empty >= MAX_EMPTY_PAGES:
+                        raise ProtocolError(
+                            f"the main queue answered {empty} empty pages in a row; "
+                            "abandoning the session"
+                        )
+                    await anyio.sleep(EMPTY_PAGE_PAUSE * min(empty, 10))
+                    continue
+                empty = 0
+                await send.send(page)
+        except Exception as e:
+            await send.send(e)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, anyio.get_cancelled_exc_class()):
+        return "interrupted"
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:500]

@@ -1,0 +1,59 @@
+"""``replicad status``: the replica's status merged with the config, as data or text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daemon.config import Config
+from store.status import read_status
+
+
+def status_report(config: Config) -> dict[str, Any]:
+    """Status of every configured sync (syncs never run are listed too)."""
+    report = read_status(config.replica_path)
+    known = {s["sync"]: s for s in report["syncs"]}
+    syncs = []
+    for sync in config.syncs.values():
+        entry = known.get(sync.label, {"sync": sync.label, "state": "never run"})
+        entry.update(
+            direction=sync.direction,
+            connection=sync.connection,
+            paused=sync.paused,
+            interval_s=sync.interval,
+        )
+        entry.setdefault("pending_local_edits", 0)
+        entry.setdefault("failed_local_edits", 0)
+        entry.setdefault("conflicts", 0)
+        syncs.append(entry)
+    report["syncs"] = syncs
+    return report
+
+
+def render_status(report: dict[str, Any]) -> str:
+    """A human-readable status."""
+    daemon = report["daemon"]
+    lines = [f"replica  {report['replica']}" + ("" if report["exists"] else "  (not created yet)")]
+    if daemon["running"]:
+        lines.append(f"daemon   running (pid {daemon['pid']})")
+    else:
+        lines.append("daemon   not running")
+    for s in report["syncs"]:
+        state = "paused" if s.get("paused") else s.get("state", "never run")
+        lines.append("")
+        lines.append(f"sync {s['sync']}  ({s['direction']} via {s['connection']})  {state}")
+        lines.append(f"  last success   {s.get('last_success') or '-'}")
+        if s.get("last_error"):
+            lines.append(f"  last error     {s['last_error']}  at {s.get('last_error_at')}")
+        if s.get("items_total") is not None:
+            lines.append(f"  last session   {s.get('items_done', 0)}/{s['items_total']} items")
+        lines.append(
+            f"  pending acks {s.get('pending_acks', 0)}, failed objects "
+            f"{s.get('failed_objects', 0)}, quarantined {s.get('quarantined', 0)}, "
+            f"pending local edits {s['pending_local_edits']}, conflicts {s['conflicts']}"
+        )
+    if report["tables"]:
+        lines.append("")
+        lines.append("tables")
+        for t in report["tables"]:
+            lines.append(f"  {t['name']:<24} {t['rows']:>9} rows  (sync {t['sync']})")
+    return "\n".join(lines) + "\n"

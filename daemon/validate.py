@@ -1,0 +1,52 @@
+"""``replicad validate``: check the config, tokens and credentials; change nothing.
+
+Like Census's ``validate_only``: the config was already parsed whole by the time this
+runs; here each connection's token is read and, where the remote is reachable, tried
+against a read-only endpoint. The replica is not opened for writing.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from connectors.errors import AuthRefused, ConnectorError
+from connectors.retry import RetryPolicy
+from connectors.sell import SellClient, SellSettings
+from daemon import exits
+from daemon.config import Config, read_token
+from daemon.logs import register_secret
+
+
+async def validate(config: Config) -> int:
+    """Print one line per check; exit 3 on refused credentials, else 0."""
+    print(
+        f"config {config.path}: ok ({len(config.connections)} connections, "
+        f"{len(config.syncs)} syncs)"
+    )
+    print(f"replica {config.replica_path}")
+    code = exits.OK
+    for conn in config.connections.values():
+        token = read_token(conn)
+        register_secret(token)
+        if conn.kind != "sell":
+            print(f"connection {conn.name}: token found ({conn.kind}: not checked remotely)")
+            continue
+        settings = SellSettings(
+            base_url=conn.base_url,
+            token=token,
+            device_uuid=conn.device_uuid or "00000000-0000-0000-0000-000000000000",
+            timeout=min(conn.timeout, 10.0),
+            retry=RetryPolicy(max_retries=1, base=0.2, cap=1.0),
+        )
+        async with SellClient(settings) as client:
+            try:
+                await client.check_credentials()
+            except AuthRefused as e:
+                print(f"connection {conn.name}: {e}", file=sys.stderr)
+                code = exits.AUTH
+                continue
+            except ConnectorError as e:
+                print(f"connection {conn.name}: not reachable now, credentials unchecked ({e})")
+                continue
+        print(f"connection {conn.name}: credentials accepted")
+    return code
