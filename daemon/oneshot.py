@@ -39,7 +39,7 @@ async def sync_once(config: Config, show_progress: bool) -> int:
                     continue
                 print(
                     f"{sync.label}: {outcome.items} items in {outcome.pages} pages "
-                    f"({outcome.sessions} sessions), {outcome.applied} rows changed"
+                    f"({outcome.sessions} session{_plural(outcome.sessions)}), {outcome.applied} rows changed"
                     + (f", {outcome.quarantined} quarantined" if outcome.quarantined else "")
                     + (
                         f", {outcome.failed_objects} failed objects"
@@ -51,3 +51,7 @@ async def sync_once(config: Config, show_progress: bool) -> int:
             if bar is not None:
                 bar.__exit__(None, None, None)
     return code
+
+
+def _plural(n: int) -> str:
+    return "" if n == 1 else "s"

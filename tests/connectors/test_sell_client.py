@@ -1,0 +1,206 @@
+"""Sell Sync API client over httpx.MockTransport: statuses, retries, envelopes, auth."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from connectors.errors import AuthRefused, RemoteRefused, RemoteUnreachable
+from connectors.ratelimit import Rate, TokenBucket
+from connectors.retry import RetryPolicy
+from connectors.sell import SellClient, SellSettings
+from connectors.sell_protocol import ProtocolError
+
+TOKEN = "t" * 64
+FAST = RetryPolicy(max_retries=3, base=0.001, cap=0.002)
+
+
+def client(handler: Callable[[httpx.Request], httpx.Response], **kw: object) -> SellClient:
+    settings = SellSettings(
+        base_url="https://sell.test", token=TOKEN, device_uuid="dev-1", retry=FAST
+    )
+    return SellClient(
+        settings, transport=httpx.MockTransport(handler), rng=random.Random(1), **kw
+    )  # type: ignore[arg-type]
+
+
+def page(items: list[object], left: int = 0, failed: list[object] | None = None) -> object:
+    meta = {"type": "collection", "count": len(items), "count_left": left}
+    return {"items": items, "meta": {**meta, "failed_objects": failed or []}}
+
+
+def item(id_: int, rev: int, type_: str = "contact") -> dict[str, object]:
+    sync = {"event_type": "updated", "ack_key": f"C-{id_}-{rev}", "revision": rev}
+    return {"data": {"id": id_, "name": "n"}, "meta": {"type": type_, "sync": sync}}
+
+
+async def test_headers_on_every_request() -> None:
+    """Bearer token, device UUID and Accept are sent; start 201 yields the session."""
+    seen: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        queues = [{"data": {"name": "main", "pages": 3, "total_count": 250}}]
+        return httpx.Response(201, json={"data": {"id": "s1", "queues": queues}})
+
+    async with client(handler) as c:
+        session = await c.start()
+    assert session is not None and session.id == "s1" and session.total_count == 250
+    req = seen[0]
+    assert req.url == "https://sell.test/v2/sync/start" and req.method == "POST"
+    assert req.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert req.headers["X-Basecrm-Device-UUID"] == "dev-1"
+    assert req.headers["Accept"] == "application/json"
+
+
+async def test_start_204_means_nothing_new() -> None:
+    """A 204 on start means there is nothing to synchronize."""
+    async with client(lambda r: httpx.Response(204)) as c:
+        assert await c.start() is None
+
+
+async def test_empty_200_page_is_not_the_end() -> None:
+    """An empty 200 page is a page; only 204 ends the session."""
+    answers = [httpx.Response(200, json=page([], left=1)), httpx.Response(204)]
+    async with client(lambda r: answers.pop(0)) as c:
+        first, _ = await c.fetch("s1")
+        assert first is not None and first.count == 0
+        last, _ = await c.fetch("s1")
+        assert last is None
+
+
+async def test_page_items_parsed_and_failed_objects_kept() -> None:
+    """Items become changes, deletes are detected, failed_objects are kept."""
+    deleted = {
+        "data": {"id": 3},
+        "meta": {"type": "contact", "sync": {"event_type": "deleted", "ack_key": "C-3-0",
+                                             "revision": 0}},
+    }  # fmt: skip
+    body = page([item(1, 5), deleted, ["junk"]], left=7, failed=[{"type": "deal", "id": 9}])
+    async with client(lambda r: httpx.Response(200, json=body)) as c:
+        got, lossy = await c.fetch("s1")
+    assert got is not None and not lossy and got.count_left == 7
+    assert [(x.id, x.deleted) for x in got.batch.changes] == [(1, False), (3, True)]
+    assert got.batch.bad_items[0].reason == "item is not an object"
+    assert got.batch.failed_objects[0].id == "9"
+
+
+async def test_ack_envelope() -> None:
+    """Acks are sent in the data envelope."""
+    bodies: list[object] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(req.content))
+        return httpx.Response(202, json={})
+
+    async with client(handler) as c:
+        await c.ack(["a", "b"])
+    assert bodies == [{"data": {"ack_keys": ["a", "b"]}}]
+
+
+async def test_retry_after_is_honoured_on_429() -> None:
+    """A 429 waits Retry-After, then the request succeeds."""
+    answers = [httpx.Response(429, headers={"Retry-After": "0"}), httpx.Response(204)]
+    async with client(lambda r: answers.pop(0)) as c:
+        assert await c.start() is None
+        assert c.stats.retries == 1
+
+
+async def test_5xx_retried_then_gives_up() -> None:
+    """5xx answers are retried a bounded number of times, then RemoteUnreachable."""
+    calls = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        calls.append(req)
+        return httpx.Response(503, json={"errors": []})
+
+    async with client(handler) as c:
+        with pytest.raises(RemoteUnreachable, match="gave up after 3 retries"):
+            await c.start()
+    assert len(calls) == 4
+
+
+async def test_network_error_marks_fetch_lossy() -> None:
+    """A fetch retried after a transport error reports that a page may be lost."""
+    answers: list[object] = [httpx.ReadError("reset"), httpx.Response(204)]
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        assert isinstance(a, httpx.Response)
+        return a
+
+    async with client(handler) as c:
+        got, lossy = await c.fetch("s1")
+    assert got is None and lossy
+
+
+async def test_truncated_json_is_retried() -> None:
+    """A body that is not valid JSON is retried like a lost answer."""
+    answers = [httpx.Response(200, content=b'{"items": [{"da'), httpx.Response(204)]
+    async with client(lambda r: answers.pop(0)) as c:
+        got, lossy = await c.fetch("s1")
+    assert got is None and lossy
+
+
+async def test_malformed_page_shape_retried_then_error() -> None:
+    """A page without an items array is retried, then a ProtocolError."""
+    async with client(lambda r: httpx.Response(200, json={"nope": 1})) as c:
+        with pytest.raises(ProtocolError):
+            await c.fetch("s1")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_auth_refused_names_scope(status: int) -> None:
+    """401/403 become AuthRefused with the envelope's message and no token."""
+    envelope = {
+        "errors": [{"error": {"code": "unauthorized", "message": "Invalid token"}}],
+        "meta": {"type": "errors", "http_status": f"{status}"},
+    }
+    async with client(lambda r: httpx.Response(status, json=envelope)) as c:
+        with pytest.raises(AuthRefused) as info:
+            await c.start()
+    assert "sync scope" in str(info.value) and "Invalid token" in str(info.value)
+    assert TOKEN not in str(info.value)
+
+
+async def test_other_4xx_is_refused_with_envelope() -> None:
+    """A 422 is not retried and carries Sell's error message."""
+    envelope = {"errors": [{"error": {"code": "invalid", "message": "bad keys"}}]}
+    async with client(lambda r: httpx.Response(422, json=envelope)) as c:
+        with pytest.raises(RemoteRefused, match="bad keys"):
+            await c.ack(["x"])
+
+
+def test_token_bucket_allows_burst_then_paces() -> None:
+    """The bucket lets a full burst through, then paces requests."""
+    now = [0.0]
+    bucket = TokenBucket(Rate(3, 1.0), clock=lambda: now[0])
+    assert [bucket.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.reserve() == pytest.approx(1.0)  # the window: 3 per second at most
+    now[0] += 10.0
+    assert bucket.reserve() == 0.0
+
+
+def test_sell_default_budget_never_exceeds_an_hour() -> None:
+    """With Sell's default, a burst runs at once and no hour admits over 36,000."""
+    from bisect import bisect_right
+
+    from connectors.ratelimit import SELL_DEFAULT, parse_rate
+
+    rate = parse_rate(SELL_DEFAULT)
+    assert rate.capacity == 36000 and rate.per_second == 10.0
+    now = [0.0]
+    bucket = TokenBucket(rate, clock=lambda: now[0])
+    times = []
+    while now[0] < 3 * 3600.0:
+        now[0] += bucket.reserve()
+        times.append(now[0])
+    assert times[35999] == 0.0  # the whole burst without waiting
+    worst = max(i - bisect_right(times, t - 3600.0) + 1 for i, t in enumerate(times))
+    assert worst <= 36000

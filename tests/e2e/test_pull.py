@@ -1,0 +1,207 @@
+"""End to end: the real emulator under uvicorn, the real ``replicad`` as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+from pathlib import Path
+
+from tests.e2e.harness import (
+    TOKEN,
+    assert_replica_matches,
+    emulator,
+    replica_state,
+    replicad,
+    start_replicad,
+    wait_for,
+    write_config,
+)
+
+
+def _queued(emu_stats: dict[str, object]) -> int:
+    devices = emu_stats["devices"]
+    assert isinstance(devices, dict)
+    return sum(d["queued"] for d in devices.values())
+
+
+def test_initial_sync_equals_emulator_and_acks_everything(tmp_path: Path) -> None:
+    """An initial sync copies every record field by field and leaves nothing unacked."""
+    with emulator(records=1500) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        done = replicad("sync", "--once", "--config", str(cfg))
+        assert done.returncode == 0, done.stderr
+        assert "1500 items" in done.stdout
+        assert_replica_matches(tmp_path / "replica.db", emu)
+        stats = emu.control.stats()
+        assert _queued(stats) == 0
+        requests = stats["requests"]
+        pages = 15
+        # start + pages + final 204 + acks (batched: 2 for 1500 keys) + a closing start.
+        assert requests["fetch"] == pages + 1
+        assert requests["ack"] <= 2
+
+
+def test_remote_changes_then_resync(tmp_path: Path) -> None:
+    """Creates, updates (with new fields) and deletes upstream reach the replica."""
+    with emulator(records=800) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        assert replicad("sync", "--once", "--config", str(cfg)).returncode == 0
+        emu.control.mutate(
+            [
+                {"op": "update", "type": "contact", "id": 3, "data": {"loyalty": {"tier": 2}}},
+                {"op": "delete", "type": "deal", "id": 1},
+                {"op": "create", "type": "lead", "data": {"first_name": "New"}},
+            ],
+            random=150,
+            seed=9,
+        )
+        done = replicad("sync", "--once", "--config", str(cfg))
+        assert done.returncode == 0, done.stderr
+        assert_replica_matches(tmp_path / "replica.db", emu)
+        state = replica_state(tmp_path / "replica.db")
+        assert 1 not in state["deal"]
+        assert state["contact"][3]["loyalty"] == '{"tier":2}'
+        assert _queued(emu.control.stats()) == 0
+
+
+def test_device_uuid_stable_across_runs(tmp_path: Path) -> None:
+    """Runs reuse one device UUID, so the server never re-sends everything."""
+    with emulator(records=300) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        for _ in range(3):
+            assert replicad("sync", "--once", "--config", str(cfg)).returncode == 0
+        stats = emu.control.stats()
+        assert len(stats["devices"]) == 1
+        # Later runs found nothing new: one start each, answered 204.
+        assert stats["requests"]["fetch"] == 3 + 1
+
+
+def test_token_never_in_output_or_replica(tmp_path: Path) -> None:
+    """Neither logs, errors, status nor the replica file contain the token."""
+    with emulator(records=200) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        emu.control.faults({"endpoint": "fetch", "action": "status", "status": 503, "times": 2})
+        runs = [
+            replicad("--log-level", "debug", "sync", "--once", "--config", str(cfg)),
+            replicad("status", "--json", "--config", str(cfg)),
+            replicad("sync", "--once", "--config", str(cfg), token=TOKEN[::-1]),
+        ]
+        assert runs[0].returncode == 0 and runs[2].returncode == 3
+        assert "token rejected or missing the sync scope" in runs[2].stderr
+        for run in runs:
+            assert TOKEN not in run.stdout + run.stderr
+            assert TOKEN[::-1] not in run.stdout + run.stderr
+        for f in tmp_path.iterdir():
+            assert TOKEN.encode() not in f.read_bytes(), f.name
+
+
+def test_unreachable_remote_exits_4(tmp_path: Path) -> None:
+    """Network failures outlasting the bounded retries exit 4 with one clear line."""
+    cfg = write_config(tmp_path, "http://127.0.0.1:9", max_retries=2)
+    done = replicad("sync", "--once", "--config", str(cfg))
+    assert done.returncode == 4
+    assert "gave up after 2 retries" in done.stderr
+    assert "Traceback" not in done.stderr
+    status = json.loads(replicad("status", "--json", "--config", str(cfg)).stdout)
+    assert status["syncs"][0]["state"] == "failing"
+
+
+def test_faults_are_survived(tmp_path: Path) -> None:
+    """5xx, 429 with Retry-After, truncated bodies, empty pages, failed objects and
+    malformed items: the sync completes, equals the emulator, quarantines the bad."""
+    with emulator(records=1200) as emu:
+        emu.control.faults(
+            {"endpoint": "start", "action": "status", "status": 500},
+            {"endpoint": "fetch", "action": "status", "status": 429, "retry_after": 1, "skip": 1},
+            {"endpoint": "fetch", "action": "truncate", "skip": 3},
+            {"endpoint": "fetch", "action": "empty_page", "skip": 4, "times": 2},
+            {"endpoint": "fetch", "action": "failed_objects", "count": 3, "skip": 5},
+            {"endpoint": "fetch", "action": "malformed", "skip": 6},
+            {"endpoint": "ack", "action": "status", "status": 502},
+        )
+        cfg = write_config(tmp_path, emu.url)
+        done = replicad("sync", "--once", "--config", str(cfg))
+        assert done.returncode == 0, done.stderr
+        assert_replica_matches(tmp_path / "replica.db", emu)
+        db = sqlite3.connect(tmp_path / "replica.db")
+        reasons = [r[0] for r in db.execute("SELECT reason FROM replicad_quarantine")]
+        assert len(reasons) == 4, reasons
+        row = db.execute("SELECT failed_objects, pending_acks FROM replicad_syncs").fetchone()
+        assert row == (0, 0)
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+        assert "contact" in names and not any("DROP" in n for n in names)
+
+
+def test_second_process_is_refused(tmp_path: Path) -> None:
+    """While `replicad run` holds the replica, `sync --once` exits 2 naming its pid."""
+    with emulator(records=100) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        daemon = start_replicad("run", "--config", str(cfg))
+        try:
+            wait_for(lambda: _synced(tmp_path / "replica.db"))
+            other = replicad("sync", "--once", "--config", str(cfg))
+            assert other.returncode == 2
+            assert f"replicad process {daemon.pid}" in other.stderr
+            status = json.loads(replicad("status", "--json", "--config", str(cfg)).stdout)
+            assert status["daemon"] == {"running": True, "pid": daemon.pid}
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(20) == 0
+
+
+def test_run_pulls_at_interval_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """`replicad run` picks up remote changes at its interval and exits 0 on SIGTERM."""
+    with emulator(records=100) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        daemon = start_replicad("run", "--config", str(cfg))
+        try:
+            wait_for(lambda: _synced(tmp_path / "replica.db"))
+            emu.control.mutate([{"op": "update", "type": "contact", "id": 1,
+                                 "data": {"name": "Changed"}}])  # fmt: skip
+            wait_for(lambda: _name(tmp_path / "replica.db") == "Changed", timeout=20)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(20) == 0
+        assert_replica_matches(tmp_path / "replica.db", emu)
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    """A bad config exits 2 with the key in the message."""
+    cfg = write_config(tmp_path, "http://127.0.0.1:9")
+    cfg.write_text(cfg.read_text().replace('interval = "1s"', 'interval = "soon"'))
+    done = replicad("sync", "--once", "--config", str(cfg))
+    assert done.returncode == 2
+    assert done.stderr.startswith("replicad: syncs.mirror.interval:")
+
+
+def test_newer_replica_is_refused(tmp_path: Path) -> None:
+    """A replica written by a newer replicad exits 2."""
+    cfg = write_config(tmp_path, "http://127.0.0.1:9")
+    db = sqlite3.connect(tmp_path / "replica.db")
+    db.execute("PRAGMA application_id = 1380994116")
+    db.execute("PRAGMA user_version = 999")
+    db.close()
+    done = replicad("sync", "--once", "--config", str(cfg))
+    assert done.returncode == 2 and "newer replicad" in done.stderr
+
+
+def _synced(path: Path) -> bool:
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT last_success FROM replicad_syncs").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+    return bool(row and row[0])
+
+
+def _name(path: Path) -> str | None:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT name FROM contact WHERE id = 1").fetchone()
+    finally:
+        db.close()
+    return row[0] if row else None
