@@ -1,13 +1,16 @@
 """A client-side token bucket that models the remote's request budget.
 
 Sell allows 36,000 requests per hour per token: a bucket of 36,000 that refills at
-10 per second lets bursts run at full speed while no hour can exceed the budget.
+10 per second lets bursts run at full speed. A bucket alone would admit a full burst
+plus an hour of refill within the first hour, so a sliding window of the last
+``period`` seconds also holds every hour to the budget.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,6 +50,8 @@ class TokenBucket:
         self._clock = clock
         self._tokens = float(rate.capacity)
         self._stamp = clock()
+        # Send times of the requests within the last period (sliding window).
+        self._sent: deque[float] = deque()
 
     def _refill(self) -> None:
         now = self._clock()
@@ -58,7 +63,15 @@ class TokenBucket:
         """Take a token; return how long to wait before using it (0 if available)."""
         self._refill()
         self._tokens -= 1.0
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate.per_second
+        delay = 0.0 if self._tokens >= 0 else -self._tokens / self.rate.per_second
+        now = self._stamp
+        while self._sent and self._sent[0] <= now - self.rate.period:
+            self._sent.popleft()
+        if len(self._sent) >= self.rate.capacity:
+            oldest = self._sent[len(self._sent) - self.rate.capacity]
+            delay = max(delay, oldest + self.rate.period - now)
+        self._sent.append(now + delay)
+        return delay
 
     async def acquire(self) -> None:
         """Wait until a request may be sent."""

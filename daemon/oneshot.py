@@ -39,7 +39,8 @@ async def sync_once(config: Config, show_progress: bool) -> int:
                     continue
                 print(
                     f"{sync.label}: {outcome.items} items in {outcome.pages} pages "
-                    f"({outcome.sessions} session{_plural(outcome.sessions)}), {outcome.applied} rows changed"
+                    f"({outcome.sessions} session{_plural(outcome.sessions)}), "
+                    f"{outcome.applied} rows changed"
                     + (f", {outcome.quarantined} quarantined" if outcome.quarantined else "")
                     + (
                         f", {outcome.failed_objects} failed objects"

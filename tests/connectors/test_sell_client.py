@@ -23,9 +23,7 @@ def client(handler: Callable[[httpx.Request], httpx.Response], **kw: object) -> 
     settings = SellSettings(
         base_url="https://sell.test", token=TOKEN, device_uuid="dev-1", retry=FAST
     )
-    return SellClient(
-        settings, transport=httpx.MockTransport(handler), rng=random.Random(1), **kw
-    )  # type: ignore[arg-type]
+    return SellClient(settings, transport=httpx.MockTransport(handler), rng=random.Random(1), **kw)  # type: ignore[arg-type]
 
 
 def page(items: list[object], left: int = 0, failed: list[object] | None = None) -> object:
