@@ -1,0 +1,10 @@
+"""Built-in emulator of the Zendesk Sell Sync API, for tests, demos and benchmarks.
+
+``create_app()`` builds the ASGI app; :mod:`connectors.emulator.server` serves it
+(``python -m connectors.emulator --records 2000 --port 8765``).
+"""
+
+from connectors.emulator.app import create_app
+from connectors.emulator.runtime import DEFAULT_TOKEN
+
+__all__ = ["DEFAULT_TOKEN", "create_app"]

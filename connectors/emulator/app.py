@@ -1,0 +1,290 @@
+"""The emulator's ASGI application: the Sell Sync API routes plus control routes.
+
+Besides the three Sync API routes it answers ``GET /v2/users/self``, which
+clients call to check a token without starting a session.
+
+Every Sell route checks, in this order: the bearer token (401), the
+``X-Basecrm-Device-UUID`` header (400), the session for fetches (404), then
+the fault rules, and only then touches state.  A fault answering an error
+status therefore never changes state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from typing import Any, Final
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from connectors.emulator.control import control_routes
+from connectors.emulator.faults import FaultRule, malformed_items
+from connectors.emulator.responses import (
+    JSON_MEDIA_TYPE,
+    TruncatedResponse,
+    dump_json,
+    error_code,
+    error_response,
+    json_response,
+)
+from connectors.emulator.runtime import DEFAULT_TOKEN, Emulator, emulator_of
+from connectors.emulator.state import (
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_SESSION_TTL,
+    Page,
+    SessionLimitError,
+    UnknownSessionError,
+)
+
+DEVICE_HEADER = "X-Basecrm-Device-UUID"
+_OWNER: Final = {
+    "id": 1,
+    "name": "Emulator Admin",
+    "email": "admin@example.com",
+    "role": "admin",
+    "status": "active",
+    "confirmed": True,
+    "timezone": "UTC",
+    "created_at": "2015-01-01T00:00:00Z",
+    "updated_at": "2015-01-01T00:00:00Z",
+}
+
+
+def _refuse_token(request: Request, emulator: Emulator) -> Response | None:
+    """The 401 to send unless the request carries ``Authorization: Bearer <token>``."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    # compare_digest keeps the check constant-time; the token is never echoed.
+    if scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), emulator.token.encode()
+    ):
+        return None
+    return error_response(
+        401, "unauthorized", "Missing or invalid access token", "Authorization: Bearer required"
+    )
+
+
+def _authorize(request: Request, emulator: Emulator) -> str | Response:
+    """The device UUID of an acceptable Sync API request, else the error response to send."""
+    refused = _refuse_token(request, emulator)
+    if refused is not None:
+        return refused
+    device = request.headers.get(DEVICE_HEADER, "").strip()
+    if not device:
+        return error_response(400, "missing_device_uuid", f"The {DEVICE_HEADER} header is required")
+    return device
+
+
+async def _apply_generic(rule: FaultRule | None) -> Response | None:
+    """Carry out a ``status`` or ``delay`` rule; an error response for ``status``."""
+    if rule is None:
+        return None
+    if rule.action == "status":
+        return error_response(
+            rule.status,
+            error_code(rule.status),
+            "Injected fault",
+            "emulator fault rule",
+            retry_after=rule.retry_after,
+        )
+    if rule.action == "delay":
+        await asyncio.sleep(rule.seconds)
+    return None
+
+
+async def start_session(request: Request) -> Response:
+    """``POST /v2/sync/start``: 201 with the session, or 204 when nothing is queued."""
+    emulator = emulator_of(request)
+    emulator.stats.requests["start"] += 1
+    device = _authorize(request, emulator)
+    if isinstance(device, Response):
+        return device
+    failure = await _apply_generic(emulator.faults.take("start"))
+    if failure is not None:
+        return failure
+    state = emulator.state
+    try:
+        session = state.start(device)
+    except SessionLimitError as exc:
+        return error_response(
+            429, "too_many_sessions", str(exc), retry_after=float(exc.retry_after)
+        )
+    if session is None:
+        return Response(status_code=204)
+    emulator.stats.sessions_started += 1
+    base = str(request.base_url).rstrip("/")
+    body = {
+        "data": {
+            "id": session.id,
+            "queues": [
+                {
+                    "data": {
+                        "name": "main",
+                        "pages": state.pages(session),
+                        "total_count": session.total,
+                    },
+                    "meta": {
+                        "type": "sync_queue",
+                        "links": {"self": f"{base}/v2/sync/{session.id}/queues/main"},
+                    },
+                }
+            ],
+        },
+        "meta": {"type": "sync_session"},
+    }
+    return json_response(body, 201)
+
+
+def _page_body(page: Page, extra_items: list[dict[str, Any]] | None = None) -> bytes:
+    items = page.items + extra_items if extra_items else page.items
+    return dump_json(
+        {
+            "items": items,
+            "meta": {
+                "type": "collection",
+                "count": len(items),
+                "count_left": page.count_left,
+                "failed_objects": page.failed_objects,
+            },
+        }
+    )
+
+
+def _unknown_session() -> Response:
+    return error_response(404, "not_found", "Unknown synchronization session")
+
+
+async def fetch_queue(request: Request) -> Response:
+    """``GET /v2/sync/{session_id}/queues/main``: 200 with a page, 204 once drained."""
+    emulator = emulator_of(request)
+    emulator.stats.requests["fetch"] += 1
+    device = _authorize(request, emulator)
+    if isinstance(device, Response):
+        return device
+    state = emulator.state
+    session_id = request.path_params["session_id"]
+    try:
+        session = state.session(device, session_id)
+    except UnknownSessionError:
+        return _unknown_session()
+    page_available = session is not None and state.has_page(session)
+    rule = emulator.faults.take("fetch", page_available=page_available)
+    failure = await _apply_generic(rule)
+    if failure is not None:
+        return failure
+    if rule is not None and rule.action == "delay":
+        # The session may have expired or ended while this request slept.
+        try:
+            session = state.session(device, session_id)
+        except UnknownSessionError:
+            return _unknown_session()
+    if session is None:
+        return Response(status_code=204)
+    action = rule.action if rule is not None else None
+    if action == "empty_page":
+        return json_response(
+            {
+                "items": [],
+                "meta": {
+                    "type": "collection",
+                    "count": 0,
+                    "count_left": session.remaining,
+                    "failed_objects": [],
+                },
+            }
+        )
+    leave_out = rule.count if rule is not None and action == "failed_objects" else 0
+    page = state.fetch(session, leave_out=leave_out)
+    if page is None:
+        return Response(status_code=204)
+    body = _page_body(page, malformed_items() if action == "malformed" else None)
+    if action == "truncate":
+        return TruncatedResponse(body, 200, media_type=JSON_MEDIA_TYPE)
+    return Response(body, 200, media_type=JSON_MEDIA_TYPE)
+
+
+def _ack_keys(raw: bytes) -> list[str] | None:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    data = body.get("data") if isinstance(body, dict) else None
+    keys = data.get("ack_keys") if isinstance(data, dict) else None
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        return None
+    return keys
+
+
+async def acknowledge(request: Request) -> Response:
+    """``POST /v2/sync/ack``: 202 once the keys are applied."""
+    emulator = emulator_of(request)
+    emulator.stats.requests["ack"] += 1
+    device = _authorize(request, emulator)
+    if isinstance(device, Response):
+        return device
+    failure = await _apply_generic(emulator.faults.take("ack"))
+    if failure is not None:
+        return failure
+    keys = _ack_keys(await request.body())
+    if keys is None:
+        return error_response(
+            422,
+            "invalid_argument",
+            'Body must be {"data": {"ack_keys": [string, ...]}}',
+        )
+    emulator.stats.acked_keys += len(keys)
+    emulator.stats.ack_keys_applied += emulator.state.ack(device, keys)
+    # The basecrm client unwraps every JSON answer's "data" member, so a bare {}
+    # would crash it; an empty data object is the smallest body it accepts.
+    return json_response({"data": {}}, 202)
+
+
+async def users_self(request: Request) -> Response:
+    """``GET /v2/users/self``: the token's owner, which clients use to check credentials.
+
+    Not part of the Sync API, so it needs no device header, is not counted in
+    the statistics and is never subject to fault rules.
+    """
+    refused = _refuse_token(request, emulator_of(request))
+    if refused is not None:
+        return refused
+    return json_response({"data": _OWNER, "meta": {"type": "user"}})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and wrong methods answer in Sell's envelope too, not plain text."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "Internal Server Error"
+    return error_response(status, error_code(status), detail)
+
+
+def create_app(
+    *,
+    records: int = 2000,
+    seed: int = 1,
+    token: str = DEFAULT_TOKEN,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    session_ttl: float = DEFAULT_SESSION_TTL,
+) -> Starlette:
+    """An emulated Sell account of ``records`` seeded records, as an ASGI app.
+
+    The :class:`~connectors.emulator.runtime.Emulator` behind it is available as
+    ``app.state.emulator`` for in-process tests.
+    """
+    emulator = Emulator.build(
+        records=records, seed=seed, token=token, page_size=page_size, session_ttl=session_ttl
+    )
+    routes = [
+        Route("/v2/sync/start", start_session, methods=["POST"]),
+        Route("/v2/sync/{session_id}/queues/main", fetch_queue, methods=["GET"]),
+        Route("/v2/sync/ack", acknowledge, methods=["POST"]),
+        Route("/v2/users/self", users_self, methods=["GET"]),
+        *control_routes(),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app.state.emulator = emulator
+    return app

@@ -1,0 +1,87 @@
+"""The emulator's shared runtime objects: state, faults, request statistics, token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from starlette.requests import Request
+
+from connectors.emulator.faults import FaultPlan
+from connectors.emulator.records import RecordStore
+from connectors.emulator.state import DEFAULT_PAGE_SIZE, DEFAULT_SESSION_TTL, SyncState
+
+# The real basecrm client rejects tokens that are not exactly 64 characters long.
+# Not a secret: the emulator only ever serves generated data on loopback.
+DEFAULT_TOKEN: Final = "replicad-emulator-access-token-e93da5ac2b8ef2e5b68e4bed8cfd24aac"  # noqa: S105
+SELL_ENDPOINTS: Final = ("start", "fetch", "ack")
+
+
+def _zero_requests() -> dict[str, int]:
+    return dict.fromkeys(SELL_ENDPOINTS, 0)
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters reported by ``GET /_emulator/stats``."""
+
+    requests: dict[str, int] = field(default_factory=_zero_requests)
+    acked_keys: int = 0
+    ack_keys_applied: int = 0
+    sessions_started: int = 0
+
+    def reset(self) -> None:
+        """Zero every counter."""
+        self.requests = _zero_requests()
+        self.acked_keys = 0
+        self.ack_keys_applied = 0
+        self.sessions_started = 0
+
+
+@dataclass(slots=True)
+class Emulator:
+    """Everything one emulator app instance serves from."""
+
+    state: SyncState
+    token: str
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    stats: Stats = field(default_factory=Stats)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        records: int,
+        seed: int,
+        token: str,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        session_ttl: float = DEFAULT_SESSION_TTL,
+    ) -> Emulator:
+        """A fresh account of ``records`` seeded records."""
+        if not token or any(ch.isspace() for ch in token):
+            raise ValueError("token must be non-empty and contain no whitespace")
+        store = RecordStore(records, seed)
+        state = SyncState(store, page_size=page_size, session_ttl=session_ttl)
+        return cls(state=state, token=token)
+
+    def stats_json(self) -> dict[str, Any]:
+        """The body of ``GET /_emulator/stats``."""
+        return {
+            "requests": dict(self.stats.requests),
+            "acked_keys": self.stats.acked_keys,
+            "ack_keys_applied": self.stats.ack_keys_applied,
+            "sessions_started": self.stats.sessions_started,
+            "devices": {
+                device: {
+                    "queued": self.state.queued(device),
+                    "active_sessions": self.state.active_sessions(device),
+                }
+                for device in self.state.devices()
+            },
+        }
+
+
+def emulator_of(request: Request) -> Emulator:
+    """The :class:`Emulator` behind the app serving ``request``."""
+    emulator: Emulator = request.app.state.emulator
+    return emulator
