@@ -205,3 +205,28 @@ def _name(path: Path) -> str | None:
     finally:
         db.close()
     return row[0] if row else None
+
+
+def test_validate_checks_credentials_without_changes(tmp_path: Path) -> None:
+    """validate accepts good credentials, exits 3 on a refused token, creates nothing."""
+    with emulator(records=50) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        good = replicad("validate", "--config", str(cfg))
+        assert good.returncode == 0, good.stderr
+        assert "connection crm: credentials accepted" in good.stdout
+        bad = replicad("validate", "--config", str(cfg), token="x" * 64)
+        assert bad.returncode == 3 and "token rejected" in bad.stderr
+        assert not (tmp_path / "replica.db").exists()
+        assert emu.control.stats()["requests"]["start"] == 0
+
+
+def test_token_file_must_be_private(tmp_path: Path) -> None:
+    """A token_file readable by group or others is refused with the fix to apply."""
+    token = tmp_path / "crm.token"
+    token.write_text(TOKEN)
+    token.chmod(0o644)
+    cfg = write_config(tmp_path, "http://127.0.0.1:9")
+    cfg.write_text(cfg.read_text().replace('token_env = "CRM_TOKEN"', 'token_file = "crm.token"'))
+    done = replicad("sync", "--once", "--config", str(cfg))
+    assert done.returncode == 2
+    assert "readable by group or others" in done.stderr and "chmod 600" in done.stderr
