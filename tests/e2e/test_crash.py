@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sqlite3
@@ -31,11 +32,15 @@ def _rows(path: Path) -> int:
         return 0
 
 
-def test_kill_9_during_20k_sync_then_resume(tmp_path: Path) -> None:
+# REPLICAD_CRASH_RECORDS=100000 runs the same test on a 100k-record account.
+RECORDS = int(os.environ.get("REPLICAD_CRASH_RECORDS", "20000"))
+
+
+def test_kill_9_during_large_sync_then_resume(tmp_path: Path) -> None:
     """Several kill -9 mid-sync (with remote changes in between) converge on resume."""
     rng = random.Random(20)
     replica = tmp_path / "replica.db"
-    with emulator(records=20_000) as emu:
+    with emulator(records=RECORDS) as emu:
         cfg = write_config(tmp_path, emu.url)
         kills = 0
         for round_ in range(4):
