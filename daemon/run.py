@@ -8,6 +8,7 @@ import anyio
 import structlog
 
 from connectors.errors import ConnectorError
+from connectors.sell_protocol import ProtocolError
 from daemon.config import Config, Sync
 from daemon.engine import Engine, open_engine
 
@@ -39,9 +40,14 @@ async def _pull_loop(engine: Engine, sync: Sync) -> None:
             await engine.pull(sync)
             failures = 0
             delay = sync.interval
-        except (ConnectorError, ValueError, OSError) as e:
-            # A failed cycle is recorded in status; the loop backs off and tries again.
+        except Exception as e:
+            # A failed cycle is recorded in status; the loop backs off and tries again
+            # rather than taking the daemon down (a later cycle resumes where it left).
             failures += 1
             delay = min(300.0, sync.interval * (2 ** min(failures - 1, 8)))
-            log.warning("pull.failed", sync=sync.label, error=str(e), retry_in=delay)
+            expected = isinstance(e, ConnectorError | ProtocolError)
+            log.warning(
+                "pull.failed", sync=sync.label, error=str(e), retry_in=delay,
+                exc_info=None if expected else e,
+            )  # fmt: skip
         await anyio.sleep(delay)
