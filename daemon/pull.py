@@ -12,11 +12,12 @@ from typing import Protocol
 
 import anyio
 import structlog
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from connectors.sell import SellClient
 from connectors.sell_protocol import ProtocolError, QueuePage
 from daemon.config import Connection, Sync
+from daemon.exits import unwrap
 from store import PullTarget, Replica
 
 log = structlog.get_logger("replicad.pull")
@@ -126,10 +127,30 @@ async def _drain(
     outcome: PullOutcome,
 ) -> bool:
     """Drain one session; True when another session should follow."""
+    send, recv = anyio.create_memory_object_stream[_Fetched](1)
+    try:
+        return await _consume(
+            replica, sync, conn, client, session_id, progress, outcome, send, recv
+        )
+    except BaseExceptionGroup as group:
+        # Callers match on the connector's error, not on the task group's wrapper.
+        raise unwrap(group) from None
+
+
+async def _consume(
+    replica: Replica,
+    sync: Sync,
+    conn: Connection,
+    client: SellClient,
+    session_id: str,
+    progress: PullProgress,
+    outcome: PullOutcome,
+    send: MemoryObjectSendStream[_Fetched],
+    recv: MemoryObjectReceiveStream[_Fetched],
+) -> bool:
     target = pull_target(sync)
     pending = await replica.count_pending_acks(conn.name)
     again = False
-    send, recv = anyio.create_memory_object_stream[_Fetched](1)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_fetch_pages, client, session_id, send)
         async with recv:

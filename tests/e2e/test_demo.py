@@ -23,6 +23,7 @@ def test_demo_runs_twice_from_scratch(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "replicad-demo" / "replica.db")
     assert db.execute("SELECT name FROM contact WHERE id = 1").fetchone() == ("Ada Lovelace",)
     assert db.execute("SELECT count(*) FROM deal WHERE id = 2").fetchone() == (0,)
-    assert db.execute("SELECT count(*) FROM lead WHERE organization_name = 'Navy'").fetchone() == (1,)
+    navy = db.execute("SELECT count(*) FROM lead WHERE organization_name = 'Navy'").fetchone()
+    assert navy == (1,)
     mode = (tmp_path / "replicad-demo" / "token").stat().st_mode & 0o777
     assert mode == 0o600

@@ -230,3 +230,19 @@ def test_token_file_must_be_private(tmp_path: Path) -> None:
     done = replicad("sync", "--once", "--config", str(cfg))
     assert done.returncode == 2
     assert "readable by group or others" in done.stderr and "chmod 600" in done.stderr
+
+
+def test_outage_mid_session_exits_4_and_resumes(tmp_path: Path) -> None:
+    """An outage in the middle of a session ends the cycle with exit 4; the next run
+    completes the replica."""
+    with emulator(records=1000) as emu:
+        cfg = write_config(tmp_path, emu.url, max_retries=2)
+        emu.control.faults(
+            {"endpoint": "fetch", "action": "status", "status": 503, "skip": 3, "times": 0}
+        )
+        done = replicad("sync", "--once", "--config", str(cfg))
+        assert done.returncode == 4
+        assert "replicad: sync mirror: fetch: gave up after 2 retries" in done.stderr
+        emu.control.clear_faults()
+        assert replicad("sync", "--once", "--config", str(cfg)).returncode == 0
+        assert_replica_matches(tmp_path / "replica.db", emu)
