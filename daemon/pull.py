@@ -111,7 +111,11 @@ async def pull_cycle(
                 break
     except BaseException as e:
         with anyio.CancelScope(shield=True):
-            await replica.sync_finished(sync.label, _one_line(e))
+            if isinstance(e, anyio.get_cancelled_exc_class()):
+                # Stopped (SIGTERM): not a failure; the next start resumes.
+                await replica.sync_stopped(sync.label)
+            else:
+                await replica.sync_finished(sync.label, _one_line(e))
         raise
     await replica.sync_finished(sync.label, None)
     return outcome
@@ -209,7 +213,5 @@ async def _fetch_pages(
 
 
 def _one_line(e: BaseException) -> str:
-    if isinstance(e, anyio.get_cancelled_exc_class()):
-        return "interrupted"
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
     return text[:500]

@@ -240,6 +240,13 @@ class Replica:
             (now, total, now, sync),
         )
 
+    async def sync_stopped(self, sync: str) -> None:
+        """Record that a cycle was stopped before it finished (not an error)."""
+        await self.db.execute(
+            "UPDATE _replicad_syncs SET state = 'stopped', updated_at = ? WHERE sync = ?",
+            (utcnow(), sync),
+        )
+
     async def sync_finished(self, sync: str, error: str | None) -> None:
         """Record the outcome of a cycle; an error keeps the last success visible."""
         now = utcnow()
