@@ -12,7 +12,7 @@ from typing import Protocol
 
 import anyio
 import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from connectors.sell import SellClient
 from connectors.sell_protocol import ProtocolError, QueuePage
@@ -131,54 +131,40 @@ async def _drain(
     outcome: PullOutcome,
 ) -> bool:
     """Drain one session; True when another session should follow."""
-    send, recv = anyio.create_memory_object_stream[_Fetched](1)
-    try:
-        return await _consume(
-            replica, sync, conn, client, session_id, progress, outcome, send, recv
-        )
-    except BaseExceptionGroup as group:
-        # Callers match on the connector's error, not on the task group's wrapper.
-        raise unwrap(group) from None
-
-
-async def _consume(
-    replica: Replica,
-    sync: Sync,
-    conn: Connection,
-    client: SellClient,
-    session_id: str,
-    progress: PullProgress,
-    outcome: PullOutcome,
-    send: MemoryObjectSendStream[_Fetched],
-    recv: MemoryObjectReceiveStream[_Fetched],
-) -> bool:
     target = pull_target(sync)
     pending = await replica.count_pending_acks(conn.name)
     again = False
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_fetch_pages, client, session_id, send)
-        async with recv:
-            async for page in recv:
-                if isinstance(page, BaseException):
-                    raise page
-                if isinstance(page, _PageMayBeLost):
-                    again = True
-                    continue
-                result = await replica.apply_page(target, page.batch)
-                outcome.pages += 1
-                outcome.items += page.count
-                outcome.applied += result.inserted + result.updated + result.deleted
-                outcome.quarantined += result.quarantined
-                outcome.failed_objects += len(page.batch.failed_objects)
-                again = again or bool(page.batch.failed_objects)
-                progress.page(sync.label, page.count, page.count_left)
-                if result.new_columns:
-                    log.info("schema.columns_added", sync=sync.label, columns=result.new_columns)
-                log.debug("pull.page", sync=sync.label, items=page.count, left=page.count_left)
-                pending += result.ack_keys
-                if pending >= conn.ack_batch:
-                    await flush_acks(replica, client, conn)
-                    pending = 0
+    send, recv = anyio.create_memory_object_stream[_Fetched](1)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_fetch_pages, client, session_id, send)
+            async with recv:
+                async for page in recv:
+                    if isinstance(page, BaseException):
+                        raise page
+                    if isinstance(page, _PageMayBeLost):
+                        again = True
+                        continue
+                    result = await replica.apply_page(target, page.batch)
+                    outcome.pages += 1
+                    outcome.items += page.count
+                    outcome.applied += result.inserted + result.updated + result.deleted
+                    outcome.quarantined += result.quarantined
+                    outcome.failed_objects += len(page.batch.failed_objects)
+                    again = again or bool(page.batch.failed_objects)
+                    progress.page(sync.label, page.count, page.count_left)
+                    if result.new_columns:
+                        log.info("schema.columns_added", sync=sync.label,
+                                 columns=result.new_columns)  # fmt: skip
+                    log.debug("pull.page", sync=sync.label, items=page.count,
+                              left=page.count_left)  # fmt: skip
+                    pending += result.ack_keys
+                    if pending >= conn.ack_batch:
+                        await flush_acks(replica, client, conn)
+                        pending = 0
+    except BaseExceptionGroup as group:
+        # Callers match on the connector's error, not on the task group's wrapper.
+        raise unwrap(group) from None
     return again
 
 
