@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from connectors.errors import ConnectorError
 from store.model import BadItem, FailedObject, PageBatch, RecordChange
 from store.values import dumps_raw
 
 
-class ProtocolError(RuntimeError):
+class ProtocolError(ConnectorError):
     """The server answered something the Sync API does not allow."""
 
 

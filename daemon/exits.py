@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from connectors.errors import AuthRefused, ConnectorError, RemoteUnreachable
-from connectors.sell_protocol import ProtocolError
 from daemon.config import ConfigError
 from store import ReplicaBusy, ReplicaRefused
 
@@ -27,9 +26,7 @@ def exit_code(error: BaseException) -> int:
 
 def expected(error: BaseException) -> bool:
     """Whether an error is a known failure mode (its message alone says enough)."""
-    return isinstance(
-        error, ConnectorError | ProtocolError | ConfigError | ReplicaBusy | ReplicaRefused
-    )
+    return isinstance(error, ConnectorError | ConfigError | ReplicaBusy | ReplicaRefused)
 
 
 def unwrap(error: BaseException) -> BaseException:

@@ -7,7 +7,6 @@ import sys
 import structlog
 
 from connectors.errors import ConnectorError
-from connectors.sell_protocol import ProtocolError
 from daemon import exits
 from daemon.config import Config
 from daemon.engine import open_engine
@@ -33,7 +32,7 @@ async def sync_once(config: Config, show_progress: bool) -> int:
             for sync in syncs:
                 try:
                     outcome = await engine.pull(sync, progress)
-                except (ConnectorError, ProtocolError) as error:
+                except ConnectorError as error:
                     code = code or exits.exit_code(error)
                     print(f"replicad: sync {sync.label}: {redact(str(error))}", file=sys.stderr)
                     continue

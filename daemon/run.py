@@ -8,7 +8,6 @@ import anyio
 import structlog
 
 from connectors.errors import ConnectorError
-from connectors.sell_protocol import ProtocolError
 from daemon.config import Config, Sync
 from daemon.engine import Engine, open_engine
 
@@ -45,7 +44,7 @@ async def _pull_loop(engine: Engine, sync: Sync) -> None:
             # rather than taking the daemon down (a later cycle resumes where it left).
             failures += 1
             delay = min(300.0, sync.interval * (2 ** min(failures - 1, 8)))
-            expected = isinstance(e, ConnectorError | ProtocolError)
+            expected = isinstance(e, ConnectorError)
             log.warning(
                 "pull.failed", sync=sync.label, error=str(e), retry_in=delay,
                 exc_info=None if expected else e,
