@@ -91,10 +91,12 @@ async def pull_cycle(
     client: SellClient,
     progress: PullProgress | None = None,
 ) -> PullOutcome:
-    """Run one pull cycle; raises connector errors after recording them in status."""
+    """Run one pull cycle; raises connector errors after recording them in status.
+
+    The sync must be registered in the replica (``open_engine`` does it at start-up).
+    """
     progress = progress or NoProgress()
     outcome = PullOutcome()
-    await replica.register_sync(sync.label, "pull", conn.name)
     try:
         await flush_acks(replica, client, conn)
         for _ in range(sync.max_sessions):

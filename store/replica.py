@@ -6,7 +6,7 @@ connections are never starved.
 
 Small operations go through aiosqlite. Applying a page is the hot path: it runs as
 one plain function on a dedicated writer connection in a worker thread, one thread
-hop per page instead of one per statement (that halved the apply time per page).
+hop per page instead of one per statement.
 """
 
 from __future__ import annotations
@@ -218,8 +218,11 @@ class Replica:
 
     async def forget_acks(self, batch: AckBatch) -> None:
         """Drop ack keys the remote has accepted."""
-        await self.db.executemany(
-            "DELETE FROM _replicad_pending_acks WHERE seq = ?", [(s,) for s in batch.seqs]
+        # One statement: in autocommit mode each row deleted apart would be its own
+        # (fsynced) transaction.
+        await self.db.execute(
+            "DELETE FROM _replicad_pending_acks WHERE seq IN (SELECT value FROM json_each(?))",
+            (json.dumps(batch.seqs),),
         )
 
     async def register_sync(self, sync: str, direction: str, connection: str) -> None:
