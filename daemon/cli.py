@@ -73,9 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Command = args.func
     try:
         return func(args)
-    except KeyboardInterrupt:
-        print("replicad: interrupted", file=sys.stderr)
-        return 130
     except BaseException as raw:
         error = exits.unwrap(raw)
         if isinstance(error, SystemExit):

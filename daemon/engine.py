@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from connectors.ratelimit import TokenBucket, parse_rate
 from connectors.retry import RetryPolicy
 from connectors.sell import SellClient, SellSettings
 from daemon.config import Config, Connection, Sync, read_token
@@ -19,30 +18,33 @@ from store import Replica
 log = structlog.get_logger("replicad.engine")
 
 
+def sell_settings(conn: Connection, device_uuid: str) -> SellSettings:
+    """A Sell client's settings from a connection's config; reads the token now."""
+    token = read_token(conn)
+    register_secret(token)
+    return SellSettings(
+        base_url=conn.base_url,
+        token=token,
+        device_uuid=device_uuid,
+        rate_limit=conn.rate_limit,
+        timeout=conn.timeout,
+        retry=RetryPolicy(conn.max_retries, conn.retry_backoff, conn.retry_backoff_max),
+    )
+
+
 @dataclass(slots=True)
 class Engine:
-    """An open replica and the clients of its connections (one bucket per token)."""
+    """An open replica and the clients of its connections (each with its own bucket)."""
 
     config: Config
     replica: Replica
     clients: dict[str, SellClient] = field(default_factory=dict)
-    _buckets: dict[str, TokenBucket] = field(default_factory=dict)
 
     async def client(self, conn: Connection) -> SellClient:
-        """The (cached) client of a connection; reads its token now."""
+        """The (cached) client of a connection."""
         if conn.name not in self.clients:
-            token = read_token(conn)
-            register_secret(token)
-            bucket = self._buckets.setdefault(conn.name, TokenBucket(parse_rate(conn.rate_limit)))
-            settings = SellSettings(
-                base_url=conn.base_url,
-                token=token,
-                device_uuid=await self.replica.device_uuid(conn.name, conn.device_uuid),
-                rate_limit=conn.rate_limit,
-                timeout=conn.timeout,
-                retry=RetryPolicy(conn.max_retries, conn.retry_backoff, conn.retry_backoff_max),
-            )
-            self.clients[conn.name] = SellClient(settings, bucket=bucket)
+            device = await self.replica.device_uuid(conn.name, conn.device_uuid)
+            self.clients[conn.name] = SellClient(sell_settings(conn, device))
         return self.clients[conn.name]
 
     def pull_syncs(self) -> list[Sync]:

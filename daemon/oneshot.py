@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 
 import structlog
 
@@ -12,7 +13,6 @@ from daemon.config import Config
 from daemon.engine import open_engine
 from daemon.logs import redact
 from daemon.progress import BarProgress
-from daemon.pull import PullProgress
 
 log = structlog.get_logger("replicad.sync")
 
@@ -24,14 +24,10 @@ async def sync_once(config: Config, show_progress: bool) -> int:
         syncs = engine.pull_syncs()
         if not syncs:
             print("replicad: no sync to run (all paused, or none configured)", file=sys.stderr)
-        bar = BarProgress() if show_progress else None
-        progress: PullProgress | None = bar
-        if bar is not None:
-            bar.__enter__()
-        try:
+        with BarProgress() if show_progress else nullcontext() as bar:
             for sync in syncs:
                 try:
-                    outcome = await engine.pull(sync, progress)
+                    outcome = await engine.pull(sync, bar)
                 except ConnectorError as error:
                     code = code or exits.exit_code(error)
                     print(f"replicad: sync {sync.label}: {redact(str(error))}", file=sys.stderr)
@@ -47,9 +43,6 @@ async def sync_once(config: Config, show_progress: bool) -> int:
                         else ""
                     )
                 )
-        finally:
-            if bar is not None:
-                bar.__exit__(None, None, None)
     return code
 
 

@@ -8,13 +8,15 @@ against a read-only endpoint. The replica is not opened for writing.
 from __future__ import annotations
 
 import sys
+import uuid
+from dataclasses import replace
 
 from connectors.errors import AuthRefused, ConnectorError
 from connectors.retry import RetryPolicy
-from connectors.sell import SellClient, SellSettings
+from connectors.sell import SellClient
 from daemon import exits
-from daemon.config import Config, read_token
-from daemon.logs import register_secret
+from daemon.config import Config
+from daemon.engine import sell_settings
 
 
 async def validate(config: Config) -> int:
@@ -26,15 +28,14 @@ async def validate(config: Config) -> int:
     print(f"replica {config.replica_path}")
     code = exits.OK
     for conn in config.connections.values():
-        token = read_token(conn)
-        register_secret(token)
+        # The device UUID is irrelevant to the read-only check; the replica stays closed.
+        settings = sell_settings(conn, conn.device_uuid or str(uuid.UUID(int=0)))
         if conn.kind != "sell":
             print(f"connection {conn.name}: token found ({conn.kind}: not checked remotely)")
             continue
-        settings = SellSettings(
-            base_url=conn.base_url,
-            token=token,
-            device_uuid=conn.device_uuid or "00000000-0000-0000-0000-000000000000",
+        # A quick answer matters more here than riding out an outage.
+        settings = replace(
+            settings,
             timeout=min(conn.timeout, 10.0),
             retry=RetryPolicy(max_retries=1, base=0.2, cap=1.0),
         )
