@@ -96,13 +96,23 @@ async def _apply_generic(rule: FaultRule | None) -> Response | None:
     return None
 
 
-async def start_session(request: Request) -> Response:
-    """``POST /v2/sync/start``: 201 with the session, or 204 when nothing is queued."""
+def _admit(request: Request, endpoint: str) -> tuple[Emulator, str] | Response:
+    """Count the request, then check token and device: the emulator and the device
+    UUID, or the refusal to send."""
     emulator = emulator_of(request)
-    emulator.stats.requests["start"] += 1
+    emulator.stats.requests[endpoint] += 1
     device = _authorize(request, emulator)
     if isinstance(device, Response):
         return device
+    return emulator, device
+
+
+async def start_session(request: Request) -> Response:
+    """``POST /v2/sync/start``: 201 with the session, or 204 when nothing is queued."""
+    admitted = _admit(request, "start")
+    if isinstance(admitted, Response):
+        return admitted
+    emulator, device = admitted
     failure = await _apply_generic(emulator.faults.take("start"))
     if failure is not None:
         return failure
@@ -160,11 +170,10 @@ def _unknown_session() -> Response:
 
 async def fetch_queue(request: Request) -> Response:
     """``GET /v2/sync/{session_id}/queues/main``: 200 with a page, 204 once drained."""
-    emulator = emulator_of(request)
-    emulator.stats.requests["fetch"] += 1
-    device = _authorize(request, emulator)
-    if isinstance(device, Response):
-        return device
+    admitted = _admit(request, "fetch")
+    if isinstance(admitted, Response):
+        return admitted
+    emulator, device = admitted
     state = emulator.state
     session_id = request.path_params["session_id"]
     try:
@@ -221,11 +230,10 @@ def _ack_keys(raw: bytes) -> list[str] | None:
 
 async def acknowledge(request: Request) -> Response:
     """``POST /v2/sync/ack``: 202 once the keys are applied."""
-    emulator = emulator_of(request)
-    emulator.stats.requests["ack"] += 1
-    device = _authorize(request, emulator)
-    if isinstance(device, Response):
-        return device
+    admitted = _admit(request, "ack")
+    if isinstance(admitted, Response):
+        return admitted
+    emulator, device = admitted
     failure = await _apply_generic(emulator.faults.take("ack"))
     if failure is not None:
         return failure
