@@ -1,15 +1,30 @@
 """Everything that touches SQLite: the replica's schema, per-type tables, applying pages."""
 
 from store.lock import ReplicaBusy
-from store.model import ApplyResult, BadItem, FailedObject, PageBatch, PullTarget, RecordChange
+from store.model import (
+    ApplyResult,
+    Association,
+    BadItem,
+    FailedObject,
+    OutboxBatch,
+    OutboxEntry,
+    PageBatch,
+    PullTarget,
+    PushSource,
+    RecordChange,
+)
 from store.replica import Replica, ReplicaRefused
 
 __all__ = [
     "ApplyResult",
+    "Association",
     "BadItem",
     "FailedObject",
+    "OutboxBatch",
+    "OutboxEntry",
     "PageBatch",
     "PullTarget",
+    "PushSource",
     "RecordChange",
     "Replica",
     "ReplicaBusy",

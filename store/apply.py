@@ -16,9 +16,18 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 
+from store.local_edits import (
+    cancel_entries,
+    conflict_mode,
+    has_open_edits,
+    journal,
+    open_edits,
+    row_values,
+    settle_pending_flag,
+)
 from store.model import ApplyResult, BadItem, PageBatch, PullTarget, RecordChange
 from store.names import UnstorableName, quote, table_name
-from store.plan import plan_table, split_runs
+from store.plan import TablePlan, merge_remote, plan_table, split_runs
 from store.tables import TableCatalog
 from store.values import SQLValue, dumps_raw, to_sql
 
@@ -56,6 +65,7 @@ def apply_page(
         for tbl, flds in fields.items():
             type_ = next(c.type for t, c in routed if t == tbl)
             result.new_columns += catalog.ensure(db, tbl, type_, target.sync, list(flds), now)
+            _learn_kinds(db, catalog, tbl, [c for t, c in routed if t == tbl])
         for run in split_runs(routed):
             by_table: dict[str, list[RecordChange]] = defaultdict(list)
             for tbl, change in run:
@@ -110,6 +120,33 @@ def _route(
     return routed, bad
 
 
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, dict | list):
+        return "json"
+    return "scalar"
+
+
+def _learn_kinds(
+    db: sqlite3.Connection, catalog: TableCatalog, tbl: str, changes: list[RecordChange]
+) -> None:
+    """Record each field's JSON kind from its first non-null value (see values.from_sql)."""
+    info = catalog.tables[tbl]
+    unknown = {f: c for f, c in info.columns.items() if c not in info.kinds}
+    if not unknown:
+        return
+    found: dict[str, str] = {}
+    for change in changes:
+        for f, col in unknown.items():
+            value = change.data.get(f)
+            if value is not None and col not in found:
+                found[col] = _kind(value)
+        if len(found) == len(unknown):
+            break
+    catalog.learn_kinds(db, tbl, found)
+
+
 def _raw(change: RecordChange) -> str:
     meta = {
         "type": change.type,
@@ -162,14 +199,16 @@ def _apply_table(
         marks = ", ".join("?" * (len(fields) + 4))
         sep = ", " if fields else ""
         db.executemany(
-            f"INSERT INTO {q} (id, _internal_id, _revision, _synced_at{sep}{cols}) "
-            f"VALUES ({marks})",
+            f"INSERT INTO {q} (id, _internal_id, _revision, _synced_at{sep}{cols}, _pending) "
+            f"VALUES ({marks}, 0)",
             [
                 (c.id, _internal_id(), c.revision, now, *map(to_sql, map(c.data.get, fields)))
                 for c in plan.inserts
             ],
         )
         result.inserted += len(plan.inserts)
+    if (plan.updates or plan.deletes) and has_open_edits(db, tbl):
+        _apply_to_edited_rows(db, tbl, [columns[f] for f in fields], fields, plan, now, result)
     if plan.updates:
         sets = "".join(f", {quote(columns[f])} = ?" for f in fields)
         db.executemany(
@@ -185,6 +224,66 @@ def _apply_table(
             [(tbl, i, rev, now) for i, rev in plan.deletes],
         )
         result.deleted += len(plan.deletes)
+
+
+def _apply_to_edited_rows(
+    db: sqlite3.Connection,
+    tbl: str,
+    cols: list[str],
+    fields: list[str],
+    plan: TablePlan,
+    now: str,
+    result: ApplyResult,
+) -> None:
+    """Merge pulled changes into rows with unconfirmed local edits, journaling what loses.
+
+    Handles those rows itself and removes them from ``plan.updates``; remote deletes
+    of edited rows stay in the plan (the row goes) after their edits are journaled and
+    their entries cancelled.
+    """
+    ids = [c.id for c in plan.updates] + [i for i, _ in plan.deletes]
+    edits = open_edits(db, tbl, ids)
+    if not edits:
+        return
+    mode = conflict_mode(db, tbl)
+    q = quote(tbl)
+    plain: list[RecordChange] = []
+    for c in plan.updates:
+        edit = edits.get(c.id)
+        if edit is None:
+            plain.append(c)
+            continue
+        local = row_values(db, tbl, c.id, cols)
+        remote = {col: to_sql(c.data.get(f)) for col, f in zip(cols, fields, strict=True)}
+        write, conflicts = merge_remote(local, remote, edit.columns, mode)
+        sets = "".join(f", {quote(col)} = ?" for col in write)
+        db.execute(
+            f"UPDATE {q} SET _revision = ?, _synced_at = ?{sets} WHERE id = ?",
+            (c.revision, now, *write.values(), c.id),
+        )
+        resolution = "local kept" if mode == "merge" else "remote won"
+        result.conflicts += journal(
+            db, tbl, edit.internal_id, c.id, conflicts, c.revision, resolution, now
+        )
+        if mode == "remote":
+            # Entries already sent cannot be called back; the rest are dropped.
+            cancel_entries(
+                db, tbl, edit.internal_id, "remote won a conflict (conflict = remote)", now,
+                ("pending", "rejected"),
+            )  # fmt: skip
+            settle_pending_flag(db, tbl, edit.internal_id)
+        result.updated += 1
+    plan.updates = plain
+    for id_, revision in plan.deletes:
+        edit = edits.get(id_)
+        if edit is None:
+            continue
+        local = row_values(db, tbl, id_, cols)
+        lost = [(col, local.get(col), None) for col in (edit.columns or cols)]
+        result.conflicts += journal(
+            db, tbl, edit.internal_id, id_, lost, revision, "deleted remotely", now
+        )
+        cancel_entries(db, tbl, edit.internal_id, "record deleted remotely", now)
 
 
 def _quarantine(db: sqlite3.Connection, sync: str, bad: list[BadItem], now: str) -> None:

@@ -7,7 +7,7 @@ the store applies them, and tests build them by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 JSONObject = dict[str, Any]
 
@@ -70,4 +70,69 @@ class ApplyResult:
     stale: int = 0
     quarantined: int = 0
     ack_keys: int = 0
+    conflicts: int = 0
     new_columns: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Association:
+    """A column of a pushed row that names a row of another table (by id or
+    _internal_id); that row is pushed along with it."""
+
+    column: str
+    table: str
+    object: str  # the associated record's destination type
+
+
+@dataclass(frozen=True, slots=True)
+class PushSource:
+    """Where a push sync reads: its label, table and conflict rule."""
+
+    sync: str
+    table: str
+    conflict: str = "merge"
+    associations: tuple[Association, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One entry as sent: the payload is fixed at the first send, so a resend is
+    identical (``{"data": {...}, "id": str | None, "associations": [...]}``)."""
+
+    entry: int
+    internal_id: str
+    op: str
+    payload: JSONObject
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxBatch:
+    """Entries taken from the outbox under one tracking id."""
+
+    tracking_id: str
+    entries: list[OutboxEntry]
+    resend: bool
+
+
+class Outcome(Protocol):
+    """What the destination said about one entry (connectors' PushOutcome fits)."""
+
+    @property
+    def entry(self) -> int: ...
+    @property
+    def id(self) -> str | None: ...
+    @property
+    def rejected(self) -> str | None: ...
+    @property
+    def sync_id(self) -> str | None: ...
+    @property
+    def transfer_id(self) -> str | None: ...
+
+
+@dataclass(slots=True)
+class OutcomeCounts:
+    """What recording a batch's outcomes did."""
+
+    confirmed: int = 0
+    rejected: int = 0
+    merged: int = 0

@@ -7,9 +7,11 @@ reads the current revisions and tombstones, asks ``plan_table`` what to do, and 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from store.model import RecordChange
+from store.values import SQLValue
 
 
 @dataclass(slots=True)
@@ -84,3 +86,36 @@ def plan_table(
         else:
             plan.inserts.append(c)
     return plan
+
+
+Resolution = str  # "local kept" | "remote won"
+
+
+def _same(a: SQLValue, b: SQLValue) -> bool:
+    # 1, 1.0 and True compare equal in Python but are different cells in SQLite.
+    return type(a) is type(b) and a == b
+
+
+def merge_remote(
+    local: Mapping[str, SQLValue],
+    remote: Mapping[str, SQLValue],
+    protected: AbstractSet[str] | None,
+    mode: str,
+) -> tuple[dict[str, SQLValue], list[tuple[str, SQLValue, SQLValue]]]:
+    """Merge a pulled record into a row with unconfirmed local edits.
+
+    ``protected`` are the columns the local edits changed (None: the whole row, a local
+    insert). ``mode`` "merge" keeps the local values of protected columns and takes
+    the remote for the rest; "remote" takes every remote value. Returns the values to
+    write and the conflicts (column, local value, remote value): the side that lost
+    where the two differ, so nothing is dropped silently.
+    """
+    guarded = set(remote) if protected is None else set(protected) & set(remote)
+    conflicts = [
+        (c, local.get(c), remote[c])
+        for c in remote
+        if c in guarded and not _same(local.get(c), remote[c])
+    ]
+    if mode == "remote":
+        return dict(remote), conflicts
+    return {c: v for c, v in remote.items() if c not in guarded}, conflicts

@@ -14,22 +14,34 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import aiosqlite
 import anyio
 import anyio.to_thread
 
+from store import outbox
 from store.apply import apply_page
 from store.lock import ReplicaLock
-from store.model import ApplyResult, PageBatch, PullTarget
-from store.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from store.model import (
+    ApplyResult,
+    OutboxBatch,
+    Outcome,
+    OutcomeCounts,
+    PageBatch,
+    PullTarget,
+    PushSource,
+)
+from store.schema import APPLICATION_ID, SCHEMA_VERSION, migrate
 from store.tables import TableCatalog
 
 BUSY_TIMEOUT_MS = 10_000
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -124,20 +136,10 @@ class Replica:
         # FULL: a page's commit is durable before its ack keys can be sent upstream,
         # even across a power cut.
         await db.execute("PRAGMA synchronous = FULL")
-        for target in range(version, SCHEMA_VERSION):
-            try:
-                await db.executescript(
-                    "BEGIN IMMEDIATE;\n"
-                    + MIGRATIONS[target]
-                    + f"\nPRAGMA user_version = {target + 1};\nCOMMIT;"
-                )
-            except BaseException:
-                if db.in_transaction:
-                    await db.rollback()
-                raise
         self._writer = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
         )
+        await anyio.to_thread.run_sync(migrate, self._writer, version)
         self._writer.execute("PRAGMA synchronous = FULL")
         # A larger page cache keeps the indexes of big tables in memory while applying.
         self._writer.execute("PRAGMA cache_size = -65536")
@@ -192,6 +194,36 @@ class Replica:
             # A rolled-back ALTER must not linger in the cached catalog.
             self.catalog.load(writer)
             raise
+
+    async def _write(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a store function on the writer connection in the worker thread."""
+        writer = self._writer
+        assert writer is not None
+
+        def run() -> T:
+            try:
+                return fn(writer, *args)
+            except BaseException:
+                self.catalog.load(writer)
+                raise
+
+        return await anyio.to_thread.run_sync(run, limiter=self._writer_limiter)
+
+    async def register_push(self, sources: list[PushSource]) -> None:
+        """Make exactly these tables writable by apps (their edits are captured)."""
+        await self._write(outbox.register_push, sources)
+
+    async def take_push_batch(self, source: PushSource, limit: int) -> OutboxBatch | None:
+        """The next outbox batch of a push sync (an unconfirmed one first)."""
+        return await self._write(outbox.take_batch, self.catalog, source, limit, utcnow())
+
+    async def record_push(self, table: str, outcomes: Sequence[Outcome]) -> OutcomeCounts:
+        """Record what the destination said about a batch's entries."""
+        return await self._write(outbox.record_outcomes, self.catalog, table, outcomes, utcnow())
+
+    async def requeue_rejected(self, entry: int | None) -> int:
+        """Rejected outbox entries (one, or all) back to pending."""
+        return await self._write(outbox.requeue, entry, utcnow())
 
     async def pending_acks(self, connection: str, limit: int) -> AckBatch:
         """Committed ack keys not yet acknowledged upstream: whole pages, oldest first,

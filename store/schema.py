@@ -7,6 +7,11 @@ refused rather than guessed at.
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
+
+from store.tables import rebuild
+
 APPLICATION_ID = 0x52504C44  # "RPLD"
 
 # Each entry migrates from version i to i + 1; the whole script runs in one transaction.
@@ -107,6 +112,109 @@ MIGRATIONS: list[str] = [
     CREATE VIEW replicad_tables AS
     SELECT tbl AS name, type, sync, created_at FROM _replicad_types;
     """,
+    # v2: local edits. Push sources, the outbox, the conflict journal, field kinds.
+    """
+    -- The JSON kind of a field's values (boolean, json, scalar) so a pushed value goes
+    -- back in the type it came in: 0/1 as a boolean, JSON text as an object or array.
+    ALTER TABLE _replicad_fields ADD COLUMN kind TEXT;
+
+    -- Tables a push sync carries upstream, written by the daemon at start-up and read
+    -- by the guard triggers at edit time.
+    CREATE TABLE _replicad_push (
+        tbl TEXT PRIMARY KEY,
+        sync TEXT NOT NULL,
+        conflict TEXT NOT NULL DEFAULT 'merge',
+        can_delete INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+
+    -- One entry per upstream change of a row. pending: never sent; in_flight: sent,
+    -- not confirmed (payload and batch fixed, so a resend is identical); confirmed;
+    -- rejected (payload and reason kept); cancelled (the remote deleted the record).
+    CREATE TABLE _replicad_outbox (
+        seq INTEGER PRIMARY KEY,
+        tbl TEXT NOT NULL,
+        internal_id TEXT NOT NULL,
+        op TEXT NOT NULL,
+        fields TEXT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        batch TEXT,
+        payload TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        sent_at TEXT,
+        finished_at TEXT,
+        remote_id TEXT,
+        transfer_id TEXT,
+        sync_id TEXT,
+        reason TEXT
+    );
+    -- Edits coalesce: a row has at most one entry still to be sent.
+    CREATE UNIQUE INDEX _replicad_outbox_open ON _replicad_outbox (tbl, internal_id)
+        WHERE state IN ('pending', 'rejected');
+    CREATE INDEX _replicad_outbox_row ON _replicad_outbox (tbl, internal_id, state);
+    CREATE INDEX _replicad_outbox_queue ON _replicad_outbox (state, tbl, seq);
+
+    CREATE TABLE _replicad_conflicts (
+        seq INTEGER PRIMARY KEY,
+        tbl TEXT NOT NULL,
+        internal_id TEXT NOT NULL,
+        id INTEGER,
+        field TEXT NOT NULL,
+        local_value,
+        remote_value,
+        revision INTEGER,
+        resolution TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+
+    CREATE VIEW replicad_outbox AS
+    SELECT o.seq AS entry, o.tbl AS "table", o.internal_id, o.op, o.state, o.fields,
+           o.attempts, o.created_at, o.sent_at, o.finished_at, o.remote_id,
+           o.batch AS tracking_id, o.transfer_id, o.sync_id, o.reason, o.payload,
+           p.sync
+    FROM _replicad_outbox o LEFT JOIN _replicad_push p ON p.tbl = o.tbl;
+
+    CREATE VIEW replicad_conflicts AS
+    SELECT seq, tbl AS "table", internal_id, id, field, local_value, remote_value,
+           revision, resolution, at FROM _replicad_conflicts;
+    """,
 ]
 
+# Python steps run after a migration's script, in the same transaction.
+HOOKS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+
+
+def _rebuild_type_tables(db: sqlite3.Connection) -> None:
+    """v2 changes the defaults and triggers of every type table."""
+    for tbl, sync in db.execute("SELECT tbl, sync FROM _replicad_types").fetchall():
+        cols = [
+            str(c)
+            for (c,) in db.execute(
+                "SELECT col FROM _replicad_fields WHERE tbl = ? ORDER BY position", (tbl,)
+            )
+        ]
+        rebuild(db, tbl, sync, cols)
+
+
+HOOKS[1] = _rebuild_type_tables
+
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(db: sqlite3.Connection, version: int) -> None:
+    """Move the file from ``version`` to the current schema, one transaction per step."""
+    for target in range(version, SCHEMA_VERSION):
+        try:
+            # executescript leaves the BEGIN open: the hook and the version bump
+            # commit with the script.
+            db.executescript("BEGIN IMMEDIATE;\n" + MIGRATIONS[target])
+            hook = HOOKS.get(target)
+            if hook is not None:
+                hook(db)
+            db.execute(f"PRAGMA user_version = {target + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise

@@ -1,4 +1,17 @@
-"""Per-type tables: creation, new columns, and the triggers that guard them.
+"""Per-type tables: creation, new columns, and the triggers that guard and capture edits.
+
+A type's table is an ordinary table, so row counts, ``lastrowid`` and ``RETURNING``
+behave for apps and ORMs exactly as on any table. Its triggers tell an app's edit
+from the daemon's own writes by the ``_replicad_applying`` flag row, which only the
+daemon inserts, inside its own transactions, and deletes before commit: other
+connections never see it.
+
+- Guards (BEFORE): an edit no push sync can carry upstream fails with a clear SQL
+  error and changes nothing. Which tables are push sources is read at edit time from
+  ``_replicad_push``, so a config change needs no trigger rebuild.
+- Capture (AFTER): an app's INSERT or UPDATE writes an outbox entry in the app's own
+  transaction; an UPDATE records exactly the columns it changed, folded into the
+  row's entry that is not yet sent (or was rejected) so edits coalesce.
 
 The daemon is the only process that changes the schema, so the field→column map is
 cached in memory (``TableCatalog``) and reloaded whenever a transaction rolls back.
@@ -11,19 +24,26 @@ from dataclasses import dataclass, field
 
 from store.names import assign_columns, quote
 
+_APPLYING = "EXISTS (SELECT 1 FROM _replicad_applying)"
+_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+# json_array takes at most SQLITE_MAX_FUNCTION_ARG (127 by default) arguments.
+_ARGS_PER_ARRAY = 100
 
-def _literal(text: str) -> str:
-    """A SQL string literal (trigger messages cannot be bound parameters)."""
+
+def literal(text: str) -> str:
+    """A SQL string literal (trigger bodies cannot take bound parameters)."""
     return "'" + text.replace("'", "''") + "'"
 
 
 @dataclass(slots=True)
 class TableInfo:
-    """A type table's owner and its field→column map in column order."""
+    """A type table's owner, its field→column map in column order, and field kinds."""
 
     type: str
     sync: str
     columns: dict[str, str] = field(default_factory=dict)
+    # column → "boolean" | "json" | "scalar"; absent until a non-null value is seen.
+    kinds: dict[str, str] = field(default_factory=dict)
 
 
 class TableCatalog:
@@ -37,29 +57,32 @@ class TableCatalog:
         self.tables = {}
         for tbl, type_, sync in db.execute("SELECT tbl, type, sync FROM _replicad_types"):
             self.tables[tbl] = TableInfo(type_, sync)
-        for tbl, fld, col in db.execute(
-            "SELECT tbl, field, col FROM _replicad_fields ORDER BY tbl, position"
+        for tbl, fld, col, kind in db.execute(
+            "SELECT tbl, field, col, kind FROM _replicad_fields ORDER BY tbl, position"
         ):
-            self.tables[tbl].columns[fld] = col
+            info = self.tables[tbl]
+            info.columns[fld] = col
+            if kind is not None:
+                info.kinds[col] = kind
 
     def ensure(
         self, db: sqlite3.Connection, tbl: str, type_: str, sync: str, fields: list[str], now: str
     ) -> list[str]:
         """Create the table or add columns for unseen fields; returns new column names.
 
-        Must run inside the caller's write transaction so the ALTER and the rows that
-        need it commit (or roll back) together.
+        Must run inside the caller's write transaction so the ALTER, the regenerated
+        capture trigger and the rows that need them commit (or roll back) together.
         """
         info = self.tables.get(tbl)
         if info is None:
-            db.execute(_create_sql(tbl))
-            for trigger in _guard_triggers(tbl, sync):
-                db.execute(trigger)
+            db.execute(create_table_sql(tbl, []))
             db.execute(
                 "INSERT INTO _replicad_types (tbl, type, sync, created_at) VALUES (?, ?, ?, ?)",
                 (tbl, type_, sync, now),
             )
             info = self.tables[tbl] = TableInfo(type_, sync)
+            for trigger in triggers(tbl, sync, []):
+                db.execute(trigger)
         new = assign_columns(fields, info.columns)
         position = len(info.columns)
         for fld, col in new.items():
@@ -70,34 +93,148 @@ class TableCatalog:
             )
             position += 1
             info.columns[fld] = col
+        if new:
+            # The capture trigger lists the data columns it compares.
+            db.execute(f"DROP TRIGGER IF EXISTS {quote(_capture_update_name(tbl))}")
+            db.execute(_capture_update(tbl, list(info.columns.values())))
         return [f"{tbl}.{c}" for c in new.values()]
 
+    def learn_kinds(self, db: sqlite3.Connection, tbl: str, kinds: dict[str, str]) -> None:
+        """Remember the JSON kind of columns first seen with a non-null value."""
+        info = self.tables[tbl]
+        fresh = {c: k for c, k in kinds.items() if c not in info.kinds}
+        if fresh:
+            db.executemany(
+                "UPDATE _replicad_fields SET kind = ? WHERE tbl = ? AND col = ?",
+                [(k, tbl, c) for c, k in fresh.items()],
+            )
+            info.kinds.update(fresh)
 
-def _create_sql(tbl: str) -> str:
-    # Data columns are added later without a declared type (no affinity); only the
-    # system columns are typed.
+
+def create_table_sql(tbl: str, columns: list[str], name: str | None = None) -> str:
+    """The CREATE TABLE of a type table (optionally under another name, to rebuild)."""
+    # Data columns carry no declared type (no affinity). The defaults are what an app's
+    # INSERT gets: a fresh random _internal_id unless it gives one, and _pending = 1;
+    # the daemon's own inserts set both explicitly. Defaults (not triggers) so that
+    # INSERT … RETURNING shows them.
+    data = "".join(f", {quote(c)}" for c in columns)
     return (
-        f"CREATE TABLE {quote(tbl)} ("
+        f"CREATE TABLE {quote(name or tbl)} ("
         "id INTEGER UNIQUE, "
-        "_internal_id TEXT NOT NULL UNIQUE, "
+        "_internal_id TEXT NOT NULL UNIQUE DEFAULT (lower(hex(randomblob(16)))), "
         "_revision INTEGER NOT NULL DEFAULT 0, "
         "_synced_at TEXT, "
-        "_pending INTEGER NOT NULL DEFAULT 0)"
+        f"_pending INTEGER NOT NULL DEFAULT 1{data})"
     )
 
 
-def _guard_triggers(tbl: str, sync: str) -> list[str]:
-    """Triggers that refuse app edits on a pull-only table with a clear message."""
-    msg = _literal(
+def triggers(tbl: str, sync: str, columns: list[str]) -> list[str]:
+    """Every trigger of a type table."""
+    q = quote(tbl)
+    t = literal(tbl)
+    pushed = f"EXISTS (SELECT 1 FROM _replicad_push WHERE tbl = {t})"
+    not_pushed = literal(
         f"replicad: table {tbl} is pulled by sync {sync!r} and no push sync carries "
         "local edits upstream; the edit was refused and nothing changed"
     )
-    out = []
-    for op in ("INSERT", "UPDATE", "DELETE"):
-        name = quote(f"_replicad_guard_{op.lower()}_{tbl}")
-        out.append(
-            f"CREATE TRIGGER {name} BEFORE {op} ON {quote(tbl)} "
-            "WHEN NOT EXISTS (SELECT 1 FROM _replicad_applying) "
-            f"BEGIN SELECT RAISE(ABORT, {msg}); END"
-        )
+    no_delete = literal(
+        f"replicad: DELETE on table {tbl} cannot be carried upstream (its push "
+        "destination cannot delete records); the row was kept and nothing changed"
+    )
+    identity = literal(
+        f"replicad: id and _internal_id of table {tbl} are managed by replicad and "
+        "cannot be changed; the edit was refused"
+    )
+    out = [
+        f"CREATE TRIGGER {quote(f'_replicad_guard_{op.lower()}_{tbl}')} BEFORE {op} ON {q} "
+        f"WHEN NOT {_APPLYING} AND NOT {pushed} "
+        f"BEGIN SELECT RAISE(ABORT, {not_pushed}); END"
+        for op in ("INSERT", "UPDATE", "DELETE")
+    ]
+    out.append(
+        f"CREATE TRIGGER {quote(f'_replicad_nodelete_{tbl}')} BEFORE DELETE ON {q} "
+        f"WHEN NOT {_APPLYING} AND {pushed} AND NOT EXISTS "
+        f"(SELECT 1 FROM _replicad_push WHERE tbl = {t} AND can_delete) "
+        f"BEGIN SELECT RAISE(ABORT, {no_delete}); END"
+    )
+    out.append(
+        f"CREATE TRIGGER {quote(f'_replicad_identity_{tbl}')} BEFORE UPDATE OF id, _internal_id "
+        f"ON {q} WHEN NOT {_APPLYING} AND (NEW.id IS NOT OLD.id "
+        "OR NEW._internal_id IS NOT OLD._internal_id) "
+        f"BEGIN SELECT RAISE(ABORT, {identity}); END"
+    )
+    out.append(
+        f"CREATE TRIGGER {quote(f'_replicad_capture_insert_{tbl}')} AFTER INSERT ON {q} "
+        f"WHEN NOT {_APPLYING} BEGIN "
+        # An app-chosen _internal_id may name a row whose earlier entry was cancelled or
+        # confirmed; the partial unique index only covers entries still to be sent.
+        "INSERT INTO _replicad_outbox (tbl, internal_id, op, state, created_at, updated_at) "
+        f"VALUES ({t}, NEW._internal_id, 'insert', 'pending', {_NOW}, {_NOW}); "
+        f"UPDATE {q} SET _pending = 1 WHERE rowid = NEW.rowid AND _pending IS NOT 1; "
+        "END"
+    )
+    out.append(_capture_update(tbl, columns))
     return out
+
+
+def _capture_update_name(tbl: str) -> str:
+    return f"_replicad_capture_update_{tbl}"
+
+
+def _changed_columns(columns: list[str]) -> str:
+    """SQL for the JSON array of the data columns an UPDATE changed (may be '[]')."""
+    if not columns:
+        return "'[]'"
+    arrays = []
+    for i in range(0, len(columns), _ARGS_PER_ARRAY):
+        chunk = columns[i : i + _ARGS_PER_ARRAY]
+        cases = ", ".join(
+            f"CASE WHEN NEW.{quote(c)} IS NOT OLD.{quote(c)} THEN {literal(c)} END" for c in chunk
+        )
+        arrays.append(f"SELECT value FROM json_each(json_array({cases}))")
+    union = " UNION ALL ".join(arrays)
+    return f"(SELECT json_group_array(value) FROM ({union}) WHERE value IS NOT NULL)"
+
+
+def _capture_update(tbl: str, columns: list[str]) -> str:
+    q = quote(tbl)
+    t = literal(tbl)
+    changed = _changed_columns(columns)
+    open_entry = (
+        f"tbl = {t} AND internal_id = NEW._internal_id AND state IN ('pending', 'rejected')"
+    )
+    return (
+        f"CREATE TRIGGER {quote(_capture_update_name(tbl))} AFTER UPDATE ON {q} "
+        f"WHEN NOT {_APPLYING} AND {changed} <> '[]' BEGIN "
+        # Fold into the row's entry not yet sent (or rejected: editing the row again
+        # requeues it). An insert entry sends the whole row, so it needs no field list.
+        "UPDATE _replicad_outbox SET state = 'pending', updated_at = "
+        f"{_NOW}, payload = NULL, batch = NULL, fields = CASE WHEN op = 'insert' THEN NULL "
+        "ELSE (SELECT json_group_array(value) FROM (SELECT value FROM json_each(fields) "
+        f"UNION SELECT value FROM json_each({changed}))) END "
+        f"WHERE {open_entry}; "
+        "INSERT INTO _replicad_outbox (tbl, internal_id, op, fields, state, created_at, "
+        f"updated_at) SELECT {t}, NEW._internal_id, 'update', {changed}, 'pending', "
+        f"{_NOW}, {_NOW} WHERE NOT EXISTS (SELECT 1 FROM _replicad_outbox WHERE {open_entry}); "
+        f"UPDATE {q} SET _pending = 1 WHERE rowid = NEW.rowid AND _pending IS NOT 1; "
+        "END"
+    )
+
+
+def rebuild(db: sqlite3.Connection, tbl: str, sync: str, columns: list[str]) -> None:
+    """Recreate a type table with the current definition and triggers, keeping rows.
+
+    For migrations: SQLite cannot change a column's default in place. Runs inside the
+    caller's transaction.
+    """
+    tmp = "_replicad_rebuild"
+    db.execute(create_table_sql(tbl, columns, name=tmp))
+    cols = ", ".join(
+        ["rowid", "id", "_internal_id", "_revision", "_synced_at", "_pending"]
+        + [quote(c) for c in columns]
+    )
+    db.execute(f"INSERT INTO {quote(tmp)} ({cols}) SELECT {cols} FROM {quote(tbl)}")
+    db.execute(f"DROP TABLE {quote(tbl)}")
+    db.execute(f"ALTER TABLE {quote(tmp)} RENAME TO {quote(tbl)}")
+    for trigger in triggers(tbl, sync, columns):
+        db.execute(trigger)

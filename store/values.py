@@ -52,3 +52,22 @@ def dumps_raw(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError):
         return repr(value)
+
+
+def from_sql(value: SQLValue, kind: str | None) -> Any:
+    """Decode a cell back to the JSON type its field came in (the inverse of to_sql).
+
+    ``kind`` is the field's kind learned from pulled values: 0/1 of a boolean field
+    becomes a boolean, the JSON text of an object or array field becomes the object
+    or array again. Anything else (or a value an app wrote that does not fit the
+    kind) goes as stored.
+    """
+    if kind == "boolean" and type(value) is int and value in (0, 1):
+        return bool(value)
+    if kind == "json" and isinstance(value, str):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value
+        return decoded if isinstance(decoded, dict | list) else value
+    return value

@@ -50,3 +50,35 @@ async def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(ReplicaRefused, match="did not create"):
         await Replica.open(tmp_path / "other.db")
+
+
+async def test_v1_replica_migrates_keeping_rows(tmp_path: Path) -> None:
+    """A schema-1 replica is migrated: rows kept, tables become writable push sources."""
+    from store import PushSource
+    from store.schema import MIGRATIONS
+
+    path = tmp_path / "r.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(MIGRATIONS[0])
+    db.executescript(
+        f"""
+        PRAGMA application_id = {APPLICATION_ID};
+        CREATE TABLE contact (id INTEGER UNIQUE, _internal_id TEXT NOT NULL UNIQUE,
+            _revision INTEGER NOT NULL DEFAULT 0, _synced_at TEXT,
+            _pending INTEGER NOT NULL DEFAULT 0, name);
+        INSERT INTO _replicad_types VALUES ('contact', 'contact', 'mirror', 'now');
+        INSERT INTO _replicad_fields VALUES ('contact', 'name', 'name', 0);
+        INSERT INTO contact VALUES (1, 'i1', 5, 'now', 0, 'Ada');
+        PRAGMA user_version = 1;
+        """
+    )
+    db.close()
+    async with await Replica.open(path) as replica:
+        await replica.register_push([PushSource("out", "contact")])
+        app = sqlite3.connect(path, isolation_level=None)
+        app.execute("INSERT INTO contact (name) VALUES ('Bo')")
+        rows = app.execute("SELECT id, _internal_id, _revision, name, _pending FROM contact")
+        got = rows.fetchall()
+        assert got[0] == (1, "i1", 5, "Ada", 0) and got[1][3:] == ("Bo", 1)
+        assert app.execute("SELECT count(*) FROM replicad_outbox").fetchone()[0] == 1
+        app.close()

@@ -1,0 +1,355 @@
+"""The outbox: taking local edits to push, and recording what the destination said.
+
+Entries are written by the capture triggers (``store.tables``) in the app's own
+transaction. The daemon moves them pending → in_flight (payload and tracking id fixed
+in the same transaction, so a resend after a crash or a lost answer is identical) →
+confirmed | rejected. Every function here is one short write transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from store.local_edits import settle_pending_flag
+from store.model import OutboxBatch, OutboxEntry, Outcome, OutcomeCounts, PushSource
+from store.names import quote
+from store.tables import TableCatalog, TableInfo
+from store.values import SQLValue, from_sql
+
+# Confirmed and cancelled entries stay visible in replicad_outbox this long.
+KEEP_FINISHED = "-7 days"
+
+
+def register_push(db: sqlite3.Connection, sources: Iterable[PushSource]) -> None:
+    """Make exactly these tables writable by apps (the guard triggers read this)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("DELETE FROM _replicad_push")
+        db.executemany(
+            "INSERT INTO _replicad_push (tbl, sync, conflict) VALUES (?, ?, ?)",
+            [(s.table, s.sync, s.conflict) for s in sources],
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def take_batch(
+    db: sqlite3.Connection, catalog: TableCatalog, source: PushSource, limit: int, now: str
+) -> OutboxBatch | None:
+    """The next batch to send: an unconfirmed in-flight batch first (resent as it was),
+    else up to ``limit`` pending entries, oldest first. None when nothing waits."""
+    info = catalog.tables.get(source.table)
+    if info is None:
+        return None
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        batch = _in_flight(db, source.table, now) or _new_batch(
+            db, catalog, info, source, limit, now
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return batch
+
+
+def _in_flight(db: sqlite3.Connection, tbl: str, now: str) -> OutboxBatch | None:
+    row = db.execute(
+        "SELECT batch FROM _replicad_outbox WHERE state = 'in_flight' AND tbl = ? "
+        "ORDER BY seq LIMIT 1",
+        (tbl,),
+    ).fetchone()
+    if row is None:
+        return None
+    tracking = str(row[0])
+    entries = [
+        OutboxEntry(int(seq), str(iid), str(op), json.loads(payload))
+        for seq, iid, op, payload in db.execute(
+            "SELECT seq, internal_id, op, payload FROM _replicad_outbox "
+            "WHERE state = 'in_flight' AND batch = ? ORDER BY seq",
+            (tracking,),
+        )
+    ]
+    db.execute(
+        "UPDATE _replicad_outbox SET attempts = attempts + 1, sent_at = ?, updated_at = ? "
+        "WHERE state = 'in_flight' AND batch = ?",
+        (now, now, tracking),
+    )
+    return OutboxBatch(tracking, entries, resend=True)
+
+
+def _new_batch(
+    db: sqlite3.Connection,
+    catalog: TableCatalog,
+    info: TableInfo,
+    source: PushSource,
+    limit: int,
+    now: str,
+) -> OutboxBatch | None:
+    tbl = source.table
+    pending = db.execute(
+        "SELECT seq, internal_id, op, fields FROM _replicad_outbox "
+        "WHERE state = 'pending' AND tbl = ? ORDER BY seq LIMIT ?",
+        (tbl, limit),
+    ).fetchall()
+    if not pending:
+        return None
+    tracking = str(uuid.uuid4())
+    entries: list[OutboxEntry] = []
+    for seq, iid, op, fields in pending:
+        row = _row(db, tbl, info, str(iid))
+        if row is None:
+            # Apps cannot delete rows of a pushed table; only a remote delete removes
+            # one, and that cancels its entries. Defensive: never send a ghost.
+            db.execute(
+                "UPDATE _replicad_outbox SET state = 'cancelled', reason = 'row no longer "
+                "exists', finished_at = ?, updated_at = ? WHERE seq = ?",
+                (now, now, seq),
+            )
+            continue
+        remote_id, values = row
+        if op == "insert":
+            data = {f: v for f, v in values.items() if v is not None}
+        else:
+            changed = set(json.loads(fields or "[]"))
+            data = {f: v for f, v in values.items() if info.columns[f] in changed}
+        payload: dict[str, Any] = {
+            "data": data,
+            "id": None if remote_id is None else str(remote_id),
+            "associations": _associations(db, catalog, source, info, values, data),
+        }
+        db.execute(
+            "UPDATE _replicad_outbox SET state = 'in_flight', batch = ?, payload = ?, "
+            "attempts = attempts + 1, sent_at = ?, updated_at = ? WHERE seq = ?",
+            (tracking, json.dumps(payload, ensure_ascii=False), now, now, seq),
+        )
+        entries.append(OutboxEntry(int(seq), str(iid), str(op), payload))
+    return OutboxBatch(tracking, entries, resend=False) if entries else None
+
+
+def _row(
+    db: sqlite3.Connection, tbl: str, info: TableInfo, internal_id: str
+) -> tuple[SQLValue, dict[str, Any]] | None:
+    """A row's remote id and its data by field name, in JSON types."""
+    fields = list(info.columns)
+    cols = "".join(f", {quote(info.columns[f])}" for f in fields)
+    row = db.execute(
+        f"SELECT id{cols} FROM {quote(tbl)} WHERE _internal_id = ?", (internal_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    values = {
+        f: from_sql(v, info.kinds.get(info.columns[f]))
+        for f, v in zip(fields, row[1:], strict=True)
+    }
+    return row[0], values
+
+
+def _associations(
+    db: sqlite3.Connection,
+    catalog: TableCatalog,
+    source: PushSource,
+    info: TableInfo,
+    values: dict[str, Any],
+    data: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Rows of other tables named by the association columns being sent."""
+    by_col = {c: f for f, c in info.columns.items()}
+    out = []
+    for a in source.associations:
+        field = by_col.get(a.column)
+        ref = values.get(field) if field is not None and field in data else None
+        other = catalog.tables.get(a.table)
+        if ref is None or other is None:
+            continue
+        hit = db.execute(
+            f"SELECT _internal_id FROM {quote(a.table)} WHERE _internal_id = ? OR id = ? LIMIT 1",
+            (ref, ref),
+        ).fetchone()
+        if hit is None:
+            continue
+        row = _row(db, a.table, other, str(hit[0]))
+        assert row is not None
+        out.append(
+            {
+                "type": a.object,
+                "internal_id": str(hit[0]),
+                "id": None if row[0] is None else str(row[0]),
+                "data": {f: v for f, v in row[1].items() if v is not None},
+            }
+        )
+    return out
+
+
+def record_outcomes(
+    db: sqlite3.Connection,
+    catalog: TableCatalog,
+    tbl: str,
+    outcomes: Iterable[Outcome],
+    now: str,
+) -> OutcomeCounts:
+    """Record confirmations (remote ids onto rows) and rejections, in one transaction."""
+    counts = OutcomeCounts()
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        # Writing ids onto rows (and merging duplicates) must not look like app edits.
+        db.execute("INSERT INTO _replicad_applying (flag) VALUES (1)")
+        for outcome in outcomes:
+            row = db.execute(
+                "SELECT internal_id, op, fields FROM _replicad_outbox "
+                "WHERE seq = ? AND state = 'in_flight'",
+                (outcome.entry,),
+            ).fetchone()
+            if row is None:
+                continue  # cancelled meanwhile (a remote delete), or already recorded
+            iid = str(row[0])
+            if outcome.rejected is None:
+                db.execute(
+                    "UPDATE _replicad_outbox SET state = 'confirmed', remote_id = ?, "
+                    "sync_id = ?, transfer_id = ?, reason = NULL, finished_at = ?, "
+                    "updated_at = ? WHERE seq = ?",
+                    (outcome.id, outcome.sync_id, outcome.transfer_id, now, now, outcome.entry),
+                )
+                counts.confirmed += 1
+                if outcome.id is not None and _learn_id(db, catalog, tbl, iid, outcome.id, now):
+                    counts.merged += 1
+            else:
+                _reject(db, tbl, outcome.entry, iid, str(row[1]), row[2], outcome.rejected, now)
+                counts.rejected += 1
+            settle_pending_flag(db, tbl, iid)
+        db.execute(
+            "DELETE FROM _replicad_outbox WHERE state IN ('confirmed', 'cancelled') "
+            "AND finished_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?)",
+            (KEEP_FINISHED,),
+        )
+        db.execute("DELETE FROM _replicad_applying")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return counts
+
+
+def _reject(
+    db: sqlite3.Connection,
+    tbl: str,
+    seq: int,
+    iid: str,
+    op: str,
+    fields: str | None,
+    reason: str,
+    now: str,
+) -> None:
+    """Mark an entry rejected, keeping its payload and the reason.
+
+    A newer edit of the row made while this one was in flight is folded in and the
+    entry requeued: the row has one open upstream change, and the app edited it
+    again after the attempt (a fix, likely).
+    """
+    newer = db.execute(
+        "SELECT seq, op, fields FROM _replicad_outbox "
+        "WHERE tbl = ? AND internal_id = ? AND state = 'pending'",
+        (tbl, iid),
+    ).fetchone()
+    if newer is None:
+        db.execute(
+            "UPDATE _replicad_outbox SET state = 'rejected', reason = ?, finished_at = ?, "
+            "updated_at = ? WHERE seq = ?",
+            (reason, now, now, seq),
+        )
+        return
+    merged_op = "insert" if "insert" in (op, newer[1]) else "update"
+    merged_fields = (
+        None
+        if merged_op == "insert"
+        else json.dumps(sorted(set(json.loads(fields or "[]")) | set(json.loads(newer[2]))))
+    )
+    db.execute("DELETE FROM _replicad_outbox WHERE seq = ?", (newer[0],))
+    db.execute(
+        "UPDATE _replicad_outbox SET state = 'pending', op = ?, fields = ?, payload = NULL, "
+        "batch = NULL, reason = ?, updated_at = ? WHERE seq = ?",
+        (merged_op, merged_fields, f"requeued after a newer edit; last rejection: {reason}",
+         now, seq),
+    )  # fmt: skip
+
+
+def _remote_id(value: str) -> int | str:
+    try:
+        number = int(value)
+    except ValueError:
+        return value
+    return number if str(number) == value and -(2**63) <= number < 2**63 else value
+
+
+def _learn_id(
+    db: sqlite3.Connection, catalog: TableCatalog, tbl: str, iid: str, remote: str, now: str
+) -> bool:
+    """Write a confirmed create's remote id onto its row; True if two rows merged.
+
+    If the pull already brought the record (a row with that id and another
+    _internal_id), that row's remote values are folded into this one, which keeps its
+    _internal_id, and the duplicate goes: one row per remote id.
+    """
+    q = quote(tbl)
+    rid = _remote_id(remote)
+    row = db.execute(f"SELECT id FROM {q} WHERE _internal_id = ?", (iid,)).fetchone()
+    if row is None or row[0] is not None:
+        return False  # gone, or already known (an update's answer)
+    info = catalog.tables[tbl]
+    cols = list(info.columns.values())
+    select = "".join(f", {quote(c)}" for c in cols)
+    dup = db.execute(
+        f"SELECT _internal_id, _revision, _synced_at{select} FROM {q} WHERE id = ?", (rid,)
+    ).fetchone()
+    if dup is not None:
+        dup_iid = str(dup[0])
+        # Fields this row still has unconfirmed edits of keep their local values.
+        protected: set[str] | None = set()
+        edits = db.execute(
+            "SELECT op, fields FROM _replicad_outbox WHERE tbl = ? AND internal_id = ? "
+            "AND state IN ('pending', 'in_flight', 'rejected')",
+            (tbl, iid),
+        ).fetchall()
+        for op, fields in edits:
+            if op == "insert" or protected is None:
+                protected = None
+            else:
+                protected.update(json.loads(fields or "[]"))
+        remote_values = dict(zip(cols, dup[3:], strict=True))
+        take = {
+            c: v for c, v in remote_values.items() if protected is not None and c not in protected
+        }
+        db.execute(
+            "UPDATE _replicad_outbox SET state = 'cancelled', reason = ?, finished_at = ?, "
+            "updated_at = ? WHERE tbl = ? AND internal_id = ? "
+            "AND state IN ('pending', 'in_flight', 'rejected')",
+            (f"row merged into {iid} (same remote id)", now, now, tbl, dup_iid),
+        )
+        db.execute(f"DELETE FROM {q} WHERE id = ?", (rid,))
+        sets = "".join(f", {quote(c)} = ?" for c in take)
+        db.execute(
+            f"UPDATE {q} SET id = ?, _revision = ?, _synced_at = ?{sets} WHERE _internal_id = ?",
+            (rid, dup[1], dup[2], *take.values(), iid),
+        )
+        return True
+    db.execute(f"UPDATE {q} SET id = ? WHERE _internal_id = ?", (rid, iid))
+    return False
+
+
+def requeue(db: sqlite3.Connection, entry: int | None, now: str) -> int:
+    """Rejected entries (one, or all) back to pending; how many."""
+    sql = (
+        "UPDATE _replicad_outbox SET state = 'pending', payload = NULL, batch = NULL, "
+        "updated_at = ? WHERE state = 'rejected'"
+    )
+    if entry is None:
+        cur = db.execute(sql, (now,))
+    else:
+        cur = db.execute(sql + " AND seq = ?", (now, entry))
+    return cur.rowcount

@@ -1,0 +1,265 @@
+"""Local edits: capture by triggers, coalescing, batches, outcomes, merges, conflicts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from store import Association, PushSource, Replica
+from tests.store.conftest import TARGET, gone, page, up
+
+SOURCE = PushSource(sync="out", table="contact")
+
+
+@dataclass(frozen=True)
+class Said:
+    """A destination's answer about one entry (the shape connectors return)."""
+
+    entry: int
+    id: str | None = None
+    rejected: str | None = None
+    sync_id: str | None = None
+    transfer_id: str | None = None
+
+
+@pytest.fixture
+async def pushed(replica: Replica) -> AsyncIterator[Replica]:
+    """A replica whose contact table was pulled and is a push source."""
+    await replica.apply_page(
+        TARGET,
+        page(
+            up("contact", 1, 10, name="Ada", vip=True, tags=["a"], email="ada@x"),
+            up("contact", 2, 10, name="Bob", vip=False, tags=[], email="bob@x"),
+        ),
+    )
+    await replica.register_push([SOURCE])
+    yield replica
+
+
+@pytest.fixture
+def app(pushed: Replica) -> Iterator[sqlite3.Connection]:
+    """Another connection, as a local app would open it."""
+    db = sqlite3.connect(pushed.path, timeout=5, isolation_level=None)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def outbox(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """The outbox view's rows."""
+    cur = db.execute("SELECT * FROM replicad_outbox ORDER BY entry")
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def one(db: sqlite3.Connection, sql: str, *args: Any) -> Any:
+    """The first column of the first row."""
+    return db.execute(sql, args).fetchone()[0]
+
+
+async def test_insert_behaves_like_a_plain_table(app: sqlite3.Connection) -> None:
+    """INSERT gets a generated _internal_id and _pending = 1; lastrowid and RETURNING work."""
+    cur = app.execute("INSERT INTO contact (name) VALUES ('Cy') RETURNING _internal_id, _pending")
+    iid, pending = cur.fetchone()
+    cur.close()
+    assert len(iid) == 32 and pending == 1
+    cur = app.execute("INSERT INTO contact (name, _internal_id) VALUES ('Di', 'mine')")
+    assert cur.rowcount == 1 and cur.lastrowid is not None
+    assert one(app, "SELECT name FROM contact WHERE rowid = ?", cur.lastrowid) == "Di"
+    entries = outbox(app)
+    assert [(e["op"], e["state"], e["internal_id"]) for e in entries] == [
+        ("insert", "pending", iid),
+        ("insert", "pending", "mine"),
+    ]
+
+
+async def test_update_records_changed_fields_and_coalesces(app: sqlite3.Connection) -> None:
+    """An UPDATE records exactly the fields it changed; edits of a row fold into one entry."""
+    cur = app.execute("UPDATE contact SET name = 'Ada L', vip = 1 WHERE id = 1")
+    assert cur.rowcount == 1
+    app.execute("UPDATE contact SET email = 'ada@l' WHERE id = 1")
+    app.execute("UPDATE contact SET name = name WHERE id = 2")  # no real change
+    entries = outbox(app)
+    assert len(entries) == 1
+    assert sorted(json.loads(entries[0]["fields"])) == ["email", "name"]
+    assert one(app, "SELECT _pending FROM contact WHERE id = 1") == 1
+    assert one(app, "SELECT _pending FROM contact WHERE id = 2") == 0
+
+
+async def test_refused_edits_change_nothing(app: sqlite3.Connection) -> None:
+    """DELETE (no destination can delete) and identity changes fail and change nothing."""
+    with pytest.raises(sqlite3.IntegrityError, match="DELETE on table contact"):
+        app.execute("DELETE FROM contact WHERE id = 1")
+    with pytest.raises(sqlite3.IntegrityError, match="managed by replicad"):
+        app.execute("UPDATE contact SET id = 9 WHERE id = 1")
+    assert one(app, "SELECT count(*) FROM contact") == 2
+    assert outbox(app) == []
+
+
+async def test_batch_payload_types_and_confirmation(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """Inserts send the whole row and updates the changed fields, in their JSON types;
+    a confirmation writes the remote id and clears _pending."""
+    app.execute(
+        "INSERT INTO contact (name, vip, tags, _internal_id) VALUES ('Cy', 1, '[\"x\"]', 'c')"
+    )
+    app.execute("UPDATE contact SET vip = 0, tags = '[\"b\"]' WHERE id = 1")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None and not batch.resend
+    insert, update = batch.entries
+    assert insert.payload == {
+        "data": {"name": "Cy", "vip": True, "tags": ["x"]}, "id": None, "associations": []
+    }  # fmt: skip
+    assert update.payload["data"] == {"vip": False, "tags": ["b"]} and update.payload["id"] == "1"
+    assert [e["state"] for e in outbox(app)] == ["in_flight", "in_flight"]
+    counts = await pushed.record_push(
+        "contact", [Said(insert.entry, id="77"), Said(update.entry, id="1")]
+    )
+    assert counts.confirmed == 2
+    assert app.execute("SELECT id, _pending FROM contact WHERE _internal_id = 'c'").fetchone() == (
+        77,
+        0,
+    )
+    assert one(app, "SELECT _pending FROM contact WHERE id = 1") == 0
+    assert await pushed.take_push_batch(SOURCE, 10) is None
+
+
+async def test_unconfirmed_batch_is_resent_identically(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """An in-flight batch (lost answer, crash) comes back first, same tracking id and payload."""
+    app.execute("UPDATE contact SET name = 'A2' WHERE id = 1")
+    first = await pushed.take_push_batch(SOURCE, 10)
+    app.execute("UPDATE contact SET name = 'A3' WHERE id = 1")  # a new entry, not folded
+    again = await pushed.take_push_batch(SOURCE, 10)
+    assert first is not None and again is not None and again.resend
+    assert again.tracking_id == first.tracking_id and again.entries == first.entries
+    await pushed.record_push("contact", [Said(e.entry, id="1") for e in again.entries])
+    assert one(app, "SELECT _pending FROM contact WHERE id = 1") == 1
+    newer = await pushed.take_push_batch(SOURCE, 10)
+    assert newer is not None and newer.entries[0].payload["data"] == {"name": "A3"}
+
+
+async def test_rejection_keeps_edit_and_retry_requeues(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """A rejection keeps the payload and reason, does not block others; retry requeues."""
+    app.execute("UPDATE contact SET email = 'bad' WHERE id = 1")
+    app.execute("UPDATE contact SET name = 'B2' WHERE id = 2")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    bad, good = batch.entries
+    await pushed.record_push(
+        "contact", [Said(bad.entry, rejected="email invalid"), Said(good.entry, id="2")]
+    )
+    rows = {e["entry"]: e for e in outbox(app)}
+    assert rows[bad.entry]["state"] == "rejected" and rows[bad.entry]["reason"] == "email invalid"
+    assert json.loads(rows[bad.entry]["payload"])["data"] == {"email": "bad"}
+    assert rows[good.entry]["state"] == "confirmed"
+    assert one(app, "SELECT _pending FROM contact WHERE id = 1") == 1
+    assert await pushed.take_push_batch(SOURCE, 10) is None
+    assert await pushed.requeue_rejected(None) == 1
+    again = await pushed.take_push_batch(SOURCE, 10)
+    assert again is not None and [e.entry for e in again.entries] == [bad.entry]
+
+
+async def test_pushed_create_pulled_first_merges_rows(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """If the pull brings a pushed create before its id is read, the rows merge into one."""
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'local')")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    await pushed.apply_page(TARGET, page(up("contact", 50, 3, name="Cy", email="cy@x", vip=False)))
+    assert one(app, "SELECT count(*) FROM contact") == 4
+    counts = await pushed.record_push("contact", [Said(batch.entries[0].entry, id="50")])
+    assert counts.merged == 1
+    rows = app.execute(
+        "SELECT _internal_id, id, _revision, vip, _pending FROM contact WHERE id = 50"
+    )
+    assert rows.fetchall() == [("local", 50, 3, 0, 0)]
+    # The pull of the same record now lands on the same row.
+    await pushed.apply_page(TARGET, page(up("contact", 50, 4, name="Cy2", email="cy@x")))
+    assert app.execute("SELECT _internal_id, name FROM contact WHERE id = 50").fetchall() == [
+        ("local", "Cy2")
+    ]
+
+
+async def test_pull_merges_field_by_field_and_journals(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """A remote change to a row with pending edits keeps the local fields and journals the remote."""
+    app.execute("UPDATE contact SET name = 'Local' WHERE id = 1")
+    result = await pushed.apply_page(
+        TARGET, page(up("contact", 1, 11, name="Remote", vip=False, tags=["a"], email="new@x"))
+    )
+    assert result.conflicts == 1
+    row = app.execute("SELECT name, email, vip, _revision, _pending FROM contact WHERE id = 1")
+    assert row.fetchone() == ("Local", "new@x", 0, 11, 1)
+    conflict = app.execute(
+        "SELECT field, local_value, remote_value, revision, resolution FROM replicad_conflicts"
+    ).fetchall()
+    assert conflict == [("name", "Local", "Remote", 11, "local kept")]
+    # The same value from both sides is no conflict.
+    await pushed.apply_page(TARGET, page(up("contact", 1, 12, name="Local", email="new@x")))
+    assert one(app, "SELECT count(*) FROM replicad_conflicts") == 1
+
+
+async def test_conflict_remote_wins_when_configured(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """conflict = "remote" applies the remote value and journals the local one."""
+    await pushed.register_push([PushSource("out", "contact", conflict="remote")])
+    app.execute("UPDATE contact SET name = 'Local' WHERE id = 1")
+    await pushed.apply_page(TARGET, page(up("contact", 1, 11, name="Remote", email="ada@x")))
+    assert one(app, "SELECT name FROM contact WHERE id = 1") == "Remote"
+    assert one(app, "SELECT _pending FROM contact WHERE id = 1") == 0
+    assert [e["state"] for e in outbox(app)] == ["cancelled"]
+    assert one(app, "SELECT resolution FROM replicad_conflicts") == "remote won"
+
+
+async def test_remote_delete_of_edited_row_journals_and_cancels(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """A remote delete removes the edited row, cancels its entries and journals the edit."""
+    app.execute("UPDATE contact SET name = 'Local' WHERE id = 1")
+    await pushed.apply_page(TARGET, page(gone("contact", 1)))
+    assert one(app, "SELECT count(*) FROM contact WHERE id = 1") == 0
+    assert [e["state"] for e in outbox(app)] == ["cancelled"]
+    assert app.execute(
+        "SELECT field, local_value, resolution FROM replicad_conflicts"
+    ).fetchall() == [("name", "Local", "deleted remotely")]
+
+
+async def test_daemon_applies_never_enter_outbox(pushed: Replica, app: sqlite3.Connection) -> None:
+    """Pulled inserts and updates of a push source are not captured."""
+    await pushed.apply_page(
+        TARGET, page(up("contact", 3, 1, name="C"), up("contact", 1, 20, name="A"))
+    )
+    assert outbox(app) == []
+
+
+async def test_associations_carry_the_other_row(replica: Replica) -> None:
+    """A declared association sends the referenced row with its own internal_id."""
+    await replica.apply_page(
+        TARGET, page(up("company", 5, 1, name="Acme"), up("contact", 1, 1, name="A", company_id=5))
+    )
+    src = PushSource(
+        "out", "contact", associations=(Association("company_id", "company", "crm-company"),)
+    )
+    await replica.register_push([src])
+    db = sqlite3.connect(replica.path, isolation_level=None)
+    db.execute("INSERT INTO contact (name, company_id) VALUES ('B', 5)")
+    db.close()
+    batch = await replica.take_push_batch(src, 10)
+    assert batch is not None
+    (assoc,) = batch.entries[0].payload["associations"]
+    assert assoc["type"] == "crm-company" and assoc["id"] == "5"
+    assert assoc["data"] == {"name": "Acme"} and len(assoc["internal_id"]) > 0
