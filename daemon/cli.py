@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.set_defaults(func=cmd_status)
 
+    p = with_config(sub.add_parser("retry", help="requeue rejected local edits"))
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="every rejected entry")
+    which.add_argument("entry", nargs="?", type=int, help="an entry of replicad_outbox")
+    p.set_defaults(func=cmd_retry)
+
     p = with_config(sub.add_parser("validate", help="check the config and credentials"))
     p.set_defaults(func=cmd_validate)
 
@@ -125,6 +131,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_status(report))
     return exits.OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Requeue rejected outbox entries; the next push sends them again."""
+    from daemon.retry_cmd import retry_rejected
+
+    return retry_rejected(_config(args), None if args.all else args.entry)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -18,12 +18,14 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-from connectors.ratelimit import SELL_DEFAULT, parse_rate
+from connectors.ratelimit import parse_rate
 from daemon.durations import parse_duration
 from store.names import valid_prefix
 
 CONNECTION_KINDS = ("sell", "endgrate", "cdm", "rest")
 PULL_OPERATIONS = ("mirror", "upsert")
+PUSH_KINDS = ("endgrate", "cdm")
+CONFLICT_RULES = ("merge", "remote")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -41,12 +43,22 @@ class Connection:
     token_env: str | None = None
     token_file: Path | None = None
     device_uuid: str | None = None
-    rate_limit: str = SELL_DEFAULT
+    rate_limit: str | None = None
     timeout: float = 30.0
     max_retries: int = 6
     retry_backoff: float = 0.5
     retry_backoff_max: float = 30.0
     ack_batch: int = 1000
+    session_id: str | None = None  # endgrate
+
+
+@dataclass(frozen=True, slots=True)
+class Association:
+    """A column of a pushed row naming a row of another table, pushed along with it."""
+
+    column: str
+    source: str
+    object: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +73,17 @@ class Sync:
     prefix: str = ""
     paused: bool = False
     max_sessions: int = 4
+    # push syncs
+    source: str = ""
+    object: str = ""
+    batch_size: int = 100
+    conflict: str = "merge"
+    disable_upsert: bool = False
+    sample_data: bool = False
+    associations: tuple[Association, ...] = ()
+    push_to_source: bool = False
+    sources: tuple[str, ...] = ()
+    natural_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +155,7 @@ def _connection(name: str, c: dict[str, Any], base: Path) -> Connection:
         {
             "kind", "base_url", "token_env", "token_file", "device_uuid", "rate_limit",
             "timeout", "max_retries", "retry_backoff", "retry_backoff_max", "ack_batch",
+            "session_id",
         },
     )  # fmt: skip
     kind = _req(c, "kind", str, f"{k}.kind")
@@ -150,9 +174,16 @@ def _connection(name: str, c: dict[str, Any], base: Path) -> Connection:
         raise ConfigError(f"{k}: set token_env or token_file, not both")
     if not token_env and not token_file and not _credential_path(name):
         raise ConfigError(f"{k}: set token_env or token_file")
-    rate = _opt(c, "rate_limit", str, f"{k}.rate_limit") or SELL_DEFAULT
+    session_id = _opt(c, "session_id", str, f"{k}.session_id")
+    if kind == "endgrate" and not session_id:
+        raise ConfigError(f"{k}.session_id: required for endgrate connections")
+    if session_id and kind != "endgrate":
+        raise ConfigError(f"{k}.session_id: only endgrate connections take a session_id")
+    # Unset: Sell's documented budget for sell connections, none for the others.
+    rate = _opt(c, "rate_limit", str, f"{k}.rate_limit")
     try:
-        parse_rate(rate)
+        if rate is not None:
+            parse_rate(rate)
     except ValueError as e:
         raise ConfigError(f"{k}.rate_limit: {e}") from None
     return Connection(
@@ -168,30 +199,32 @@ def _connection(name: str, c: dict[str, Any], base: Path) -> Connection:
         retry_backoff=_duration(c, "retry_backoff", 0.5, k),
         retry_backoff_max=_duration(c, "retry_backoff_max", 30.0, k),
         ack_batch=_count(c, "ack_batch", 1000, k, minimum=1),
+        session_id=session_id,
     )
+
+
+_PULL_KEYS = {"direction", "connection", "operation", "interval", "prefix", "paused",
+              "max_sessions"}  # fmt: skip
+_PUSH_KEYS = {"direction", "connection", "operation", "interval", "paused", "source", "object",
+              "batch_size", "conflict", "disable_upsert", "sample_data", "associations",
+              "push_to_source", "sources", "natural_key"}  # fmt: skip
+_ENDGRATE_ONLY = ("disable_upsert", "sample_data", "associations")
+_CDM_ONLY = ("push_to_source", "sources", "natural_key")
 
 
 def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection]) -> Sync:
     k = f"syncs.{label}"
-    _keys(
-        s,
-        k,
-        {"direction", "connection", "operation", "interval", "prefix", "paused", "max_sessions",
-         "source", "object"},
-    )  # fmt: skip
     direction = _req(s, "direction", str, f"{k}.direction")
     if direction not in ("pull", "push"):
         raise ConfigError(f"{k}.direction: {direction!r} is not 'pull' or 'push'")
+    _keys(s, k, _PULL_KEYS if direction == "pull" else _PUSH_KEYS)
     conn = _req(s, "connection", str, f"{k}.connection")
     if conn not in connections:
         raise ConfigError(f"{k}.connection: no connection named {conn!r} in [connections]")
     if direction == "push":
-        raise ConfigError(f"{k}.direction: push syncs are not supported by this version yet")
+        return _push_sync(label, s, connections[conn])
     if connections[conn].kind != "sell":
         raise ConfigError(f"{k}.connection: pull syncs need a 'sell' connection")
-    for key in ("source", "object"):
-        if key in s:
-            raise ConfigError(f"{k}.{key}: only push syncs take {key}")
     operation = _opt(s, "operation", str, f"{k}.operation") or "mirror"
     if operation not in PULL_OPERATIONS:
         raise ConfigError(
@@ -213,7 +246,78 @@ def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection]) -> 
     )
 
 
+def _push_sync(label: str, s: dict[str, Any], conn: Connection) -> Sync:
+    k = f"syncs.{label}"
+    if conn.kind not in PUSH_KINDS:
+        raise ConfigError(
+            f"{k}.connection: push syncs need an {' or '.join(PUSH_KINDS)} connection, "
+            f"{conn.name!r} is {conn.kind!r}"
+        )
+    for key in _ENDGRATE_ONLY if conn.kind == "cdm" else _CDM_ONLY:
+        if key in s:
+            raise ConfigError(f"{k}.{key}: not used by {conn.kind} connections")
+    operation = _opt(s, "operation", str, f"{k}.operation") or "upsert"
+    if operation != "upsert":
+        raise ConfigError(
+            f"{k}.operation: {operation!r} is not supported for push syncs by this version "
+            "(use 'upsert')"
+        )
+    source = _req(s, "source", str, f"{k}.source")
+    if not valid_prefix(source) or not source:
+        raise ConfigError(f"{k}.source: {source!r} is not a table name")
+    obj = _req(s, "object", str, f"{k}.object")
+    if not obj:
+        raise ConfigError(f"{k}.object: must not be empty")
+    conflict = _opt(s, "conflict", str, f"{k}.conflict") or "merge"
+    if conflict not in CONFLICT_RULES:
+        raise ConfigError(f"{k}.conflict: {conflict!r} is not 'merge' or 'remote'")
+    sources = _opt(s, "sources", list, f"{k}.sources") or []
+    if not all(isinstance(x, str) and x and "," not in x for x in sources):
+        raise ConfigError(f"{k}.sources: must be a list of names (no commas)")
+    return Sync(
+        label=label,
+        direction="push",
+        connection=conn.name,
+        operation=operation,
+        interval=_duration(s, "interval", 5.0, k),
+        paused=bool(_opt(s, "paused", bool, f"{k}.paused")),
+        source=source,
+        object=obj,
+        batch_size=_count(s, "batch_size", 100, k, minimum=1),
+        conflict=conflict,
+        disable_upsert=bool(_opt(s, "disable_upsert", bool, f"{k}.disable_upsert")),
+        sample_data=bool(_opt(s, "sample_data", bool, f"{k}.sample_data")),
+        associations=_associations(s, k),
+        push_to_source=bool(_opt(s, "push_to_source", bool, f"{k}.push_to_source")),
+        sources=tuple(sources),
+        natural_key=_opt(s, "natural_key", str, f"{k}.natural_key"),
+    )
+
+
+def _associations(s: dict[str, Any], k: str) -> tuple[Association, ...]:
+    out = []
+    for column, spec in _table(s, "associations", f"{k}.associations").items():
+        where = f"{k}.associations.{column}"
+        spec = _table(spec, None, where)
+        _keys(spec, where, {"source", "object"})
+        source = _req(spec, "source", str, f"{where}.source")
+        if not valid_prefix(source) or not source:
+            raise ConfigError(f"{where}.source: {source!r} is not a table name")
+        out.append(Association(column, source, _req(spec, "object", str, f"{where}.object")))
+    return tuple(out)
+
+
 def _cross_checks(syncs: dict[str, Sync]) -> None:
+    pushed: dict[str, str] = {}
+    for s in syncs.values():
+        if s.direction != "push":
+            continue
+        if s.source in pushed:
+            raise ConfigError(
+                f"syncs.{s.label}.source: table {s.source!r} is already pushed by sync "
+                f"{pushed[s.source]!r}; one push sync per table"
+            )
+        pushed[s.source] = s.label
     pulls = [s for s in syncs.values() if s.direction == "pull"]
     seen_prefix: dict[str, str] = {}
     seen_conn: dict[str, str] = {}

@@ -1,4 +1,4 @@
-"""Wiring: config → replica + connector clients → pull cycles."""
+"""Wiring: config → replica + connector clients → pull and push cycles."""
 
 from __future__ import annotations
 
@@ -8,11 +8,16 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from connectors.cdm import CdmClient, CdmSettings
+from connectors.endgrate import EndgrateClient, EndgrateSettings
+from connectors.push_model import PushConnector
+from connectors.ratelimit import SELL_DEFAULT
 from connectors.retry import RetryPolicy
 from connectors.sell import SellClient, SellSettings
 from daemon.config import Config, Connection, Sync, read_token
 from daemon.logs import register_secret
 from daemon.pull import PullOutcome, PullProgress, pull_cycle
+from daemon.push import PushReport, push_cycle, push_source
 from store import Replica
 
 log = structlog.get_logger("replicad.engine")
@@ -26,9 +31,45 @@ def sell_settings(conn: Connection, device_uuid: str) -> SellSettings:
         base_url=conn.base_url,
         token=token,
         device_uuid=device_uuid,
-        rate_limit=conn.rate_limit,
+        rate_limit=conn.rate_limit or SELL_DEFAULT,
         timeout=conn.timeout,
-        retry=RetryPolicy(conn.max_retries, conn.retry_backoff, conn.retry_backoff_max),
+        retry=_retry(conn),
+    )
+
+
+def _retry(conn: Connection) -> RetryPolicy:
+    return RetryPolicy(conn.max_retries, conn.retry_backoff, conn.retry_backoff_max)
+
+
+def push_connector(conn: Connection, sync: Sync) -> PushConnector:
+    """The client a push sync sends with (settings are per sync); reads the token now."""
+    token = read_token(conn)
+    register_secret(token)
+    if conn.kind == "endgrate":
+        assert conn.session_id is not None
+        return EndgrateClient(
+            EndgrateSettings(
+                base_url=conn.base_url,
+                token=token,
+                session_id=conn.session_id,
+                disable_upsert=sync.disable_upsert,
+                sample_data=sync.sample_data,
+                timeout=conn.timeout,
+                retry=_retry(conn),
+                rate_limit=conn.rate_limit,
+            )
+        )
+    return CdmClient(
+        CdmSettings(
+            base_url=conn.base_url,
+            token=token,
+            push_to_source=sync.push_to_source,
+            sources=sync.sources,
+            natural_key=sync.natural_key,
+            timeout=conn.timeout,
+            retry=_retry(conn),
+            rate_limit=conn.rate_limit,
+        )
     )
 
 
@@ -39,6 +80,7 @@ class Engine:
     config: Config
     replica: Replica
     clients: dict[str, SellClient] = field(default_factory=dict)
+    pushers: dict[str, PushConnector] = field(default_factory=dict)
 
     async def client(self, conn: Connection) -> SellClient:
         """The (cached) client of a connection."""
@@ -67,11 +109,31 @@ class Engine:
         )
         return outcome
 
+    def push_syncs(self) -> list[Sync]:
+        """The push syncs a cycle runs: not paused."""
+        return [s for s in self.config.syncs.values() if s.direction == "push" and not s.paused]
+
+    async def push(self, sync: Sync) -> PushReport:
+        """One push cycle of a sync."""
+        if sync.label not in self.pushers:
+            conn = self.config.connections[sync.connection]
+            self.pushers[sync.label] = push_connector(conn, sync)
+        report = await push_cycle(self.replica, sync, self.pushers[sync.label])
+        if report.batches:
+            log.info(
+                "push.done", sync=sync.label, batches=report.batches, sent=report.sent,
+                confirmed=report.confirmed, rejected=report.rejected,
+            )  # fmt: skip
+        return report
+
     async def aclose(self) -> None:
         """Close every client."""
         for client in self.clients.values():
             await client.aclose()
+        for pusher in self.pushers.values():
+            await pusher.aclose()
         self.clients.clear()
+        self.pushers.clear()
 
 
 @asynccontextmanager
@@ -82,6 +144,10 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
     try:
         for sync in config.syncs.values():
             await replica.register_sync(sync.label, sync.direction, sync.connection)
+        # Paused push syncs keep their tables writable: edits wait in the outbox.
+        await replica.register_push(
+            [push_source(s) for s in config.syncs.values() if s.direction == "push"]
+        )
         yield engine
     finally:
         try:

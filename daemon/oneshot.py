@@ -22,8 +22,23 @@ async def sync_once(config: Config, show_progress: bool) -> int:
     code = exits.OK
     async with open_engine(config) as engine:
         syncs = engine.pull_syncs()
-        if not syncs:
+        pushes = engine.push_syncs()
+        if not syncs and not pushes:
             print("replicad: no sync to run (all paused, or none configured)", file=sys.stderr)
+        # Push first: local edits reach the remote, and the pull then brings them back
+        # with their remote revisions instead of journaling them as conflicts.
+        for push in pushes:
+            try:
+                report = await engine.push(push)
+            except ConnectorError as error:
+                code = code or exits.exit_code(error)
+                print(f"replicad: sync {push.label}: {redact(str(error))}", file=sys.stderr)
+                continue
+            print(
+                f"{push.label}: pushed {report.sent} local edit{_plural(report.sent)} in "
+                f"{report.batches} batch{'' if report.batches == 1 else 'es'} "
+                f"({report.confirmed} confirmed, {report.rejected} rejected)"
+            )
         with BarProgress() if show_progress else nullcontext() as bar:
             for sync in syncs:
                 try:

@@ -1,4 +1,4 @@
-"""``replicad run``: repeat each sync's pull at its interval until SIGTERM/SIGINT."""
+"""``replicad run``: repeat each sync's cycle at its interval until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ async def run_daemon(config: Config) -> None:
     """Run until a signal arrives; the current page commits or rolls back, then exit."""
     async with open_engine(config) as engine, anyio.create_task_group() as tg:
         tg.start_soon(_wait_for_signal, tg.cancel_scope)
-        for sync in engine.pull_syncs():
-            tg.start_soon(_pull_loop, engine, sync)
-        log.info("daemon.started", syncs=[s.label for s in engine.pull_syncs()])
+        syncs = engine.push_syncs() + engine.pull_syncs()
+        for sync in syncs:
+            tg.start_soon(_sync_loop, engine, sync)
+        log.info("daemon.started", syncs=[s.label for s in syncs])
     log.info("daemon.stopped")
 
 
@@ -32,11 +33,15 @@ async def _wait_for_signal(scope: anyio.CancelScope) -> None:
             return
 
 
-async def _pull_loop(engine: Engine, sync: Sync) -> None:
+async def _sync_loop(engine: Engine, sync: Sync) -> None:
+    # A push failure never stops the pull and vice versa: each sync has its own loop.
     failures = 0
     while True:
         try:
-            await engine.pull(sync)
+            if sync.direction == "push":
+                await engine.push(sync)
+            else:
+                await engine.pull(sync)
             failures = 0
             delay = sync.interval
         except Exception as e:
@@ -46,7 +51,7 @@ async def _pull_loop(engine: Engine, sync: Sync) -> None:
             delay = min(300.0, sync.interval * (2 ** min(failures - 1, 8)))
             expected = isinstance(e, ConnectorError)
             log.warning(
-                "pull.failed", sync=sync.label, error=str(e), retry_in=delay,
+                f"{sync.direction}.failed", sync=sync.label, error=str(e), retry_in=delay,
                 exc_info=None if expected else e,
             )  # fmt: skip
         await anyio.sleep(delay)

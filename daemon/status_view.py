@@ -46,11 +46,22 @@ def render_status(report: dict[str, Any]) -> str:
             lines.append(f"  last error     {s['last_error']}  at {s.get('last_error_at')}")
         if s.get("items_total") is not None:
             lines.append(f"  last session   {s.get('items_done', 0)}/{s['items_total']} items")
-        lines.append(
-            f"  pending acks {s.get('pending_acks', 0)}, failed objects "
-            f"{s.get('failed_objects', 0)}, quarantined {s.get('quarantined', 0)}, "
-            f"pending local edits {s['pending_local_edits']}, conflicts {s['conflicts']}"
-        )
+        if s["direction"] == "push":
+            lines.append(
+                f"  local edits    {s['pending_local_edits']} pending "
+                f"({s.get('in_flight_local_edits', 0)} in flight), "
+                f"{s['failed_local_edits']} rejected, conflicts {s['conflicts']}"
+                + (
+                    "  (see replicad_outbox; `replicad retry --all`)"
+                    if s["failed_local_edits"]
+                    else ""
+                )
+            )
+        else:
+            lines.append(
+                f"  pending acks {s.get('pending_acks', 0)}, failed objects "
+                f"{s.get('failed_objects', 0)}, quarantined {s.get('quarantined', 0)}"
+            )
     if report["tables"]:
         lines.append("")
         lines.append("tables")

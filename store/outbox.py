@@ -12,13 +12,22 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from store.local_edits import settle_pending_flag
 from store.model import OutboxBatch, OutboxEntry, Outcome, OutcomeCounts, PushSource
 from store.names import quote
+from store.schema import APPLICATION_ID
 from store.tables import TableCatalog, TableInfo
 from store.values import SQLValue, from_sql
+
+
+def utcnow() -> str:
+    """Timestamps in the replica: ISO 8601, UTC, millisecond precision."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
 
 # Confirmed and cancelled entries stay visible in replicad_outbox this long.
 KEEP_FINISHED = "-7 days"
@@ -340,6 +349,22 @@ def _learn_id(
         return True
     db.execute(f"UPDATE {q} SET id = ? WHERE _internal_id = ?", (rid, iid))
     return False
+
+
+def requeue_at(path: Path, entry: int | None) -> int:
+    """``requeue`` from another process than the daemon (no replica lock needed)."""
+    if not path.exists():
+        raise FileNotFoundError(f"no replica at {path}")
+    db = sqlite3.connect(path, timeout=10, isolation_level=None)
+    try:
+        app_id, version = (
+            db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("application_id", "user_version")
+        )
+        if app_id != APPLICATION_ID or version < 2:
+            raise ValueError(f"{path} is not a replica with an outbox (run replicad once)")
+        return requeue(db, entry, utcnow())
+    finally:
+        db.close()
 
 
 def requeue(db: sqlite3.Connection, entry: int | None, now: str) -> int:

@@ -16,7 +16,6 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -37,6 +36,7 @@ from store.model import (
     PullTarget,
     PushSource,
 )
+from store.outbox import utcnow
 from store.schema import APPLICATION_ID, SCHEMA_VERSION, migrate
 from store.tables import TableCatalog
 
@@ -54,11 +54,6 @@ class AckBatch:
 
 class ReplicaRefused(RuntimeError):
     """The file is not a replica this version can use (foreign, or newer schema)."""
-
-
-def utcnow() -> str:
-    """Timestamps in the replica: ISO 8601, UTC, millisecond precision."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Replica:

@@ -11,6 +11,29 @@ from store.names import quote
 from store.schema import APPLICATION_ID
 
 
+def _local_edits(db: sqlite3.Connection, syncs: list[dict[str, Any]]) -> None:
+    """Outbox and conflict counts per push sync."""
+    counts: dict[str, dict[str, int]] = {}
+    for sync, state, n in db.execute(
+        "SELECT p.sync, o.state, count(*) FROM _replicad_outbox o "
+        "JOIN _replicad_push p ON p.tbl = o.tbl GROUP BY p.sync, o.state"
+    ):
+        counts.setdefault(sync, {})[state] = n
+    conflicts = dict(
+        db.execute(
+            "SELECT p.sync, count(*) FROM _replicad_conflicts c "
+            "JOIN _replicad_push p ON p.tbl = c.tbl GROUP BY p.sync"
+        ).fetchall()
+    )
+    for s in syncs:
+        c = counts.get(s["sync"], {})
+        s["pending_local_edits"] = c.get("pending", 0) + c.get("in_flight", 0)
+        s["in_flight_local_edits"] = c.get("in_flight", 0)
+        s["failed_local_edits"] = c.get("rejected", 0)
+        s["confirmed_local_edits"] = c.get("confirmed", 0)
+        s["conflicts"] = conflicts.get(s["sync"], 0)
+
+
 def read_status(path: Path) -> dict[str, Any]:
     """Status of a replica as plain data; works whether or not the daemon runs."""
     pid = is_held(path)
@@ -30,6 +53,8 @@ def read_status(path: Path) -> dict[str, Any]:
             raise ValueError(f"{path} is not a replicad replica")
         report["schema_version"] = db.execute("PRAGMA user_version").fetchone()[0]
         report["syncs"] = [dict(r) for r in db.execute("SELECT * FROM replicad_syncs")]
+        if report["schema_version"] >= 2:
+            _local_edits(db, report["syncs"])
         for r in db.execute("SELECT name, type, sync FROM replicad_tables ORDER BY name"):
             rows = db.execute(f"SELECT count(*) FROM {quote(r['name'])}").fetchone()[0]
             report["tables"].append({**dict(r), "rows": rows})

@@ -195,7 +195,7 @@ async def test_pushed_create_pulled_first_merges_rows(
 async def test_pull_merges_field_by_field_and_journals(
     pushed: Replica, app: sqlite3.Connection
 ) -> None:
-    """A remote change to a row with pending edits keeps the local fields and journals the remote."""
+    """A remote change to an edited row keeps the local fields and journals the remote."""
     app.execute("UPDATE contact SET name = 'Local' WHERE id = 1")
     result = await pushed.apply_page(
         TARGET, page(up("contact", 1, 11, name="Remote", vip=False, tags=["a"], email="new@x"))

@@ -1,0 +1,292 @@
+"""Sans-IO rules of the Endgrate push API (``docs/push-wire.md``).
+
+Request bodies are built from a ``PushBatch``; answers (status code and decoded JSON)
+are parsed strictly into plain data, and the returned rows and errors are mapped back
+to one ``PushOutcome`` per item. Nothing here does I/O, so every rule is testable
+without a network. A body that breaks the contract raises ``EndgrateProtocolError``:
+the batch then stays in flight, which is safe because Endgrate is idempotent by
+``internal_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+from connectors.errors import ConnectorError
+from connectors.push_model import JSON, Associated, PushBatch, PushItem, PushOutcome
+
+MAX_PAGE_LIMIT = 1000  # the most rows api/push/data returns per page
+NOT_COMPLETED = "transfer has not yet completed"
+
+
+class EndgrateProtocolError(ConnectorError):
+    """Endgrate answered something its push API does not allow."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnedRow:
+    """One element of ``api/push/data``: the remote id (None if failed or sample data)."""
+
+    id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DataPage:
+    """One 200 answer of ``api/push/data``."""
+
+    count: int  # the total number of rows of the transfer
+    rows: tuple[ReturnedRow, ...]
+    has_next: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TransferError:
+    """One element of ``api/errors``: which item failed, and why."""
+
+    index: int | None
+    internal_id: str | None
+    error_type: str
+    text: str
+
+    @property
+    def reason(self) -> str:
+        """The rejection reason kept in the outbox."""
+        return f"{self.error_type}: {self.text}" if self.text else self.error_type
+
+
+# --- requests -------------------------------------------------------------------------
+
+
+def transfer_body(
+    batch: PushBatch,
+    *,
+    session_id: str,
+    synchronous: bool,
+    disable_upsert: bool,
+    sample_data: bool,
+) -> dict[str, Any]:
+    """The ``POST api/push/transfer`` body; ``transfer_data[i]`` is ``batch.items[i]``."""
+    return {
+        "session_id": session_id,
+        "endgrate_type": batch.object,
+        "synchronous": synchronous,
+        "disable_upsert": disable_upsert,
+        "sample_data": sample_data,
+        "transfer_data": [item_payload(item) for item in batch.items],
+    }
+
+
+def item_payload(item: PushItem) -> dict[str, Any]:
+    """One ``transfer_data`` element: ``id`` only when the remote id is known."""
+    out: dict[str, Any] = {"internal_id": item.internal_id, "data": dict(item.data)}
+    if item.id is not None:
+        out["id"] = item.id
+    if item.associations:
+        out["associations"] = associations_payload(item.associations)
+    return out
+
+
+def associations_payload(assocs: Sequence[Associated]) -> dict[str, list[dict[str, JSON]]]:
+    """Associated records grouped by their endgrate_type, in first-seen order."""
+    grouped: dict[str, list[dict[str, JSON]]] = {}
+    for a in assocs:
+        entry: dict[str, JSON] = {"internal_id": a.internal_id, "data": dict(a.data)}
+        if a.id is not None:
+            entry["id"] = a.id
+        grouped.setdefault(a.type, []).append(entry)
+    return grouped
+
+
+def data_params(transfer_id: str, limit: int, offset: int) -> dict[str, str | int]:
+    """Query parameters of one ``api/push/data`` page."""
+    return {"transfer_id": transfer_id, "limit": limit, "offset": offset}
+
+
+# --- answers --------------------------------------------------------------------------
+
+
+def error_message(status: int, body: Any) -> str:
+    """One line from Endgrate's ``{"success": false, "message": …}`` envelope."""
+    detail = ""
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        detail = " ".join(body["message"].split())[:300]
+    return f"HTTP {status}" + (f" ({detail})" if detail else "")
+
+
+def is_pending(status: int, body: Any) -> bool:
+    """Whether ``api/push/data`` says the transfer is still running (poll again)."""
+    if status != 400 or not isinstance(body, dict):
+        return False
+    message = body.get("message")
+    return isinstance(message, str) and NOT_COMPLETED in message.lower()
+
+
+def parse_transfer(status: int, body: Any) -> str:
+    """The transfer id of a successful ``POST api/push/transfer``."""
+    _expect_success(status, body, "push/transfer")
+    tid = body.get("transfer_id")
+    if not isinstance(tid, str) or not tid.strip():
+        raise EndgrateProtocolError("push/transfer answered without a transfer_id")
+    return tid
+
+
+def parse_data_page(status: int, body: Any) -> DataPage:
+    """One page of returned data; every row must carry an ``id`` (possibly null)."""
+    _expect_success(status, body, "push/data")
+    meta = body.get("meta")
+    if not isinstance(meta, dict):
+        raise EndgrateProtocolError("push/data answered without meta")
+    count = meta.get("count")
+    if not _is_int(count) or count < 0:
+        raise EndgrateProtocolError("push/data meta.count is not a count")
+    nxt = meta.get("next")
+    if nxt is not None and not isinstance(nxt, str):
+        raise EndgrateProtocolError("push/data meta.next is neither a link nor null")
+    raw = body.get("transfer_data")
+    if not isinstance(raw, list):
+        raise EndgrateProtocolError("push/data answered without a transfer_data array")
+    rows: list[ReturnedRow] = []
+    for n, row in enumerate(raw):
+        if not isinstance(row, dict) or "id" not in row:
+            raise EndgrateProtocolError(f"push/data row {n} has no id")
+        if "data" in row and not isinstance(row["data"], dict):
+            raise EndgrateProtocolError(f"push/data row {n} data is not an object")
+        rows.append(ReturnedRow(_remote_id(row["id"], f"push/data row {n}")))
+    return DataPage(count, tuple(rows), nxt is not None)
+
+
+def next_offset(page: DataPage, *, expected: int, offset: int) -> int | None:
+    """Where the next page starts (None after the last), checking the paging adds up.
+
+    Offsets are computed here rather than taken from ``meta.next``: following a link
+    the server chose could send the Bearer token to another host.
+    """
+    if page.count != expected:
+        raise EndgrateProtocolError(
+            f"push/data reports {page.count} rows for a transfer of {expected} items"
+        )
+    end = offset + len(page.rows)
+    if end > expected:
+        raise EndgrateProtocolError("push/data returned more rows than were pushed")
+    if not page.has_next:
+        if end != expected:
+            raise EndgrateProtocolError(
+                f"push/data ended after {end} rows for a transfer of {expected} items"
+            )
+        return None
+    if not page.rows:
+        # An empty page that still links onwards would make us poll forever.
+        raise EndgrateProtocolError("push/data returned an empty page with a next link")
+    return end
+
+
+def parse_errors(status: int, body: Any) -> list[TransferError]:
+    """The transfer's errors; each must name its item by ``index`` or ``internal_id``."""
+    _expect_success(status, body, "errors")
+    raw = body.get("errors")
+    if not isinstance(raw, list):
+        raise EndgrateProtocolError("errors answered without an errors array")
+    out: list[TransferError] = []
+    for n, err in enumerate(raw):
+        if not isinstance(err, dict):
+            raise EndgrateProtocolError(f"errors[{n}] is not an object")
+        index = err.get("index")
+        internal_id = err.get("internal_id")
+        if index is not None and (not _is_int(index) or index < 0):
+            raise EndgrateProtocolError(f"errors[{n}].index is not a position")
+        if internal_id is not None and not isinstance(internal_id, str):
+            raise EndgrateProtocolError(f"errors[{n}].internal_id is not a string")
+        if index is None and internal_id is None:
+            raise EndgrateProtocolError(f"errors[{n}] names neither an index nor an internal_id")
+        error_type = err.get("error_type")
+        if not isinstance(error_type, str) or not error_type:
+            raise EndgrateProtocolError(f"errors[{n}] has no error_type")
+        text = err.get("error_resolve_text")
+        if text is not None and not isinstance(text, str):
+            raise EndgrateProtocolError(f"errors[{n}].error_resolve_text is not a string")
+        out.append(TransferError(index, internal_id, error_type, " ".join((text or "").split())))
+    return out
+
+
+def outcomes(
+    batch: PushBatch,
+    transfer_id: str,
+    rows: Sequence[ReturnedRow],
+    errors: Sequence[TransferError],
+    *,
+    sample_data: bool,
+) -> list[PushOutcome]:
+    """One outcome per item, in push order: rejected if listed in errors, else confirmed."""
+    items = batch.items
+    if len(rows) != len(items):
+        raise EndgrateProtocolError(
+            f"push/data returned {len(rows)} rows for a transfer of {len(items)} items"
+        )
+    reasons: dict[int, list[str]] = {}
+    for err in errors:
+        for i in _error_positions(items, err):
+            reasons.setdefault(i, []).append(err.reason)
+    out: list[PushOutcome] = []
+    for i, (item, row) in enumerate(zip(items, rows, strict=True)):
+        if i in reasons:
+            out.append(
+                PushOutcome(item.entry, rejected="; ".join(reasons[i]), transfer_id=transfer_id)
+            )
+        elif row.id is None and not sample_data:
+            # A failed row is listed by api/errors; a null id with no error would be
+            # confirmed without ever having been written. Leave it in flight instead.
+            raise EndgrateProtocolError(
+                f"push/data row {i} has no id and api/errors does not list it"
+            )
+        else:
+            rid = None if sample_data else row.id
+            out.append(PushOutcome(item.entry, id=rid, transfer_id=transfer_id))
+    return out
+
+
+def _error_positions(items: Sequence[PushItem], err: TransferError) -> list[int]:
+    """The items an error is about: by index, else every item carrying its internal_id.
+
+    An ``internal_id`` may be an associated record's: the item it was pushed with is
+    the one the outbox can show the reason on.
+    """
+    if err.index is not None:
+        if err.index >= len(items):
+            raise EndgrateProtocolError(
+                f"errors names index {err.index} of a transfer of {len(items)} items"
+            )
+        if err.internal_id is not None and err.internal_id not in _ids_of(items[err.index]):
+            raise EndgrateProtocolError(
+                f"errors names index {err.index} with another item's internal_id"
+            )
+        return [err.index]
+    found = [i for i, item in enumerate(items) if err.internal_id in _ids_of(item)]
+    if not found:
+        raise EndgrateProtocolError("errors names an internal_id that was not pushed")
+    return found
+
+
+def _ids_of(item: PushItem) -> set[str]:
+    return {item.internal_id, *(a.internal_id for a in item.associations)}
+
+
+def _expect_success(status: int, body: Any, what: str) -> None:
+    if status != 200:
+        raise EndgrateProtocolError(f"unexpected status {status} from {what}")
+    if not isinstance(body, dict) or body.get("success") is not True:
+        raise EndgrateProtocolError(f"{what} answered without success: true")
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    # bool is an int subclass; a JSON true is never a count or a position.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _remote_id(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if _is_int(value) or (isinstance(value, str) and value):
+        return str(value)
+    raise EndgrateProtocolError(f"{where} id is neither a string, an integer nor null")

@@ -1,0 +1,26 @@
+"""``replicad retry [--all|ID]``: requeue rejected local edits."""
+
+from __future__ import annotations
+
+import sys
+
+from daemon import exits
+from daemon.config import Config
+from store.outbox import requeue_at
+
+
+def retry_rejected(config: Config, entry: int | None) -> int:
+    """Move rejected outbox entries back to pending; exit 1 if the entry is not rejected.
+
+    Works while the daemon runs (one short transaction on the outbox, which the daemon
+    reads under its own transactions); its next push sends them.
+    """
+    n = requeue_at(config.replica_path, entry)
+    if entry is not None and n == 0:
+        print(
+            f"replicad: outbox entry {entry} is not rejected (see replicad_outbox)",
+            file=sys.stderr,
+        )
+        return exits.FAILURE
+    print(f"requeued {n} rejected local edit{'' if n == 1 else 's'}; the next push sends them")
+    return exits.OK

@@ -1,0 +1,409 @@
+"""Endgrate push client over httpx.MockTransport: shapes, polling, paging, errors, retries."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from connectors.endgrate import EndgrateClient, EndgrateSettings
+from connectors.endgrate_protocol import (
+    DataPage,
+    EndgrateProtocolError,
+    ReturnedRow,
+    next_offset,
+    parse_errors,
+)
+from connectors.errors import AuthRefused, RemoteRefused, RemoteUnreachable
+from connectors.push_model import Associated, PushBatch, PushConnector, PushItem
+from connectors.retry import RetryPolicy
+
+TOKEN = "e" * 48
+FAST = RetryPolicy(max_retries=3, base=0.001, cap=0.002)
+
+
+@dataclass
+class FakeEndgrate:
+    """A tiny Endgrate: assigns ids by internal_id, serves data and errors per transfer."""
+
+    pending_polls: int = 0  # api/push/data answers "not yet completed" this many times
+    invalid: set[str] = field(default_factory=set)  # internal_ids that fail validation
+    error_by: str = "index"  # how api/errors names failed items: "index" or "internal_id"
+    faults: list[httpx.Response] = field(default_factory=list)  # answered before anything
+    requests: list[httpx.Request] = field(default_factory=list)
+    transfers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    ids: dict[str, int] = field(default_factory=dict)
+    sample: bool = False
+
+    def bodies(self) -> list[dict[str, Any]]:
+        """JSON bodies of the transfer requests, oldest first."""
+        return [json.loads(r.content) for r in self.requests if r.method == "POST"]
+
+    def paths(self) -> list[str]:
+        """Paths of every request received, oldest first."""
+        return [r.url.path for r in self.requests]
+
+    def __call__(self, req: httpx.Request) -> httpx.Response:
+        self.requests.append(req)
+        if req.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return httpx.Response(401, json={"success": False, "message": "bad token"})
+        if self.faults:
+            return self.faults.pop(0)
+        if req.url.path == "/api/push/transfer":
+            body = json.loads(req.content)
+            tid = f"tr-{len(self.transfers) + 1}"
+            self.sample = body["sample_data"]
+            self.transfers[tid] = body["transfer_data"]
+            return httpx.Response(200, json={"success": True, "transfer_id": tid})
+        tid = req.url.params["transfer_id"]
+        items = self.transfers[tid]
+        if req.url.path == "/api/push/data":
+            if self.pending_polls:
+                self.pending_polls -= 1
+                msg = {"success": False, "message": "Transfer has not yet completed"}
+                return httpx.Response(400, json=msg)
+            limit = int(req.url.params.get("limit", "100"))
+            offset = int(req.url.params.get("offset", "0"))
+            rows = [self._row(x) for x in items[offset : offset + limit]]
+            more = offset + limit < len(items)
+            nxt = f"/api/push/data?transfer_id={tid}&offset={offset + limit}" if more else None
+            meta = {"count": len(items), "previous": None, "next": nxt}
+            return httpx.Response(200, json={"success": True, "meta": meta, "transfer_data": rows})
+        errors = [
+            {
+                **({"index": i} if self.error_by == "index" else {}),
+                "internal_id": x["internal_id"],
+                "error_type": "validation",
+                "error_resolve_text": "email must contain @",
+            }
+            for i, x in enumerate(items)
+            if x["internal_id"] in self.invalid
+        ]
+        return httpx.Response(200, json={"success": True, "errors": errors})
+
+    def _row(self, x: dict[str, Any]) -> dict[str, Any]:
+        if x["internal_id"] in self.invalid:
+            return {"id": None, "data": {}}
+        if self.sample:
+            return {"id": None, "data": x["data"]}
+        rid = self.ids.setdefault(x["internal_id"], 1000 + len(self.ids))
+        return {"id": str(rid), "data": x["data"]}
+
+
+def make(server: FakeEndgrate, **kw: Any) -> EndgrateClient:
+    settings = EndgrateSettings(
+        base_url="https://endgrate.test/", token=TOKEN, session_id="sess-1", retry=FAST, **kw
+    )
+    return EndgrateClient(settings, transport=httpx.MockTransport(server), rng=random.Random(1))
+
+
+def item(entry: int, email: str = "", rid: str | None = None, **kw: Any) -> PushItem:
+    data = {"first_name": f"n{entry}", "email": email or f"u{entry}@example.com"}
+    return PushItem(entry=entry, internal_id=f"int-{entry}", op="insert", data=data, id=rid, **kw)
+
+
+def batch(*items: PushItem, resend: bool = False) -> PushBatch:
+    return PushBatch("trk-1", "crm-contact", tuple(items), resend=resend)
+
+
+async def test_transfer_shape_and_headers_on_every_request() -> None:
+    """The transfer body follows the contract; Bearer and X-Tracking-ID go on every request."""
+    server = FakeEndgrate()
+    assocs = (
+        Associated("crm-company", "co-1", {"name": "Acme"}),
+        Associated("crm-deal", "d-1", {"value": 5}, id="77"),
+        Associated("crm-company", "co-2", {"name": "Bacme"}, id="88"),
+    )
+    async with make(server, disable_upsert=True) as c:
+        result = await c.push(batch(item(1, associations=assocs), item(2, rid="1000042")))
+    assert result.error is None
+    assert server.paths() == ["/api/push/transfer", "/api/push/data", "/api/errors"]
+    for req in server.requests:
+        assert req.headers["Authorization"] == f"Bearer {TOKEN}"
+        assert req.headers["X-Tracking-ID"] == "trk-1"
+        assert req.headers["User-Agent"] == "replicad"
+    body = server.bodies()[0]
+    assert {k: v for k, v in body.items() if k != "transfer_data"} == {
+        "session_id": "sess-1",
+        "endgrate_type": "crm-contact",
+        "synchronous": True,
+        "disable_upsert": True,
+        "sample_data": False,
+    }
+    first, second = body["transfer_data"]
+    assert "id" not in first and second["id"] == "1000042"
+    assert "associations" not in second
+    assert first["associations"] == {
+        "crm-company": [
+            {"internal_id": "co-1", "data": {"name": "Acme"}},
+            {"internal_id": "co-2", "data": {"name": "Bacme"}, "id": "88"},
+        ],
+        "crm-deal": [{"internal_id": "d-1", "data": {"value": 5}, "id": "77"}],
+    }
+    assert [(o.entry, o.id, o.transfer_id, o.confirmed) for o in result.outcomes] == [
+        (1, "1000", "tr-1", True),
+        (2, "1001", "tr-1", True),
+    ]
+
+
+async def test_polls_until_the_transfer_completes() -> None:
+    """An asynchronous transfer is polled while push/data answers 'not yet completed'."""
+    server = FakeEndgrate(pending_polls=3)
+    async with make(server, synchronous=False, poll_interval=0.001) as c:
+        result = await c.push(batch(item(1)))
+        assert c.stats.data == 4 and c.stats.retries == 0
+    assert server.bodies()[0]["synchronous"] is False
+    assert result.error is None and result.outcomes[0].id == "1000"
+
+
+async def test_poll_gives_up_after_max_wait() -> None:
+    """A transfer that never completes stops the batch with RemoteUnreachable."""
+    server = FakeEndgrate(pending_polls=10_000)
+    policy = RetryPolicy(max_retries=3, base=0.001, cap=0.002, max_retry_after=0.02)
+    settings = EndgrateSettings(
+        "https://endgrate.test", TOKEN, "s", retry=policy, synchronous=False, poll_interval=0.005
+    )
+    async with EndgrateClient(settings, transport=httpx.MockTransport(server)) as c:
+        result = await c.push(batch(item(1)))
+    assert isinstance(result.error, RemoteUnreachable) and result.outcomes == []
+    assert "has not completed" in str(result.error)
+
+
+async def test_pages_through_returned_data() -> None:
+    """Returned data is read page by page with our own offsets until next is null."""
+    server = FakeEndgrate()
+    async with make(server, page_limit=2) as c:
+        result = await c.push(batch(*(item(i) for i in range(1, 6))))
+    pages = [r.url.params for r in server.requests if r.url.path == "/api/push/data"]
+    assert [(p["limit"], p["offset"]) for p in pages] == [("2", "0"), ("2", "2"), ("2", "4")]
+    assert [o.id for o in result.outcomes] == ["1000", "1001", "1002", "1003", "1004"]
+
+
+async def test_errors_become_rejections_by_index() -> None:
+    """An item listed by api/errors is rejected with its type and resolve text."""
+    server = FakeEndgrate(invalid={"int-2"})
+    async with make(server) as c:
+        result = await c.push(batch(item(1), item(2, email="bad"), item(3)))
+    assert result.error is None
+    got = [(o.entry, o.id, o.rejected) for o in result.outcomes]
+    assert got == [
+        (1, "1000", None),
+        (2, None, "validation: email must contain @"),
+        (3, "1001", None),
+    ]
+
+
+async def test_errors_by_internal_id_of_an_association() -> None:
+    """An error naming an associated record's internal_id rejects the item carrying it."""
+    server = FakeEndgrate(error_by="internal_id")
+    assoc = Associated("crm-company", "co-9", {"name": "X"})
+    errors = {
+        "success": True,
+        "errors": [{"internal_id": "co-9", "error_type": "conflict", "error_resolve_text": "x"}],
+    }
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/api/errors":
+            server.requests.append(req)
+            return httpx.Response(200, json=errors)
+        return server(req)
+
+    settings = EndgrateSettings("https://endgrate.test", TOKEN, "s", retry=FAST)
+    async with EndgrateClient(settings, transport=httpx.MockTransport(handler)) as c:
+        result = await c.push(batch(item(1), item(2, associations=(assoc,))))
+    assert [o.rejected for o in result.outcomes] == [None, "conflict: x"]
+
+
+async def test_sample_data_confirms_without_ids() -> None:
+    """With sample_data every item is confirmed and no remote id is recorded."""
+    server = FakeEndgrate()
+    async with make(server, sample_data=True) as c:
+        result = await c.push(batch(item(1), item(2)))
+    assert server.bodies()[0]["sample_data"] is True
+    assert [(o.confirmed, o.id) for o in result.outcomes] == [(True, None), (True, None)]
+
+
+async def test_429_retry_after_then_success() -> None:
+    """A 429 waits Retry-After and the transfer is sent again."""
+    server = FakeEndgrate(faults=[httpx.Response(429, headers={"Retry-After": "0"})])
+    async with make(server) as c:
+        result = await c.push(batch(item(1)))
+        assert c.stats.retries == 1 and c.stats.transfer == 1 and c.stats.total == 4
+    assert result.error is None and result.outcomes[0].confirmed
+    assert server.paths()[:2] == ["/api/push/transfer", "/api/push/transfer"]
+
+
+async def test_503_retried_then_success() -> None:
+    """503 answers are retried with backoff; Endgrate's idempotency makes reposting safe."""
+    server = FakeEndgrate(faults=[httpx.Response(503), httpx.Response(503)])
+    async with make(server) as c:
+        result = await c.push(batch(item(1)))
+        assert c.stats.retries == 2
+    assert result.error is None and result.outcomes[0].id == "1000"
+
+
+async def test_retries_exhausted_is_unreachable() -> None:
+    """Failures that outlast the retry budget leave every item in flight."""
+    server = FakeEndgrate(faults=[httpx.Response(502)] * 10)
+    async with make(server) as c:
+        result = await c.push(batch(item(1)))
+    assert isinstance(result.error, RemoteUnreachable) and result.outcomes == []
+    assert "gave up after 3 retries" in str(result.error)
+    assert len(server.requests) == 4
+
+
+async def test_network_error_retried() -> None:
+    """A transport error is retried like any lost answer."""
+    calls: list[int] = []
+    server = FakeEndgrate()
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            raise httpx.ReadError("reset")
+        return server(req)
+
+    settings = EndgrateSettings("https://endgrate.test", TOKEN, "s", retry=FAST)
+    async with EndgrateClient(settings, transport=httpx.MockTransport(handler)) as c:
+        result = await c.push(batch(item(1)))
+    assert result.error is None and result.outcomes[0].confirmed
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_auth_refused_without_token(status: int) -> None:
+    """401/403 end the push with AuthRefused whose message never contains the token."""
+    echo = {"success": False, "message": f"token Bearer {TOKEN} is invalid"}
+    server = FakeEndgrate(faults=[httpx.Response(status, json=echo)])
+    async with make(server) as c:
+        result = await c.push(batch(item(1)))
+    assert isinstance(result.error, AuthRefused) and result.outcomes == []
+    assert TOKEN not in str(result.error) and "invalid" in str(result.error)
+    assert TOKEN not in repr(c.settings)
+
+
+async def test_transfer_400_is_refused() -> None:
+    """A 400 on the transfer (e.g. an unknown type) is RemoteRefused with its message."""
+    bad = httpx.Response(400, json={"success": False, "message": "unknown endgrate_type"})
+    server = FakeEndgrate(faults=[bad])
+    async with make(server) as c:
+        result = await c.push(batch(item(1)))
+    assert isinstance(result.error, RemoteRefused)
+    assert "unknown endgrate_type" in str(result.error) and len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"success": True},
+        {"success": False, "transfer_id": "x"},
+        {"success": True, "transfer_id": ""},
+        ["not", "an", "object"],
+    ],
+)
+async def test_malformed_transfer_answer_is_an_error(answer: Any) -> None:
+    """A transfer answer without success and a transfer_id is a protocol error."""
+    server = FakeEndgrate(faults=[httpx.Response(200, json=answer)])
+    async with make(server) as c:
+        result = await c.push(batch(item(1)))
+    assert isinstance(result.error, EndgrateProtocolError) and result.outcomes == []
+
+
+async def test_truncated_json_is_an_error() -> None:
+    """A 200 whose body is not JSON is a protocol error, not a crash."""
+    server = FakeEndgrate(faults=[httpx.Response(200, content=b'{"success": tr')])
+    async with make(server) as c:
+        result = await c.push(batch(item(1)))
+    assert isinstance(result.error, EndgrateProtocolError)
+
+
+async def test_count_mismatch_is_an_error() -> None:
+    """Returned data whose count differs from the pushed items leaves all in flight."""
+    server = FakeEndgrate()
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/api/push/data":
+            meta = {"count": 1, "previous": None, "next": None}
+            rows = [{"id": "1", "data": {}}]
+            return httpx.Response(200, json={"success": True, "meta": meta, "transfer_data": rows})
+        return server(req)
+
+    settings = EndgrateSettings("https://endgrate.test", TOKEN, "s", retry=FAST)
+    async with EndgrateClient(settings, transport=httpx.MockTransport(handler)) as c:
+        result = await c.push(batch(item(1), item(2)))
+    assert isinstance(result.error, EndgrateProtocolError) and result.outcomes == []
+    assert "1 rows for a transfer of 2" in str(result.error)
+
+
+async def test_null_id_without_error_is_an_error() -> None:
+    """A row with a null id that api/errors does not list is never confirmed."""
+    server = FakeEndgrate(invalid={"int-1"})
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/api/errors":
+            return httpx.Response(200, json={"success": True, "errors": []})
+        return server(req)
+
+    settings = EndgrateSettings("https://endgrate.test", TOKEN, "s", retry=FAST)
+    async with EndgrateClient(settings, transport=httpx.MockTransport(handler)) as c:
+        result = await c.push(batch(item(1)))
+    assert isinstance(result.error, EndgrateProtocolError) and result.outcomes == []
+
+
+async def test_resend_posts_again_under_the_same_tracking_id() -> None:
+    """A resent batch is posted again; the same internal_id gets the same remote id."""
+    server = FakeEndgrate()
+    async with make(server) as c:
+        first = await c.push(batch(item(1)))
+        again = await c.push(batch(item(1), resend=True))
+    assert first.outcomes[0].id == again.outcomes[0].id == "1000"
+    assert [r.headers["X-Tracking-ID"] for r in server.requests] == ["trk-1"] * 6
+
+
+async def test_empty_batch_sends_nothing() -> None:
+    """An empty batch is answered without any request."""
+    server = FakeEndgrate()
+    async with make(server) as c:
+        result = await c.push(batch())
+    assert result.outcomes == [] and result.error is None and server.requests == []
+
+
+def test_satisfies_push_connector_and_validates_settings() -> None:
+    """EndgrateClient is a PushConnector; a page_limit beyond 1000 is refused."""
+    connector: PushConnector = make(FakeEndgrate(), rate_limit="10/s")
+    assert isinstance(connector, EndgrateClient) and connector.bucket is not None
+    with pytest.raises(ValueError, match="page_limit"):
+        EndgrateSettings("https://e.test", TOKEN, "s", page_limit=1001)
+
+
+def test_next_offset_checks_paging() -> None:
+    """Paging must add up: no empty page with a next link, no early or late end."""
+    rows = (ReturnedRow("1"), ReturnedRow("2"))
+    assert next_offset(DataPage(4, rows, True), expected=4, offset=0) == 2
+    assert next_offset(DataPage(4, rows, False), expected=4, offset=2) is None
+    with pytest.raises(EndgrateProtocolError, match="empty page"):
+        next_offset(DataPage(4, (), True), expected=4, offset=2)
+    with pytest.raises(EndgrateProtocolError, match="ended after 2"):
+        next_offset(DataPage(4, rows, False), expected=4, offset=0)
+    with pytest.raises(EndgrateProtocolError, match="more rows"):
+        next_offset(DataPage(3, rows, True), expected=3, offset=2)
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        {"error_type": "validation"},
+        {"index": -1, "error_type": "validation"},
+        {"index": True, "error_type": "validation"},
+        {"index": 0},
+        {"index": 0, "error_type": "v", "error_resolve_text": 5},
+        "oops",
+    ],
+)
+def test_parse_errors_is_strict(err: Any) -> None:
+    """An error entry must name its item and carry an error_type."""
+    with pytest.raises(EndgrateProtocolError):
+        parse_errors(200, {"success": True, "errors": [err]})
