@@ -66,6 +66,11 @@ class EmulatorControl:
         result: dict[str, Any] = self._json("GET", "/stats")
         return result
 
+    def pushes(self) -> list[dict[str, Any]]:
+        """Every push request received (Endgrate and CDM), oldest first."""
+        result: list[dict[str, Any]] = self._json("GET", "/pushes")["requests"]
+        return result
+
     def reset_stats(self) -> None:
         """Zero the request counters."""
         self._json("POST", "/stats/reset")

@@ -1,8 +1,9 @@
-"""``replicad demo``: the whole pull loop on this machine, with nothing but the install.
+"""``replicad demo``: the whole loop on this machine, with nothing but the install.
 
 Starts the built-in emulator on a free loopback port, writes ``config.toml``, a token
 file and the replica under the demo folder, syncs with a progress bar, changes a few
-records remotely, syncs again, and shows the status and queries to try next.
+records remotely, makes local edits with plain SQL, syncs again (push, then pull),
+shows the edits upstream and back in the replica, the status, and queries to try next.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from daemon.config import load_config
 from daemon.oneshot import sync_once
 from daemon.status_view import render_status, status_report
 from store.lock import is_held
+from store.status import edit_locally, local_row
 
 # Only these are removed when the demo starts over; anything else in the folder stays.
 DEMO_FILES = ("config.toml", "token", "replica.db", "replica.db-wal", "replica.db-shm")
@@ -41,7 +43,28 @@ direction = "pull"
 connection = "crm"
 operation = "mirror"
 interval = "30s"
+
+# Local edits of the contact table go back upstream as Endgrate transfers.
+[connections.outbound]
+kind = "endgrate"
+base_url = "{url}"
+token_file = "token"
+session_id = "replicad-demo"
+max_retries = 3
+
+[syncs.contacts-out]
+direction = "push"
+connection = "outbound"
+source = "contact"
+object = "crm-contact"
 """
+
+
+DEMO_EMAIL = "ada.demo@example.org"
+LOCAL_EDITS = (
+    f"INSERT INTO contact (first_name, last_name, email) VALUES ('Ada', 'Byron', '{DEMO_EMAIL}')",
+    'UPDATE contact SET tags = \'["vip","demo","local"]\' WHERE id = 1',
+)
 
 
 def _say(text: str) -> None:
@@ -84,16 +107,29 @@ def run_demo(folder: Path, records: int) -> int:
             random=20,
             seed=3,
         )  # fmt: skip
-        _say(f"3. Changed {len(changes)} records upstream (updates, creates, deletes); "
-             "syncing again:")  # fmt: skip
+        _say(f"3. Changed {len(changes)} records upstream (updates, creates, deletes).")
+        _say("4. Local edits with plain SQL (another app could do the same):")
+        for sql in LOCAL_EDITS:
+            _say(f"     {sql}")
+        edit_locally(replica, LOCAL_EDITS)
+        _say("   Syncing again (push the edits, then pull):")
         code = anyio.run(sync_once, config, show)
         if code:
             return code
-    _say("4. Status:\n")
+        remote_ids = [
+            int(i)
+            for i, data in remote.state()["records"]["contact"].items()
+            if data.get("email") == DEMO_EMAIL
+        ]
+        local = local_row(replica, DEMO_EMAIL)
+        _say(f"   Upstream: contact {remote_ids} has email {DEMO_EMAIL}; locally the row "
+             f"now has id {local[0]} and _pending = {local[1]}.")  # fmt: skip
+    _say("5. Status:\n")
     _say(render_status(status_report(config)))
     rel = os.path.relpath(replica)
-    _say("5. Try these queries (the replica is plain SQLite; read it while replicad runs):\n")
+    _say("6. Try these queries (the replica is plain SQLite; read it while replicad runs):\n")
     _say(f'  sqlite3 {rel} "SELECT id, name, email FROM contact WHERE id = 1"')
+    _say(f'  sqlite3 {rel} "SELECT entry, state, op, internal_id, remote_id FROM replicad_outbox"')
     _say(f"  sqlite3 {rel} \"SELECT currency, count(*), round(sum(value)) FROM deal "
          "GROUP BY currency\"")  # fmt: skip
     _say(f"  sqlite3 {rel} \"SELECT json_extract(address, '$.city') AS city, count(*) "

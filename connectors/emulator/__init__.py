@@ -1,5 +1,8 @@
 """Built-in emulator of the Zendesk Sell Sync API, for tests, demos and benchmarks.
 
+It also serves the push destinations of docs/push-wire.md (Endgrate push API and
+CDM writes), which write into the same emulated account.
+
 ``create_app()`` builds the ASGI app; :mod:`connectors.emulator.server` serves it
 (``python -m connectors.emulator --records 2000 --port 8765``).
 """

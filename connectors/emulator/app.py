@@ -1,7 +1,9 @@
-"""The emulator's ASGI application: the Sell Sync API routes plus control routes.
+"""The emulator's ASGI application: the Sell Sync API routes, push routes, control routes.
 
 Besides the three Sync API routes it answers ``GET /v2/users/self``, which
-clients call to check a token without starting a session.
+clients call to check a token without starting a session.  The push destination
+routes (``/api/...``, docs/push-wire.md) live in
+:mod:`connectors.emulator.push_routes` and write to the same account.
 
 Every Sell route checks, in this order: the bearer token (401), the
 ``X-Basecrm-Device-UUID`` header (400), the session for fetches (404), then
@@ -12,7 +14,6 @@ status therefore never changes state.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from typing import Any, Final
 
@@ -24,6 +25,7 @@ from starlette.routing import Route
 
 from connectors.emulator.control import control_routes
 from connectors.emulator.faults import FaultRule, malformed_items
+from connectors.emulator.push_routes import push_routes
 from connectors.emulator.responses import (
     JSON_MEDIA_TYPE,
     TruncatedResponse,
@@ -32,7 +34,7 @@ from connectors.emulator.responses import (
     error_response,
     json_response,
 )
-from connectors.emulator.runtime import DEFAULT_TOKEN, Emulator, emulator_of
+from connectors.emulator.runtime import DEFAULT_TOKEN, Emulator, emulator_of, has_token
 from connectors.emulator.state import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_SESSION_TTL,
@@ -57,11 +59,7 @@ _OWNER: Final = {
 
 def _refuse_token(request: Request, emulator: Emulator) -> Response | None:
     """The 401 to send unless the request carries ``Authorization: Bearer <token>``."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    # compare_digest keeps the check constant-time; the token is never echoed.
-    if scheme.lower() == "bearer" and hmac.compare_digest(
-        token.strip().encode(), emulator.token.encode()
-    ):
+    if has_token(request, emulator.token):
         return None
     return error_response(
         401, "unauthorized", "Missing or invalid access token", "Authorization: Bearer required"
@@ -291,6 +289,7 @@ def create_app(
         Route("/v2/sync/{session_id}/queues/main", fetch_queue, methods=["GET"]),
         Route("/v2/sync/ack", acknowledge, methods=["POST"]),
         Route("/v2/users/self", users_self, methods=["GET"]),
+        *push_routes(),
         *control_routes(),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})

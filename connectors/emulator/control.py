@@ -8,6 +8,8 @@
   appends rules; ``DELETE`` removes them all.
 * ``GET /_emulator/stats`` → request counters and device queues;
   ``POST /_emulator/stats/reset`` zeroes the counters.
+* ``GET /_emulator/pushes`` → ``{"requests": [...]}``, every push request received,
+  oldest first; ``POST /_emulator/pushes/reset`` empties the list.
 
 Errors answer ``{"error": message}`` with a 4xx status.
 """
@@ -133,6 +135,18 @@ async def reset_stats(request: Request) -> Response:
     return json_response(emulator.stats_json())
 
 
+async def pushes(request: Request) -> Response:
+    """Every push request received, oldest first (docs/push-wire.md)."""
+    return json_response(emulator_of(request).pushes.log.to_json())
+
+
+async def reset_pushes(request: Request) -> Response:
+    """Forget the push requests received (the records they wrote stay)."""
+    log = emulator_of(request).pushes.log
+    log.clear()
+    return json_response(log.to_json())
+
+
 def control_routes() -> list[BaseRoute]:
     """The ``/_emulator/`` routes."""
     return [
@@ -141,4 +155,6 @@ def control_routes() -> list[BaseRoute]:
         Route("/_emulator/faults", faults, methods=["GET", "POST", "DELETE"]),
         Route("/_emulator/stats", stats, methods=["GET"]),
         Route("/_emulator/stats/reset", reset_stats, methods=["POST"]),
+        Route("/_emulator/pushes", pushes, methods=["GET"]),
+        Route("/_emulator/pushes/reset", reset_pushes, methods=["POST"]),
     ]

@@ -1,18 +1,28 @@
-"""Fault injection rules for the Sell Sync API emulator: pure data and matching.
+"""Fault injection rules for the emulator's Sell and push routes: pure data and matching.
 
 A rule is posted as JSON::
 
-    {"endpoint": "start" | "fetch" | "ack" | "any",
-     "action": "status" | "truncate" | "delay" | "empty_page" | "failed_objects" | "malformed",
+    {"endpoint": "start" | "fetch" | "ack" | "any"
+                 | "transfer" | "push_data" | "push_errors" | "cdm_write" | "cdm_list" | "push",
+     "action": "status" | "truncate" | "delay" | "empty_page" | "failed_objects" | "malformed"
+               | "lost_response" | "reject",
      "times": 1,   # how often it fires; 0 = forever
-     "skip": 0,    # let this many matching requests through first
+     "skip": 0,    # let this many matching requests (or, for reject, items) through first
      ...action parameters: "status" + optional "retry_after" (status),
-        "seconds" (delay), "count" (failed_objects)}
+        "seconds" (delay), "count" (failed_objects),
+        "match": {"field": F, "value": V} + optional "message" (reject)}
 
-``status`` and ``delay`` apply to any endpoint.  The other actions shape a page,
+``any`` stands for every Sell Sync API endpoint and ``push`` for every push
+endpoint (docs/push-wire.md); neither covers the other, so Sell fault scenarios
+behave as they always did while a client also pushes.
+
+``status`` and ``delay`` apply to any endpoint.  The page actions shape a page,
 so they only match fetches that would serve one: a rule is never spent on the
-204 that ends a session.  Rules are consulted in the order they were added and
-the first one that fires wins.
+204 that ends a session.  ``lost_response`` (carry the request out, then answer
+502) is for push endpoints only, and ``reject`` for the push writes; a reject
+rule is consulted per pushed record, not per request, and only for records that
+pass the emulator's own validation.  Rules are consulted in the order they were
+added and the first one that fires wins.
 """
 
 from __future__ import annotations
@@ -21,9 +31,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-ENDPOINTS: Final = ("start", "fetch", "ack", "any")
-ACTIONS: Final = ("status", "truncate", "delay", "empty_page", "failed_objects", "malformed")
+SELL_ENDPOINTS: Final = ("start", "fetch", "ack")
+PUSH_ENDPOINTS: Final = ("transfer", "push_data", "push_errors", "cdm_write", "cdm_list")
+ENDPOINTS: Final = (*SELL_ENDPOINTS, "any", *PUSH_ENDPOINTS, "push")
+ACTIONS: Final = (
+    "status",
+    "truncate",
+    "delay",
+    "empty_page",
+    "failed_objects",
+    "malformed",
+    "lost_response",
+    "reject",
+)
 PAGE_ACTIONS: Final = frozenset({"truncate", "empty_page", "failed_objects", "malformed"})
+# Where the push-only actions may be aimed: a lost answer can happen anywhere,
+# but only writes have records to reject.
+_ACTION_ENDPOINTS: Final = {
+    "lost_response": frozenset({*PUSH_ENDPOINTS, "push"}),
+    "reject": frozenset({"transfer", "cdm_write", "push"}),
+}
+_WILDCARD: Final = {
+    **dict.fromkeys(SELL_ENDPOINTS, "any"),
+    **dict.fromkeys(PUSH_ENDPOINTS, "push"),
+}
+DEFAULT_REJECT_MESSAGE: Final = "rejected by emulator fault rule"
 
 # Ids of the bogus items added by "malformed": far beyond any generated id so
 # that acknowledging their keys can never remove a real queue entry.
@@ -33,7 +65,17 @@ _PARAMETERS: Final = {
     "status": {"status", "retry_after"},
     "delay": {"seconds"},
     "failed_objects": {"count"},
+    "reject": {"match", "message"},
 }
+
+
+# Stands for a field the pushed record does not have: equal to no JSON value.
+_ABSENT: Final = object()
+
+
+def _same_json(left: object, right: object) -> bool:
+    """Equality of JSON values, except that true and 1 (Python's True == 1) differ."""
+    return left == right and isinstance(left, bool) == isinstance(right, bool)
 
 
 class FaultRuleError(ValueError):
@@ -52,6 +94,9 @@ class FaultRule:
     retry_after: float | None = None
     seconds: float = 0.0
     count: int = 1
+    match_field: str = ""
+    match_value: Any = None
+    message: str = DEFAULT_REJECT_MESSAGE
     fired: int = 0
     skipped: int = 0
 
@@ -60,9 +105,18 @@ class FaultRule:
         """Whether the rule has fired as often as allowed."""
         return self.times > 0 and self.fired >= self.times
 
-    def matches(self, endpoint: str, *, page_available: bool) -> bool:
-        """Whether a request to ``endpoint`` is one this rule is about."""
-        if self.endpoint not in (endpoint, "any"):
+    def matches(
+        self, endpoint: str, *, page_available: bool, item: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Whether a request to ``endpoint`` (or, with ``item``, one record it pushes)
+        is one this rule is about."""
+        if self.endpoint not in (endpoint, _WILDCARD.get(endpoint)):
+            return False
+        if self.action == "reject":
+            return item is not None and _same_json(
+                item.get(self.match_field, _ABSENT), self.match_value
+            )
+        if item is not None:
             return False
         if self.action in PAGE_ACTIONS:
             return endpoint == "fetch" and page_available
@@ -83,6 +137,9 @@ class FaultRule:
             rule["seconds"] = self.seconds
         elif self.action == "failed_objects":
             rule["count"] = self.count
+        elif self.action == "reject":
+            rule["match"] = {"field": self.match_field, "value": self.match_value}
+            rule["message"] = self.message
         return rule
 
 
@@ -98,6 +155,22 @@ def _integer(raw: Mapping[str, Any], name: str, default: int, *, minimum: int) -
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise FaultRuleError(f"{name!r} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _reject_parameters(raw: Mapping[str, Any]) -> tuple[str, Any, str]:
+    """``(field, value, message)`` of a reject rule."""
+    match = raw.get("match")
+    if (
+        not isinstance(match, dict)
+        or set(match) != {"field", "value"}
+        or not isinstance(match["field"], str)
+        or not match["field"]
+    ):
+        raise FaultRuleError(f'\'match\' must be {{"field": name, "value": v}}, got {match!r}')
+    message = raw.get("message", DEFAULT_REJECT_MESSAGE)
+    if not isinstance(message, str) or not message:
+        raise FaultRuleError(f"'message' must be a non-empty string, got {message!r}")
+    return match["field"], match["value"], message
 
 
 def parse_rule(raw: object) -> FaultRule:
@@ -116,6 +189,14 @@ def parse_rule(raw: object) -> FaultRule:
         raise FaultRuleError(f"unknown field(s) {unknown} for action {action!r}")
     if action in PAGE_ACTIONS and endpoint not in ("fetch", "any"):
         raise FaultRuleError(f"action {action!r} only applies to fetch, not {endpoint!r}")
+    targets = _ACTION_ENDPOINTS.get(action)
+    if targets is not None and endpoint not in targets:
+        raise FaultRuleError(
+            f"action {action!r} only applies to {sorted(targets)}, not {endpoint!r}"
+        )
+    match_field, match_value, message = (
+        _reject_parameters(raw) if action == "reject" else ("", None, DEFAULT_REJECT_MESSAGE)
+    )
     status = _integer(raw, "status", 500, minimum=400)
     if status > 599:
         raise FaultRuleError(f"'status' must be an HTTP error status, got {status}")
@@ -129,6 +210,9 @@ def parse_rule(raw: object) -> FaultRule:
         retry_after=None if retry_after is None else _number(raw, "retry_after", 0.0, minimum=0.0),
         seconds=_number(raw, "seconds", 0.0, minimum=0.0),
         count=_integer(raw, "count", 1, minimum=1),
+        match_field=match_field,
+        match_value=match_value,
+        message=message,
     )
 
 
@@ -154,10 +238,19 @@ class FaultPlan:
         """Remove every rule."""
         self.rules.clear()
 
-    def take(self, endpoint: str, *, page_available: bool = True) -> FaultRule | None:
-        """The rule that fires for this request, if any, counting it as fired."""
+    def take(
+        self,
+        endpoint: str,
+        *,
+        page_available: bool = True,
+        item: Mapping[str, Any] | None = None,
+    ) -> FaultRule | None:
+        """The rule that fires for this request (or pushed record ``item``), if any,
+        counting it as fired."""
         for rule in self.rules:
-            if rule.exhausted or not rule.matches(endpoint, page_available=page_available):
+            if rule.exhausted or not rule.matches(
+                endpoint, page_available=page_available, item=item
+            ):
                 continue
             if rule.skipped < rule.skip:
                 rule.skipped += 1
@@ -165,6 +258,12 @@ class FaultPlan:
             rule.fired += 1
             return rule
         return None
+
+    def rejection(self, endpoint: str, item: Mapping[str, Any]) -> tuple[str, str] | None:
+        """``(field, message)`` of the reject rule that fires for a record pushed to
+        ``endpoint``, if any."""
+        rule = self.take(endpoint, item=item)
+        return None if rule is None else (rule.match_field, rule.message)
 
     def to_json(self) -> list[dict[str, Any]]:
         """Every rule, including exhausted ones, as posted plus its ``fired`` count."""

@@ -76,6 +76,10 @@ class RecordStore:
         self._max_id = dict(self.dataset.counts)
         self._eager: dict[str, list[dict[str, Any]]] | None = None
         self._base_keys: list[Key] | None = None
+        # Every key a create, update or delete touched, in order: derived indexes
+        # (the push emulator's upsert matching) catch up by replaying the tail
+        # instead of rescanning the whole account.
+        self._changes: list[Key] = []
         if records <= eager_limit:
             self._eager = {type_: [] for type_ in TYPES}
             for type_, data in self.dataset:
@@ -151,6 +155,7 @@ class RecordStore:
         self._current[key] = (record, revision, "created")
         self._deleted.discard(key)
         self._max_id[type_] = max(self._max_id[type_], id_)
+        self._changes.append(key)
         return Change("create", type_, id_, revision)
 
     def update(self, type_: str, id_: int, data: Mapping[str, Any]) -> Change:
@@ -164,6 +169,7 @@ class RecordStore:
         revision = self._next_revision()
         record = {**old, "updated_at": self._stamp(revision), **data, "id": id_}
         self._current[key] = (record, revision, "updated")
+        self._changes.append(key)
         return Change("update", type_, id_, revision)
 
     def delete(self, type_: str, id_: int) -> Change:
@@ -174,7 +180,13 @@ class RecordStore:
             raise RecordError(404, f"{type_} {id_} does not exist")
         self._current.pop(key, None)
         self._deleted.add(key)
+        self._changes.append(key)
         return Change("delete", type_, id_, 0)
+
+    def changes_since(self, position: int) -> tuple[list[Key], int]:
+        """Keys touched after ``position`` of the change log (oldest first, repeats kept),
+        and the position to pass next time; position 0 is the seeded account."""
+        return self._changes[position:], len(self._changes)
 
     def live_keys(self) -> list[Key]:
         """Every live record key: base records in index order, then mutated ones by revision."""

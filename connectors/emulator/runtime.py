@@ -1,20 +1,21 @@
-"""The emulator's shared runtime objects: state, faults, request statistics, token."""
+"""The emulator's shared runtime objects: state, pushes, faults, request statistics, token."""
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from starlette.requests import Request
 
-from connectors.emulator.faults import FaultPlan
+from connectors.emulator.faults import SELL_ENDPOINTS, FaultPlan
+from connectors.emulator.push_state import PushState
 from connectors.emulator.records import RecordStore
 from connectors.emulator.state import DEFAULT_PAGE_SIZE, DEFAULT_SESSION_TTL, SyncState
 
 # The real basecrm client rejects tokens that are not exactly 64 characters long.
 # Not a secret: the emulator only ever serves generated data on loopback.
 DEFAULT_TOKEN: Final = "replicad-emulator-access-token-e93da5ac2b8ef2e5b68e4bed8cfd24aac"  # noqa: S105
-SELL_ENDPOINTS: Final = ("start", "fetch", "ack")
 
 
 def _zero_requests() -> dict[str, int]:
@@ -23,12 +24,20 @@ def _zero_requests() -> dict[str, int]:
 
 @dataclass(slots=True)
 class Stats:
-    """Counters reported by ``GET /_emulator/stats``."""
+    """Counters reported by ``GET /_emulator/stats``.
+
+    ``requests`` always holds the Sell endpoints; a push endpoint appears with its
+    first request, so accounts that are only pulled from report what they always did.
+    """
 
     requests: dict[str, int] = field(default_factory=_zero_requests)
     acked_keys: int = 0
     ack_keys_applied: int = 0
     sessions_started: int = 0
+
+    def count(self, endpoint: str) -> None:
+        """Count one request to ``endpoint``."""
+        self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
 
     def reset(self) -> None:
         """Zero every counter."""
@@ -46,6 +55,11 @@ class Emulator:
     token: str
     faults: FaultPlan = field(default_factory=FaultPlan)
     stats: Stats = field(default_factory=Stats)
+    pushes: PushState = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Pushes write through the same SyncState that the Sell routes serve.
+        self.pushes = PushState(self.state)
 
     @classmethod
     def build(
@@ -79,6 +93,13 @@ class Emulator:
                 for device in self.state.devices()
             },
         }
+
+
+def has_token(request: Request, token: str) -> bool:
+    """Whether ``request`` carries ``Authorization: Bearer <token>``."""
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    # compare_digest keeps the check constant-time; the token is never echoed.
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(), token.encode())
 
 
 def emulator_of(request: Request) -> Emulator:

@@ -48,7 +48,7 @@ def emulator(records: int = 1000, seed: int = 1, page_size: int = 100) -> Iterat
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if "listening on" not in line:
-            raise RuntimeError(f"emulator did not start: {line!r} {proc.stderr.read()}")
+            raise RuntimeError(f"emulator did not start: {line!r}")
         url = line.rsplit(" ", 1)[1].strip()
         with EmulatorControl(url) as control:
             yield Emulator(url, proc, control)
@@ -61,8 +61,12 @@ def emulator(records: int = 1000, seed: int = 1, page_size: int = 100) -> Iterat
             proc.wait()
 
 
-def write_config(folder: Path, url: str, **conn: Any) -> Path:
-    """A minimal config (plus connection overrides) in ``folder``."""
+def write_config(
+    folder: Path, url: str, *, push: dict[str, Any] | None = None, kind: str = "endgrate",
+    **conn: Any,
+) -> Path:  # fmt: skip
+    """A minimal config (plus connection overrides) in ``folder``; ``push`` adds a push
+    sync of ``kind`` (endgrate or cdm) with these settings, to the same emulator."""
     settings = {"max_retries": 4, "retry_backoff": "50ms", "retry_backoff_max": "200ms", **conn}
     lines = [
         "[replica]",
@@ -73,11 +77,32 @@ def write_config(folder: Path, url: str, **conn: Any) -> Path:
         'token_env = "CRM_TOKEN"',
     ]
     for key, value in settings.items():
-        lines.append(f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {value}")
+        lines.append(f"{key} = {_toml(value)}")
     lines += ["[syncs.mirror]", 'direction = "pull"', 'connection = "crm"', 'interval = "1s"']
+    if push is not None:
+        lines += [
+            "[connections.out]", f'kind = "{kind}"', f'base_url = "{url}"',
+            'token_env = "CRM_TOKEN"', "max_retries = 4", 'retry_backoff = "50ms"',
+            'retry_backoff_max = "200ms"',
+        ]  # fmt: skip
+        if kind == "endgrate":
+            lines.append('session_id = "e2e-session"')
+        lines += ["[syncs.up]", 'direction = "push"', 'connection = "out"']
+        for key, value in push.items():
+            lines.append(f"{key} = {_toml(value)}")
     path = folder / "config.toml"
-    path.write_text("\n".join(lines).replace("'", '"') + "\n")
+    path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
 
 
 def cli_env(token: str = TOKEN) -> dict[str, str]:
@@ -142,6 +167,32 @@ def assert_replica_matches(path: Path, emu: Emulator) -> None:
         for rid, fields in w.items():
             row = {k: v for k, v in g[rid].items() if k in fields or v is not None}
             assert row == fields, f"{type_} {rid} differs"
+
+
+def app_db(path: Path) -> sqlite3.Connection:
+    """A connection as a local app opens it (autocommit, busy timeout)."""
+    return sqlite3.connect(path, timeout=10, isolation_level=None)
+
+
+def app_write(path: Path, *statements: str) -> None:
+    """Run statements in one ``BEGIN IMMEDIATE`` transaction, as the README tells apps."""
+    db = app_db(path)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for sql in statements:
+            db.execute(sql)
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows of a read-only query."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, step: float = 0.05) -> None:
