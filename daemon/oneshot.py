@@ -34,6 +34,9 @@ async def sync_once(config: Config, show_progress: bool) -> int:
                 code = code or exits.exit_code(error)
                 print(f"replicad: sync {push.label}: {redact(str(error))}", file=sys.stderr)
                 continue
+            if report.sent == 0:
+                print(f"{push.label}: no local edits to push")
+                continue
             print(
                 f"{push.label}: pushed {report.sent} local edit{_plural(report.sent)} in "
                 f"{report.batches} batch{'' if report.batches == 1 else 'es'} "
