@@ -208,7 +208,7 @@ _PULL_KEYS = {"direction", "connection", "operation", "interval", "prefix", "pau
 _PUSH_KEYS = {"direction", "connection", "operation", "interval", "paused", "source", "object",
               "batch_size", "conflict", "disable_upsert", "sample_data", "associations",
               "push_to_source", "sources", "natural_key"}  # fmt: skip
-_ENDGRATE_ONLY = ("disable_upsert", "sample_data", "associations")
+_ENDGRATE_ONLY = ("disable_upsert", "sample_data", "associations", "batch_size")
 _CDM_ONLY = ("push_to_source", "sources", "natural_key")
 
 
@@ -283,7 +283,9 @@ def _push_sync(label: str, s: dict[str, Any], conn: Connection) -> Sync:
         paused=bool(_opt(s, "paused", bool, f"{k}.paused")),
         source=source,
         object=obj,
-        batch_size=_count(s, "batch_size", 100, k, minimum=1),
+        # A CDM write carries one record, and its answer is the only proof it arrived:
+        # one entry per batch, so an entry is never in flight without having been sent.
+        batch_size=_count(s, "batch_size", 100, k, minimum=1) if conn.kind == "endgrate" else 1,
         conflict=conflict,
         disable_upsert=bool(_opt(s, "disable_upsert", bool, f"{k}.disable_upsert")),
         sample_data=bool(_opt(s, "sample_data", bool, f"{k}.sample_data")),
