@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -113,18 +113,24 @@ class Engine:
         """The push syncs a cycle runs: not paused."""
         return [s for s in self.config.syncs.values() if s.direction == "push" and not s.paused]
 
-    async def push(self, sync: Sync) -> PushReport:
+    async def push(self, sync: Sync, on_batch: Callable[[], None] | None = None) -> PushReport:
         """One push cycle of a sync."""
         if sync.label not in self.pushers:
             conn = self.config.connections[sync.connection]
             self.pushers[sync.label] = push_connector(conn, sync)
-        report = await push_cycle(self.replica, sync, self.pushers[sync.label])
+        report = await push_cycle(self.replica, sync, self.pushers[sync.label], on_batch)
         if report.batches:
             log.info(
                 "push.done", sync=sync.label, batches=report.batches, sent=report.sent,
                 confirmed=report.confirmed, rejected=report.rejected,
             )  # fmt: skip
         return report
+
+    async def reconfigure(self, config: Config) -> None:
+        """Switch to a new config (same replica): fresh clients, syncs registered again."""
+        await self.aclose()
+        self.config = config
+        await register(self.replica, config)
 
     async def aclose(self) -> None:
         """Close every client."""
@@ -136,18 +142,23 @@ class Engine:
         self.pushers.clear()
 
 
+async def register(replica: Replica, config: Config) -> None:
+    """Make the configured syncs visible in status, and their push tables writable."""
+    for sync in config.syncs.values():
+        await replica.register_sync(sync.label, sync.direction, sync.connection)
+    # Paused push syncs keep their tables writable: edits wait in the outbox.
+    await replica.register_push(
+        [push_source(s) for s in config.syncs.values() if s.direction == "push"]
+    )
+
+
 @asynccontextmanager
 async def open_engine(config: Config) -> AsyncIterator[Engine]:
     """Open (and lock) the replica, register the configured syncs, yield an Engine."""
     replica = await Replica.open(config.replica_path)
     engine = Engine(config, replica)
     try:
-        for sync in config.syncs.values():
-            await replica.register_sync(sync.label, sync.direction, sync.connection)
-        # Paused push syncs keep their tables writable: edits wait in the outbox.
-        await replica.register_push(
-            [push_source(s) for s in config.syncs.values() if s.direction == "push"]
-        )
+        await register(replica, config)
         yield engine
     finally:
         try:

@@ -1,5 +1,7 @@
 """structlog on stderr: JSON lines off a terminal, readable lines on one.
 
+Under journald (``$JOURNAL_STREAM`` names stderr's device and inode) each JSON line
+starts with the syslog priority ``<N>``, so the journal files it at the right level.
 Secrets are redacted by a processor (keys that name a secret, and any registered
 token value wherever it appears), and httpx/httpcore stay at WARNING so request URLs
 and headers never reach the log.
@@ -8,6 +10,7 @@ and headers never reach the log.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -43,16 +46,46 @@ def redact_processor(
     return event
 
 
+_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def under_journald() -> bool:
+    """Whether stderr is the journal stream systemd set up for this service."""
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return st.st_dev == int(dev) and st.st_ino == int(ino)
+
+
+class JournalRenderer:
+    """JSON lines prefixed with the ``<N>`` syslog priority of their level."""
+
+    def __init__(self) -> None:
+        self._json = structlog.processors.JSONRenderer()
+
+    def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        """Render one event."""
+        priority = _PRIORITY.get(str(event.get("level", "info")), 6)
+        rendered = self._json(logger, name, event)
+        text = rendered.decode() if isinstance(rendered, bytes) else rendered
+        return f"<{priority}>{text}"
+
+
 def configure(level: str = "info", *, force_json: bool = False) -> None:
     """Set up structlog for this process (idempotent)."""
-    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+    for noisy in ("httpx", "httpcore", "uvicorn.access", "watchfiles"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    pretty = sys.stderr.isatty() and not force_json
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=True)
-        if pretty
-        else structlog.processors.JSONRenderer()
-    )
+    renderer: Any
+    if under_journald():
+        renderer = JournalRenderer()
+    elif sys.stderr.isatty() and not force_json:
+        renderer = structlog.dev.ConsoleRenderer(colors=True)
+    else:
+        renderer = structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -9,9 +9,11 @@ again with the same tracking id and internal ids: never a second remote record.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import structlog
 
 from connectors.errors import ConnectorError
@@ -59,7 +61,12 @@ def to_wire(batch: OutboxBatch, obj: str) -> PushBatch:
     return PushBatch(batch.tracking_id, obj, tuple(items), batch.resend)
 
 
-async def push_cycle(replica: Replica, sync: Sync, connector: PushConnector) -> PushReport:
+async def push_cycle(
+    replica: Replica,
+    sync: Sync,
+    connector: PushConnector,
+    on_batch: Callable[[], None] | None = None,
+) -> PushReport:
     """Push the sync's outbox until it is empty; raises the destination's failure.
 
     Outcomes received before a failure are recorded first: a rejection or a
@@ -74,6 +81,8 @@ async def push_cycle(replica: Replica, sync: Sync, connector: PushConnector) -> 
             result = await connector.push(wire)
             counts = await replica.record_push(sync.source, result.outcomes)
             report.batches += 1
+            if on_batch is not None:
+                on_batch()
             report.sent += len(wire.items)
             report.confirmed += counts.confirmed
             report.rejected += counts.rejected
@@ -96,8 +105,15 @@ async def push_cycle(replica: Replica, sync: Sync, connector: PushConnector) -> 
                     f"push {sync.label}: the destination answered for {len(result.outcomes)} "
                     f"of {len(wire.items)} entries"
                 )
-    except ConnectorError as e:
-        await replica.sync_finished(sync.label, str(e))
+    except BaseException as e:
+        with anyio.CancelScope(shield=True):
+            if isinstance(e, anyio.get_cancelled_exc_class()):
+                # Stopped (SIGTERM): entries in flight are resent on the next start.
+                await replica.sync_stopped(sync.label)
+            else:
+                await replica.sync_finished(
+                    sync.label, str(e).splitlines()[0][:500] if str(e) else type(e).__name__
+                )
         raise
     await replica.sync_finished(sync.label, None)
     return report

@@ -1,57 +1,275 @@
-"""``replicad run``: repeat each sync's cycle at its interval until SIGTERM/SIGINT."""
+"""``replicad run``: the supervisor. One task group, one task per sync, until a signal.
+
+- Pull syncs run at their interval, and at once on SIGUSR1.
+- Push syncs are woken by watchfiles when the replica's files change (a local commit
+  from another process), with no polling of the database while idle. A wake-up only
+  probes the outbox (a read), so the daemon's own commits, which wake it too, never
+  start work by themselves.
+- A failure backs off with jitter (capped) in its own loop: a failing push never
+  stops the pull, nor the reverse. A refused token pauses the sync until the config
+  (or a token file) changes.
+- The config file (watched, and on SIGHUP) is reloaded without a restart; a broken
+  one is logged and the running config stays.
+- SIGTERM/SIGINT: stop taking work, let the current page or batch commit or roll
+  back, flush acks (bounded), exit 0. A second signal exits at once.
+"""
 
 from __future__ import annotations
 
+import os
+import random
 import signal
+import time
+from pathlib import Path
 
 import anyio
 import structlog
+from watchfiles import Change, awatch
 
-from connectors.errors import ConnectorError
-from daemon.config import Config, Sync
+from connectors.errors import AuthRefused, ConnectorError
+from daemon.config import Config, ConfigError, Sync, load_config
 from daemon.engine import Engine, open_engine
+from daemon.heartbeat import LoopState, Supervision, write_heartbeat
+from daemon.notify import Notifier
+from daemon.pull import flush_acks
 
 log = structlog.get_logger("replicad.run")
+
+BACKOFF_CAP = 300.0
+PUSH_BACKOFF_BASE = 1.0
+SHUTDOWN_FLUSH = 5.0
+HEARTBEAT_EVERY = 5.0
+# Coalesce file events: a commit touches the WAL several times within milliseconds.
+WATCH_STEP_MS = 10
+WATCH_DEBOUNCE_MS = 50
+
+
+def backoff(base: float, failures: int, rng: random.Random) -> float:
+    """Jittered exponential backoff (half to all of the step), capped."""
+    step = min(BACKOFF_CAP, base * 2 ** min(failures - 1, 16))
+    return rng.uniform(step / 2, step)
+
+
+class Supervisor:
+    """Runs every sync of an engine until stopped; reloads the config on change."""
+
+    def __init__(self, engine: Engine, notifier: Notifier) -> None:
+        self.engine = engine
+        self.notifier = notifier
+        self.state = Supervision(pid=os.getpid())
+        self.wakeups: dict[str, anyio.Event] = {}
+        self.pull_now = anyio.Event()
+        self.reload_requested = anyio.Event()
+        self.stopping = False
+        self._rng = random.Random()
+
+    async def run(self) -> None:
+        """Until SIGTERM/SIGINT."""
+        async with anyio.create_task_group() as root:
+            root.start_soon(self._signals)
+            root.start_soon(self._watch_replica)
+            root.start_soon(self._watch_config)
+            root.start_soon(self._heartbeat)
+            first = True
+            while not self.stopping:
+                running = self.engine.push_syncs() + self.engine.pull_syncs()
+                self.state.syncs = {s.label: LoopState(direction=s.direction) for s in running}
+                async with anyio.create_task_group() as syncs:
+                    for sync in running:
+                        syncs.start_soon(self._loop, sync)
+                    if first:
+                        log.info("daemon.started", syncs=sorted(self.state.syncs))
+                        first = False
+                    # READY=1 after a reload too: it ends the RELOADING=1 state.
+                    self.notifier.ready(self.state.summary())
+                    await self.reload_requested.wait()
+                    syncs.cancel_scope.cancel()
+                if self.stopping:
+                    break
+                await self._apply_reload()
+            self.notifier.stopping()
+            await self._flush_acks()
+            root.cancel_scope.cancel()
+        log.info("daemon.stopped")
+
+    # -- loops -------------------------------------------------------------------
+
+    async def _loop(self, sync: Sync) -> None:
+        failures = 0
+        state = self.state.syncs[sync.label]
+        while True:
+            if sync.direction == "push" and failures == 0:
+                await self._wait_for_edits(sync, state)
+            state.busy()
+            try:
+                if sync.direction == "push":
+                    await self.engine.push(sync, state.touch)
+                else:
+                    await self.engine.pull(sync, state)
+            except AuthRefused as e:
+                state.paused(f"token refused: {e}; fix the token or config (reloaded on change)")
+                log.error(f"{sync.direction}.auth_refused", sync=sync.label, error=str(e))
+                await anyio.sleep_forever()
+            except Exception as e:
+                failures += 1
+                delay = backoff(
+                    sync.interval if sync.direction == "pull" else PUSH_BACKOFF_BASE,
+                    failures,
+                    self._rng,
+                )
+                expected = isinstance(e, ConnectorError)
+                state.failed(str(e), delay)
+                log.warning(
+                    f"{sync.direction}.failed", sync=sync.label, error=str(e),
+                    retry_in=round(delay, 1), exc_info=None if expected else e,
+                )  # fmt: skip
+                await anyio.sleep(delay)
+                continue
+            failures = 0
+            if sync.direction == "pull":
+                state.idle(sync.interval)
+                with anyio.move_on_after(sync.interval):
+                    await self.pull_now.wait()
+            else:
+                state.idle(None)
+
+    async def _wait_for_edits(self, sync: Sync, state: LoopState) -> None:
+        """Return once the sync's table has outbox work; sleeps on file events."""
+        while True:
+            event = self.wakeups.setdefault(sync.label, anyio.Event())
+            if await self.engine.replica.has_outbox_work(sync.source):
+                return
+            if not self.state.watching:
+                # No file events (watcher failed): fall back to polling at the interval.
+                with anyio.move_on_after(sync.interval):
+                    await event.wait()
+            else:
+                await event.wait()
+            self.wakeups.pop(sync.label, None)
+
+    def _wake_pushers(self) -> None:
+        for event in list(self.wakeups.values()):
+            event.set()
+        self.wakeups.clear()
+
+    # -- watchers ----------------------------------------------------------------
+
+    async def _watch_replica(self) -> None:
+        db = self.engine.replica.path.resolve()
+        names = {db.name, db.name + "-wal"}
+
+        def relevant(_change: Change, path: str) -> bool:
+            return Path(path).name in names
+
+        try:
+            self.state.watching = True
+            async for _ in awatch(
+                db.parent, watch_filter=relevant, step=WATCH_STEP_MS,
+                debounce=WATCH_DEBOUNCE_MS, recursive=False,
+            ):  # fmt: skip
+                self._wake_pushers()
+        except Exception as e:  # inotify limits, odd filesystems
+            self.state.watching = False
+            self._wake_pushers()
+            log.warning("watch.failed", path=str(db.parent), error=str(e))
+
+    async def _watch_config(self) -> None:
+        config = self.engine.config
+        watched = {config.path.resolve()}
+        for conn in config.connections.values():
+            if conn.token_file is not None:
+                watched.add(conn.token_file.resolve())
+        folders = {p.parent for p in watched}
+
+        def relevant(_change: Change, path: str) -> bool:
+            return Path(path).resolve() in watched
+
+        try:
+            async for _ in awatch(*folders, watch_filter=relevant, recursive=False):
+                log.info("config.changed", path=str(config.path))
+                self.reload_requested.set()
+        except Exception as e:
+            log.warning("watch.failed", path=str(config.path), error=str(e))
+
+    async def _apply_reload(self) -> None:
+        """Load the config again; a broken one is logged and the old one kept."""
+        self.reload_requested = anyio.Event()
+        self.notifier.reloading()
+        old = self.engine.config
+        try:
+            new = await anyio.to_thread.run_sync(load_config, old.path)
+            if new.replica_path.resolve() != old.replica_path.resolve():
+                raise ConfigError("replica.path: changing the replica needs a restart")
+        except ConfigError as e:
+            log.error("config.rejected", error=str(e), keeping="the running config")
+            new = old
+        await self.engine.reconfigure(new)
+        log.info("config.reloaded", syncs=sorted(new.syncs))
+
+    # -- signals, heartbeat, shutdown ----------------------------------------------
+
+    async def _signals(self) -> None:
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+        with anyio.open_signal_receiver(*signals) as received:
+            async for signum in received:
+                if signum == signal.SIGHUP:
+                    log.info("config.reload_requested", signal="SIGHUP")
+                    self.reload_requested.set()
+                elif signum == signal.SIGUSR1:
+                    self.pull_now.set()
+                    self.pull_now = anyio.Event()
+                elif self.stopping:
+                    log.warning("daemon.exit_now", signal=signal.Signals(signum).name)
+                    os._exit(1)
+                else:
+                    log.info("daemon.stopping", signal=signal.Signals(signum).name)
+                    self.stopping = True
+                    self.reload_requested.set()  # ends the syncs' task group
+
+    async def _heartbeat(self) -> None:
+        interval = self.notifier.watchdog_interval
+        tick = min(interval, 1.0) if interval else 1.0
+        last_file = 0.0
+        last_dog = 0.0
+        while True:
+            now = time.monotonic()
+            summary = self.state.summary()
+            self.notifier.status(summary)
+            if interval and now - last_dog >= interval and self.state.healthy(now):
+                self.notifier.watchdog()
+                last_dog = now
+            if now - last_file >= HEARTBEAT_EVERY:
+                await anyio.to_thread.run_sync(
+                    write_heartbeat, self.engine.replica.path, self.state
+                )
+                last_file = now
+            await anyio.sleep(tick)
+
+    async def _flush_acks(self) -> None:
+        """Send committed acks before exiting, if the network allows, in bounded time."""
+        with anyio.move_on_after(SHUTDOWN_FLUSH, shield=True):
+            for sync in self.engine.pull_syncs():
+                conn = self.engine.config.connections[sync.connection]
+                try:
+                    client = await self.engine.client(conn)
+                    await flush_acks(self.engine.replica, client, conn)
+                except Exception as e:
+                    log.info("pull.acks_kept", sync=sync.label, error=str(e))
 
 
 async def run_daemon(config: Config) -> None:
     """Run until a signal arrives; the current page commits or rolls back, then exit."""
-    async with open_engine(config) as engine, anyio.create_task_group() as tg:
-        tg.start_soon(_wait_for_signal, tg.cancel_scope)
-        syncs = engine.push_syncs() + engine.pull_syncs()
-        for sync in syncs:
-            tg.start_soon(_sync_loop, engine, sync)
-        log.info("daemon.started", syncs=[s.label for s in syncs])
-    log.info("daemon.stopped")
+    notifier = Notifier.from_env()
+    try:
+        async with open_engine(config) as engine:
+            await Supervisor(engine, notifier).run()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_remove_heartbeat, config.replica_path)
+        notifier.close()
 
 
-async def _wait_for_signal(scope: anyio.CancelScope) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("daemon.stopping", signal=signal.Signals(signum).name)
-            scope.cancel()
-            return
+def _remove_heartbeat(replica: Path) -> None:
+    from daemon.heartbeat import heartbeat_path
 
-
-async def _sync_loop(engine: Engine, sync: Sync) -> None:
-    # A push failure never stops the pull and vice versa: each sync has its own loop.
-    failures = 0
-    while True:
-        try:
-            if sync.direction == "push":
-                await engine.push(sync)
-            else:
-                await engine.pull(sync)
-            failures = 0
-            delay = sync.interval
-        except Exception as e:
-            # A failed cycle is recorded in status; the loop backs off and tries again
-            # rather than taking the daemon down (a later cycle resumes where it left).
-            failures += 1
-            delay = min(300.0, sync.interval * (2 ** min(failures - 1, 8)))
-            expected = isinstance(e, ConnectorError)
-            log.warning(
-                f"{sync.direction}.failed", sync=sync.label, error=str(e), retry_in=delay,
-                exc_info=None if expected else e,
-            )  # fmt: skip
-        await anyio.sleep(delay)
+    heartbeat_path(replica).unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.config import Config
+from daemon.heartbeat import read_heartbeat
 from store.status import read_status
 
 
@@ -26,6 +27,17 @@ def status_report(config: Config) -> dict[str, Any]:
         entry.setdefault("conflicts", 0)
         syncs.append(entry)
     report["syncs"] = syncs
+    if report["daemon"]["running"]:
+        beat = read_heartbeat(config.replica_path)
+        if beat is not None and beat.get("pid") == report["daemon"]["pid"]:
+            report["daemon"].update(
+                heartbeat=beat.get("heartbeat"), healthy=beat.get("healthy"),
+                started=beat.get("started"),
+            )  # fmt: skip
+            for entry in syncs:
+                live = beat.get("syncs", {}).get(entry["sync"])
+                if live:
+                    entry["daemon"] = live
     return report
 
 
@@ -34,13 +46,26 @@ def render_status(report: dict[str, Any]) -> str:
     daemon = report["daemon"]
     lines = [f"replica  {report['replica']}" + ("" if report["exists"] else "  (not created yet)")]
     if daemon["running"]:
-        lines.append(f"daemon   running (pid {daemon['pid']})")
+        beat = f", heartbeat {daemon['heartbeat']}" if daemon.get("heartbeat") else ""
+        health = "" if daemon.get("healthy", True) else ", a loop looks stuck"
+        lines.append(f"daemon   running (pid {daemon['pid']}{beat}{health})")
     else:
         lines.append("daemon   not running")
     for s in report["syncs"]:
         state = "paused" if s.get("paused") else s.get("state", "never run")
         lines.append("")
         lines.append(f"sync {s['sync']}  ({s['direction']} via {s['connection']})  {state}")
+        live = s.get("daemon")
+        if live:
+            now = live["activity"]
+            if live.get("progress"):
+                done, total = live["progress"]
+                now += f" {done}/{total}"
+            if live.get("next_run"):
+                now += f", next run {live['next_run']}"
+            elif live["direction"] == "push" and live["activity"] == "idle":
+                now += ", waiting for local edits"
+            lines.append(f"  now            {now}")
         lines.append(f"  last success   {s.get('last_success') or '-'}")
         if s.get("last_error"):
             lines.append(f"  last error     {s['last_error']}  at {s.get('last_error_at')}")

@@ -216,6 +216,19 @@ class Replica:
         """Record what the destination said about a batch's entries."""
         return await self._write(outbox.record_outcomes, self.catalog, table, outcomes, utcnow())
 
+    async def has_outbox_work(self, table: str) -> bool:
+        """Whether a table has entries to send (pending, or in flight unconfirmed).
+
+        A read only: the push loop's answer to a wake-up, so the daemon's own commits
+        (which wake it too) cost one index probe and never a write.
+        """
+        rows = await self.db.execute_fetchall(
+            "SELECT EXISTS (SELECT 1 FROM _replicad_outbox "
+            "WHERE state IN ('pending', 'in_flight') AND tbl = ?)",
+            (table,),
+        )
+        return bool(next(iter(rows))[0])
+
     async def requeue_rejected(self, entry: int | None) -> int:
         """Rejected outbox entries (one, or all) back to pending."""
         return await self._write(outbox.requeue, entry, utcnow())

@@ -144,7 +144,10 @@ def test_second_process_is_refused(tmp_path: Path) -> None:
             assert other.returncode == 2
             assert f"replicad process {daemon.pid}" in other.stderr
             status = json.loads(replicad("status", "--json", "--config", str(cfg)).stdout)
-            assert status["daemon"] == {"running": True, "pid": daemon.pid}
+            assert status["daemon"]["running"] and status["daemon"]["pid"] == daemon.pid
+            assert status["daemon"]["healthy"] is True
+            mirror = next(s for s in status["syncs"] if s["sync"] == "mirror")
+            assert mirror["daemon"]["activity"] in ("idle", "pulling")
         finally:
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(20) == 0
