@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, default=Path("replicad-demo"))
     p.add_argument("--records", type=int, default=3000)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "service", help="the systemd unit (Linux) or launchd agent (macOS) for this install"
+    )
+    p.add_argument("action", choices=("install", "uninstall", "print"))
+    p.add_argument("--user", action="store_true", help="the user unit (usual on a workstation)")
+    p.set_defaults(func=cmd_service)
     return parser
 
 
@@ -168,6 +175,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
     return run_demo(args.dir, args.records)
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    """Install, uninstall or print the service unit (launchd agent) for this install."""
+    from daemon.service import service
+
+    return service(args.action, user=args.user)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,6 @@ class Supervisor:
                 if self.stopping:
                     break
                 await self._apply_reload()
-            self.notifier.stopping()
             await self._flush_acks()
             root.cancel_scope.cancel()
         log.info("daemon.stopped")
@@ -223,6 +222,7 @@ class Supervisor:
                     os._exit(1)
                 else:
                     log.info("daemon.stopping", signal=signal.Signals(signum).name)
+                    self.notifier.stopping()
                     self.stopping = True
                     self.reload_requested.set()  # ends the syncs' task group
 

@@ -1,0 +1,76 @@
+"""Small daemon parts: notify addresses, journald priorities, backoff, loop health."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+from pathlib import Path
+
+import pytest
+
+from daemon.heartbeat import LoopState, Supervision
+from daemon.logs import JournalRenderer, under_journald
+from daemon.notify import Notifier
+from daemon.run import BACKOFF_CAP, backoff
+
+
+def test_notifier_reaches_a_path_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NOTIFY_SOCKET as a path gets READY=1 with a STATUS line; WATCHDOG_USEC halves."""
+    path = str(tmp_path / "n")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "4000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    n = Notifier.from_env()
+    assert n.watchdog_interval == 2.0
+    n.ready("idle")
+    n.status("idle")  # unchanged: not sent again
+    n.watchdog()
+    assert server.recv(100) == b"READY=1\nSTATUS=idle"
+    assert server.recv(100) == b"WATCHDOG=1"
+    n.close()
+    server.close()
+
+
+def test_watchdog_for_another_pid_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A WATCHDOG_PID that is not ours disables the pings; no socket means no-op."""
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.setenv("WATCHDOG_USEC", "4000000")
+    monkeypatch.setenv("WATCHDOG_PID", "1")
+    n = Notifier.from_env()
+    assert n.watchdog_interval is None and not n.enabled
+    n.ready("x")  # does nothing, raises nothing
+
+
+def test_journal_renderer_prefixes_priority() -> None:
+    """Under journald each JSON line starts with its syslog priority."""
+    line = JournalRenderer()(None, "info", {"event": "pull.done", "level": "warning"})
+    assert line.startswith("<4>") and json.loads(line[3:])["event"] == "pull.done"
+
+
+def test_journald_detected_only_for_matching_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """JOURNAL_STREAM must name stderr's own device and inode."""
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")
+    assert not under_journald()
+
+
+def test_backoff_is_jittered_and_capped() -> None:
+    """Backoff doubles per failure, with jitter, and never exceeds the cap."""
+    rng = random.Random(1)
+    assert 0.5 <= backoff(1.0, 1, rng) <= 1.0
+    assert 4.0 <= backoff(1.0, 4, rng) <= 8.0
+    assert backoff(30.0, 50, rng) <= BACKOFF_CAP
+
+
+def test_waiting_is_healthy_and_stuck_is_not() -> None:
+    """A loop waiting out a backoff is healthy; one busy without progress is not."""
+    s = Supervision(pid=1, syncs={"a": LoopState("pull"), "b": LoopState("push")})
+    s.syncs["a"].failed("down", 300)
+    s.syncs["b"].busy()
+    now = s.syncs["b"].touched
+    assert s.healthy(now + 60)
+    assert not s.healthy(now + 3600)
+    assert "backing off" in s.summary()
