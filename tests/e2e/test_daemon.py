@@ -112,9 +112,14 @@ def test_local_insert_reaches_remote_within_a_second(tmp_path: Path) -> None:
                     timeout=1.0,
                     step=0.02,
                 )
+
             # The daemon's own commits (pulls, outcomes) do not start push cycles.
-            pushes = [e for e in events(cfg) if e.get("event") == "push.batch"]
-            assert len(pushes) == 3
+            def batches() -> int:
+                return sum(e.get("event") == "push.batch" for e in events(cfg))
+
+            wait_for(lambda: batches() == 3)
+            time.sleep(0.5)
+            assert batches() == 3
 
 
 def test_outage_keeps_daemon_up_and_edits_arrive_after(tmp_path: Path) -> None:
