@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 # A healthy step touches its loop at least this often: a page, a batch, or the end
-# of a request's bounded retries (six retries of at most 30 s timeout + 30 s wait).
-STUCK_AFTER = 600.0
+# of a request's bounded retries. The worst healthy case is a remote asking to wait
+# (Retry-After, honoured up to 300 s) on each of six retries, plus 30 s timeouts:
+# about 33 minutes. Waiting that out is healthy; beyond it, the loop is stuck.
+STUCK_AFTER = 2400.0
 
 
 def heartbeat_path(replica: Path) -> Path:

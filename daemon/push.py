@@ -16,8 +16,15 @@ from typing import Any
 import anyio
 import structlog
 
-from connectors.errors import ConnectorError
-from connectors.push_model import Associated, Op, PushBatch, PushConnector, PushItem
+from connectors.errors import ConnectorError, RemoteRefused
+from connectors.push_model import (
+    Associated,
+    Op,
+    PushBatch,
+    PushConnector,
+    PushItem,
+    PushOutcome,
+)
 from daemon.config import Sync
 from store import Association, OutboxBatch, PushSource, Replica
 
@@ -79,7 +86,20 @@ async def push_cycle(
         while (batch := await replica.take_push_batch(source, sync.batch_size)) is not None:
             wire = to_wire(batch, sync.object)
             result = await connector.push(wire)
-            counts = await replica.record_push(sync.source, result.outcomes)
+            if isinstance(result.error, RemoteRefused):
+                # The destination refused the request as a whole (a 4xx): sending the
+                # same batch again cannot help, and it would block every entry behind.
+                answered = {o.entry for o in result.outcomes}
+                reason = f"refused by the destination: {result.error}"
+                result.outcomes.extend(
+                    PushOutcome(item.entry, rejected=reason)
+                    for item in wire.items
+                    if item.entry not in answered
+                )
+            # Outcomes received are recorded even if the daemon is stopping: dropping a
+            # confirmation would resend (and for CDM, re-check) an entry that arrived.
+            with anyio.CancelScope(shield=True):
+                counts = await replica.record_push(sync.source, result.outcomes)
             report.batches += 1
             if on_batch is not None:
                 on_batch()

@@ -42,6 +42,8 @@ HEARTBEAT_EVERY = 5.0
 # Coalesce file events: a commit touches the WAL several times within milliseconds.
 WATCH_STEP_MS = 10
 WATCH_DEBOUNCE_MS = 50
+# Probes after a wake-up that found nothing (see Supervisor._wait_for_edits), seconds.
+RECHECK_AFTER = (0.05, 0.25, 1.0, 3.0)
 
 
 def backoff(base: float, failures: int, rng: random.Random) -> float:
@@ -133,18 +135,29 @@ class Supervisor:
                 state.idle(None)
 
     async def _wait_for_edits(self, sync: Sync, state: LoopState) -> None:
-        """Return once the sync's table has outbox work; sleeps on file events."""
+        """Return once the sync's table has outbox work; sleeps on file events.
+
+        After a wake-up that finds nothing, the outbox is probed a few more times: a
+        commit writes the WAL (the file event) before its fsync and only then becomes
+        visible, through the -shm index, which raises no event. A probe right after
+        the event can miss a slow commit, and nothing else would wake us for it.
+        """
+        rechecks: list[float] = []
         while True:
             event = self.wakeups.setdefault(sync.label, anyio.Event())
             if await self.engine.replica.has_outbox_work(sync.source):
                 return
-            if not self.state.watching:
-                # No file events (watcher failed): fall back to polling at the interval.
-                with anyio.move_on_after(sync.interval):
-                    await event.wait()
+            if rechecks:
+                timeout: float | None = rechecks.pop(0)
             else:
+                # Idle: only a file event wakes us; without file events (the watcher
+                # failed), poll at the interval.
+                timeout = None if self.state.watching else sync.interval
+            with anyio.move_on_after(timeout):
                 await event.wait()
-            self.wakeups.pop(sync.label, None)
+            if event.is_set():
+                self.wakeups.pop(sync.label, None)
+                rechecks = list(RECHECK_AFTER)
 
     def _wake_pushers(self) -> None:
         for event in list(self.wakeups.values()):
@@ -239,9 +252,12 @@ class Supervisor:
                 self.notifier.watchdog()
                 last_dog = now
             if now - last_file >= HEARTBEAT_EVERY:
-                await anyio.to_thread.run_sync(
-                    write_heartbeat, self.engine.replica.path, self.state
-                )
+                try:
+                    await anyio.to_thread.run_sync(
+                        write_heartbeat, self.engine.replica.path, self.state
+                    )
+                except OSError as e:  # a full disk must not take the syncs down
+                    log.warning("heartbeat.failed", error=str(e))
                 last_file = now
             await anyio.sleep(tick)
 

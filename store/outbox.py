@@ -133,10 +133,21 @@ def _new_batch(
             "id": None if remote_id is None else str(remote_id),
             "associations": _associations(db, catalog, source, info, values, data),
         }
+        try:
+            encoded = json.dumps(payload, ensure_ascii=False)
+        except (TypeError, ValueError) as e:
+            # A BLOB (or NaN) written by an app has no JSON form: refuse this entry
+            # alone, visibly, rather than fail the whole batch on every attempt.
+            db.execute(
+                "UPDATE _replicad_outbox SET state = 'rejected', reason = ?, finished_at = ?, "
+                "updated_at = ? WHERE seq = ?",
+                (f"a value of the row cannot be sent as JSON ({e}); fix the row", now, now, seq),
+            )
+            continue
         db.execute(
             "UPDATE _replicad_outbox SET state = 'in_flight', batch = ?, payload = ?, "
             "attempts = attempts + 1, sent_at = ?, updated_at = ? WHERE seq = ?",
-            (tracking, json.dumps(payload, ensure_ascii=False), now, now, seq),
+            (tracking, encoded, now, now, seq),
         )
         entries.append(OutboxEntry(int(seq), str(iid), str(op), payload))
     return OutboxBatch(tracking, entries, resend=False) if entries else None
@@ -211,7 +222,7 @@ def record_outcomes(
         db.execute("INSERT INTO _replicad_applying (flag) VALUES (1)")
         for outcome in outcomes:
             row = db.execute(
-                "SELECT internal_id, op, fields FROM _replicad_outbox "
+                "SELECT internal_id, op, fields, payload FROM _replicad_outbox "
                 "WHERE seq = ? AND state = 'in_flight'",
                 (outcome.entry,),
             ).fetchone()
@@ -226,7 +237,10 @@ def record_outcomes(
                     (outcome.id, outcome.sync_id, outcome.transfer_id, now, now, outcome.entry),
                 )
                 counts.confirmed += 1
-                if outcome.id is not None and _learn_id(db, catalog, tbl, iid, outcome.id, now):
+                sent = list(json.loads(row[3] or "{}").get("data", {}))
+                if outcome.id is not None and _learn_id(
+                    db, catalog, tbl, iid, outcome.id, sent, now
+                ):
                     counts.merged += 1
             else:
                 _reject(db, tbl, outcome.entry, iid, str(row[1]), row[2], outcome.rejected, now)
@@ -296,8 +310,63 @@ def _remote_id(value: str) -> int | str:
     return number if str(number) == value and -(2**63) <= number < 2**63 else value
 
 
+def _open_columns(db: sqlite3.Connection, tbl: str, iid: str) -> set[str] | None:
+    """Columns a row's unconfirmed entries changed (None: a whole insert)."""
+    cols: set[str] = set()
+    for op, fields in db.execute(
+        "SELECT op, fields FROM _replicad_outbox WHERE tbl = ? AND internal_id = ? "
+        "AND state IN ('pending', 'in_flight', 'rejected')",
+        (tbl, iid),
+    ):
+        if op == "insert":
+            return None
+        cols.update(json.loads(fields or "[]"))
+    return cols
+
+
+def _adopt_entries(db: sqlite3.Connection, tbl: str, source: str, target: str, now: str) -> None:
+    """Move a merged-away row's outbox entries onto the row that stays: its local edits
+    are kept and still pushed (one open entry per row: open ones fold together)."""
+    mine = db.execute(
+        "SELECT seq, op, fields FROM _replicad_outbox WHERE tbl = ? AND internal_id = ? "
+        "AND state IN ('pending', 'rejected')",
+        (tbl, target),
+    ).fetchone()
+    theirs = db.execute(
+        "SELECT seq, op, fields FROM _replicad_outbox WHERE tbl = ? AND internal_id = ? "
+        "AND state IN ('pending', 'rejected')",
+        (tbl, source),
+    ).fetchone()
+    if mine is not None and theirs is not None:
+        op = "insert" if "insert" in (mine[1], theirs[1]) else "update"
+        fields = (
+            None
+            if op == "insert"
+            else json.dumps(
+                sorted(set(json.loads(mine[2] or "[]")) | set(json.loads(theirs[2] or "[]")))
+            )
+        )
+        db.execute("DELETE FROM _replicad_outbox WHERE seq = ?", (theirs[0],))
+        db.execute(
+            "UPDATE _replicad_outbox SET op = ?, fields = ?, state = 'pending', payload = NULL, "
+            "batch = NULL, updated_at = ? WHERE seq = ?",
+            (op, fields, now, mine[0]),
+        )
+    db.execute(
+        "UPDATE _replicad_outbox SET internal_id = ?, updated_at = ? "
+        "WHERE tbl = ? AND internal_id = ?",
+        (target, now, tbl, source),
+    )
+
+
 def _learn_id(
-    db: sqlite3.Connection, catalog: TableCatalog, tbl: str, iid: str, remote: str, now: str
+    db: sqlite3.Connection,
+    catalog: TableCatalog,
+    tbl: str,
+    iid: str,
+    remote: str,
+    sent: list[str],
+    now: str,
 ) -> bool:
     """Write a confirmed create's remote id onto its row; True if two rows merged.
 
@@ -317,29 +386,22 @@ def _learn_id(
         f"SELECT _internal_id, _revision, _synced_at{select} FROM {q} WHERE id = ?", (rid,)
     ).fetchone()
     if dup is not None:
+        # The pulled copy's values win where an app edited that copy (its edits move
+        # over below); this row's own values win for every field its confirmed create
+        # carried (the remote has them; the copy may predate them) and every field
+        # with its own unconfirmed edits; the copy's (remote) values fill the rest.
         dup_iid = str(dup[0])
-        # Fields this row still has unconfirmed edits of keep their local values.
-        protected: set[str] | None = set()
-        edits = db.execute(
-            "SELECT op, fields FROM _replicad_outbox WHERE tbl = ? AND internal_id = ? "
-            "AND state IN ('pending', 'in_flight', 'rejected')",
-            (tbl, iid),
-        ).fetchall()
-        for op, fields in edits:
-            if op == "insert" or protected is None:
-                protected = None
-            else:
-                protected.update(json.loads(fields or "[]"))
+        theirs = _open_columns(db, tbl, dup_iid)
+        ours = _open_columns(db, tbl, iid)
+        sent_cols = {info.columns[f] for f in sent if f in info.columns}
+        mine: set[str] | None = None if ours is None else ours | sent_cols
         remote_values = dict(zip(cols, dup[3:], strict=True))
         take = {
-            c: v for c, v in remote_values.items() if protected is not None and c not in protected
+            c: v
+            for c, v in remote_values.items()
+            if (theirs is None or c in theirs) or (mine is not None and c not in mine)
         }
-        db.execute(
-            "UPDATE _replicad_outbox SET state = 'cancelled', reason = ?, finished_at = ?, "
-            "updated_at = ? WHERE tbl = ? AND internal_id = ? "
-            "AND state IN ('pending', 'in_flight', 'rejected')",
-            (f"row merged into {iid} (same remote id)", now, now, tbl, dup_iid),
-        )
+        _adopt_entries(db, tbl, dup_iid, iid, now)
         db.execute(f"DELETE FROM {q} WHERE id = ?", (rid,))
         sets = "".join(f", {quote(c)} = ?" for c in take)
         db.execute(

@@ -7,9 +7,11 @@ refused rather than guessed at.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 
+from store.names import quote
 from store.tables import rebuild
 
 APPLICATION_ID = 0x52504C44  # "RPLD"
@@ -195,6 +197,25 @@ def _rebuild_type_tables(db: sqlite3.Connection) -> None:
             )
         ]
         rebuild(db, tbl, sync, cols)
+        for col in cols:
+            # v1 kept no kinds: JSON text of an object or array is recognisable, a
+            # boolean's 0/1 is not (it is learned from the next pulled value).
+            sample = db.execute(
+                f"SELECT {quote(col)} FROM {quote(tbl)} WHERE {quote(col)} IS NOT NULL LIMIT 1"
+            ).fetchone()
+            if sample is not None and isinstance(sample[0], str) and sample[0][:1] in "[{":
+                kind = "json" if _is_json_container(sample[0]) else "scalar"
+                db.execute(
+                    "UPDATE _replicad_fields SET kind = ? WHERE tbl = ? AND col = ?",
+                    (kind, tbl, col),
+                )
+
+
+def _is_json_container(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict | list)
+    except ValueError:
+        return False
 
 
 HOOKS[1] = _rebuild_type_tables

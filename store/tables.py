@@ -157,6 +157,16 @@ def triggers(tbl: str, sync: str, columns: list[str]) -> list[str]:
         f"(SELECT 1 FROM _replicad_push WHERE tbl = {t} AND can_delete) "
         f"BEGIN SELECT RAISE(ABORT, {no_delete}); END"
     )
+    reinsert = literal(
+        f"replicad: an INSERT into table {tbl} may not set id or reuse the _internal_id of "
+        "an existing row (that would replace a synced record); use UPDATE"
+    )
+    out.append(
+        f"CREATE TRIGGER {quote(f'_replicad_insert_identity_{tbl}')} BEFORE INSERT ON {q} "
+        f"WHEN NOT {_APPLYING} AND (NEW.id IS NOT NULL OR EXISTS "
+        f"(SELECT 1 FROM {q} WHERE _internal_id = NEW._internal_id)) "
+        f"BEGIN SELECT RAISE(ABORT, {reinsert}); END"
+    )
     out.append(
         f"CREATE TRIGGER {quote(f'_replicad_identity_{tbl}')} BEFORE UPDATE OF id, _internal_id "
         f"ON {q} WHEN NOT {_APPLYING} AND (NEW.id IS NOT OLD.id "
@@ -228,6 +238,18 @@ def rebuild(db: sqlite3.Connection, tbl: str, sync: str, columns: list[str]) -> 
     caller's transaction.
     """
     tmp = "_replicad_rebuild"
+    # Indexes and triggers an app added to the table go with DROP TABLE: keep them.
+    extras = [
+        str(sql)
+        for (sql,) in db.execute(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND type IN ('index', "
+            "'trigger') AND sql IS NOT NULL AND name NOT LIKE '\\_replicad\\_%' ESCAPE '\\'",
+            (tbl,),
+        )
+    ]
+    # Without legacy mode, RENAME re-checks every view, and an app's view of this
+    # table fails while the table is briefly gone.
+    db.execute("PRAGMA legacy_alter_table = ON")
     db.execute(create_table_sql(tbl, columns, name=tmp))
     cols = ", ".join(
         ["rowid", "id", "_internal_id", "_revision", "_synced_at", "_pending"]
@@ -236,5 +258,8 @@ def rebuild(db: sqlite3.Connection, tbl: str, sync: str, columns: list[str]) -> 
     db.execute(f"INSERT INTO {quote(tmp)} ({cols}) SELECT {cols} FROM {quote(tbl)}")
     db.execute(f"DROP TABLE {quote(tbl)}")
     db.execute(f"ALTER TABLE {quote(tmp)} RENAME TO {quote(tbl)}")
+    db.execute("PRAGMA legacy_alter_table = OFF")
     for trigger in triggers(tbl, sync, columns):
         db.execute(trigger)
+    for sql in extras:
+        db.execute(sql)

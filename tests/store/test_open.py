@@ -65,10 +65,13 @@ async def test_v1_replica_migrates_keeping_rows(tmp_path: Path) -> None:
         PRAGMA application_id = {APPLICATION_ID};
         CREATE TABLE contact (id INTEGER UNIQUE, _internal_id TEXT NOT NULL UNIQUE,
             _revision INTEGER NOT NULL DEFAULT 0, _synced_at TEXT,
-            _pending INTEGER NOT NULL DEFAULT 0, name);
+            _pending INTEGER NOT NULL DEFAULT 0, name, tags);
         INSERT INTO _replicad_types VALUES ('contact', 'contact', 'mirror', 'now');
         INSERT INTO _replicad_fields VALUES ('contact', 'name', 'name', 0);
-        INSERT INTO contact VALUES (1, 'i1', 5, 'now', 0, 'Ada');
+        INSERT INTO _replicad_fields VALUES ('contact', 'tags', 'tags', 1);
+        INSERT INTO contact VALUES (1, 'i1', 5, 'now', 0, 'Ada', '["a"]');
+        CREATE VIEW my_contacts AS SELECT name FROM contact;
+        CREATE INDEX my_idx ON contact (name);
         PRAGMA user_version = 1;
         """
     )
@@ -81,4 +84,9 @@ async def test_v1_replica_migrates_keeping_rows(tmp_path: Path) -> None:
         got = rows.fetchall()
         assert got[0] == (1, "i1", 5, "Ada", 0) and got[1][3:] == ("Bo", 1)
         assert app.execute("SELECT count(*) FROM replicad_outbox").fetchone()[0] == 1
+        # An app's view and index survive; object/array fields are known as JSON again.
+        assert app.execute("SELECT count(*) FROM my_contacts").fetchone()[0] == 2
+        assert app.execute("SELECT count(*) FROM sqlite_master WHERE name = 'my_idx'").fetchone()[0]
+        kinds = dict(app.execute("SELECT col, kind FROM _replicad_fields").fetchall())
+        assert kinds == {"name": None, "tags": "json"}
         app.close()

@@ -98,6 +98,13 @@ async def test_refused_edits_change_nothing(app: sqlite3.Connection) -> None:
         app.execute("DELETE FROM contact WHERE id = 1")
     with pytest.raises(sqlite3.IntegrityError, match="managed by replicad"):
         app.execute("UPDATE contact SET id = 9 WHERE id = 1")
+    iid = one(app, "SELECT _internal_id FROM contact WHERE id = 1")
+    for sql in (
+        "INSERT INTO contact (id, name) VALUES (7, 'x')",
+        f"INSERT OR REPLACE INTO contact (_internal_id, name) VALUES ('{iid}', 'x')",
+    ):
+        with pytest.raises(sqlite3.IntegrityError, match="use UPDATE"):
+            app.execute(sql)
     assert one(app, "SELECT count(*) FROM contact") == 2
     assert outbox(app) == []
 
@@ -263,3 +270,21 @@ async def test_associations_carry_the_other_row(replica: Replica) -> None:
     (assoc,) = batch.entries[0].payload["associations"]
     assert assoc["type"] == "crm-company" and assoc["id"] == "5"
     assert assoc["data"] == {"name": "Acme"} and len(assoc["internal_id"]) > 0
+
+
+async def test_merge_keeps_edits_made_on_the_pulled_duplicate(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """Edits an app made to the pulled copy of a pushed create survive the merge."""
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'local')")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    await pushed.apply_page(TARGET, page(up("contact", 77, 3, name="Cy", email="cy@x")))
+    app.execute("UPDATE contact SET email = 'new@x' WHERE id = 77")
+    await pushed.record_push("contact", [Said(batch.entries[0].entry, id="77")])
+    assert app.execute(
+        "SELECT _internal_id, email, _pending FROM contact WHERE id = 77"
+    ).fetchall() == [("local", "new@x", 1)]
+    again = await pushed.take_push_batch(SOURCE, 10)
+    assert again is not None and again.entries[0].payload["data"] == {"email": "new@x"}
+    assert again.entries[0].payload["id"] == "77"
