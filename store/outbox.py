@@ -134,7 +134,8 @@ def _new_batch(
             "associations": _associations(db, catalog, source, info, values, data),
         }
         try:
-            encoded = json.dumps(payload, ensure_ascii=False)
+            # allow_nan=False: httpx refuses ±Infinity too, so such a row could never go.
+            encoded = json.dumps(payload, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as e:
             # A BLOB (or NaN) written by an app has no JSON form: refuse this entry
             # alone, visibly, rather than fail the whole batch on every attempt.
