@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -37,10 +36,11 @@ from connectors.cdm_protocol import (
     write_body,
     write_headers,
 )
-from connectors.errors import AuthRefused, ConnectorError, RemoteRefused, RemoteUnreachable
+from connectors.errors import AuthRefused, ConnectorError, RemoteRefused
+from connectors.http import HttpConnector, async_client
 from connectors.push_model import PushBatch, PushItem, PushOutcome, PushResult
 from connectors.ratelimit import TokenBucket, parse_rate
-from connectors.retry import RETRYABLE_STATUS, RetryPolicy, retry_after
+from connectors.retry import RETRYABLE_STATUS, RetryPolicy, checked_retry_after, next_wait
 
 log = structlog.get_logger("replicad.cdm")
 
@@ -89,7 +89,7 @@ class _LostAnswer(Exception):
         self.attempt = attempt  # retries used so far: the budget spans the lookups
 
 
-class CdmClient:
+class CdmClient(HttpConnector):
     """An async CDM write client (satisfies PushConnector)."""
 
     def __init__(
@@ -103,33 +103,7 @@ class CdmClient:
         self.bucket = TokenBucket(parse_rate(settings.rate_limit)) if settings.rate_limit else None
         self.stats = CdmStats()
         self._rng = rng or random.Random()
-        self._http = httpx.AsyncClient(
-            base_url=settings.base_url.rstrip("/"),
-            headers={
-                "Authorization": f"Bearer {settings.token}",
-                "Accept": "application/json",
-                "User-Agent": "replicad",
-            },
-            timeout=httpx.Timeout(settings.timeout),
-            transport=transport,
-            verify=True,
-            follow_redirects=False,
-        )
-
-    async def __aenter__(self) -> CdmClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
+        self._http = async_client(settings.base_url, settings.token, settings.timeout, transport)
 
     async def push(self, batch: PushBatch) -> PushResult:
         """Write the items in order; remote failures go to ``PushResult.error``.
@@ -219,17 +193,9 @@ class CdmClient:
                     raise RemoteRefused(self._safe(f"write: {error_message(status, answer)}"))
                 maybe_applied = status in MAYBE_APPLIED_STATUS
                 reason = f"HTTP {status}"
-                delay = retry_after(resp.headers.get("Retry-After"))
-                if delay is not None and delay > policy.max_retry_after:
-                    raise RemoteUnreachable(
-                        f"write: remote asks to wait {delay:.0f}s (Retry-After)"
-                    )
+                delay = checked_retry_after(resp.headers.get("Retry-After"), policy, "write")
             attempt += 1
-            if attempt > policy.max_retries:
-                raise RemoteUnreachable(
-                    f"write: gave up after {policy.max_retries} retries (last: {reason})"
-                )
-            wait = delay if delay is not None else policy.backoff(attempt, self._rng)
+            wait = next_wait(policy, attempt, delay, self._rng, "write", reason)
             self.stats.retries += 1
             log.warning(
                 "push.retry",
@@ -290,17 +256,9 @@ class CdmClient:
                 if status not in RETRYABLE_STATUS:
                     raise RemoteRefused(self._safe(f"lookup: {error_message(status, answer)}"))
                 reason = f"HTTP {status}"
-                delay = retry_after(resp.headers.get("Retry-After"))
-                if delay is not None and delay > policy.max_retry_after:
-                    raise RemoteUnreachable(
-                        f"lookup: remote asks to wait {delay:.0f}s (Retry-After)"
-                    )
+                delay = checked_retry_after(resp.headers.get("Retry-After"), policy, "lookup")
             attempt += 1
-            if attempt > policy.max_retries:
-                raise RemoteUnreachable(
-                    f"lookup: gave up after {policy.max_retries} retries (last: {reason})"
-                )
-            wait = delay if delay is not None else policy.backoff(attempt, self._rng)
+            wait = next_wait(policy, attempt, delay, self._rng, "lookup", reason)
             self.stats.retries += 1
             log.warning(
                 "push.retry",

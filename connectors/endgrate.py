@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -39,9 +38,10 @@ from connectors.endgrate_protocol import (
     transfer_body,
 )
 from connectors.errors import AuthRefused, ConnectorError, RemoteRefused, RemoteUnreachable
+from connectors.http import HttpConnector, async_client
 from connectors.push_model import PushBatch, PushResult
 from connectors.ratelimit import TokenBucket, parse_rate
-from connectors.retry import RETRYABLE_STATUS, RetryPolicy, retry_after
+from connectors.retry import RETRYABLE_STATUS, RetryPolicy, checked_retry_after, next_wait
 
 log = structlog.get_logger("replicad.endgrate")
 
@@ -84,7 +84,7 @@ class EndgrateStats:
         return self.transfer + self.data + self.errors + self.retries
 
 
-class EndgrateClient:
+class EndgrateClient(HttpConnector):
     """An async Endgrate push client bound to one session (satisfies PushConnector)."""
 
     def __init__(
@@ -98,33 +98,7 @@ class EndgrateClient:
         self.bucket = TokenBucket(parse_rate(settings.rate_limit)) if settings.rate_limit else None
         self.stats = EndgrateStats()
         self._rng = rng or random.Random()
-        self._http = httpx.AsyncClient(
-            base_url=settings.base_url.rstrip("/"),
-            headers={
-                "Authorization": f"Bearer {settings.token}",
-                "Accept": "application/json",
-                "User-Agent": "replicad",
-            },
-            timeout=httpx.Timeout(settings.timeout),
-            transport=transport,
-            verify=True,
-            follow_redirects=False,
-        )
-
-    async def __aenter__(self) -> EndgrateClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
+        self._http = async_client(settings.base_url, settings.token, settings.timeout, transport)
 
     async def push(self, batch: PushBatch) -> PushResult:
         """Send a batch as one transfer; remote failures go to ``PushResult.error``.
@@ -269,17 +243,9 @@ class EndgrateClient:
                 if status not in RETRYABLE_STATUS:
                     raise RemoteRefused(self._safe(f"{what}: {error_message(status, body)}"))
                 reason = f"HTTP {status}"
-                delay = retry_after(resp.headers.get("Retry-After"))
-                if delay is not None and delay > policy.max_retry_after:
-                    raise RemoteUnreachable(
-                        f"{what}: remote asks to wait {delay:.0f}s (Retry-After)"
-                    )
+                delay = checked_retry_after(resp.headers.get("Retry-After"), policy, what)
             attempt += 1
-            if attempt > policy.max_retries:
-                raise RemoteUnreachable(
-                    f"{what}: gave up after {policy.max_retries} retries (last: {reason})"
-                )
-            wait = delay if delay is not None else policy.backoff(attempt, self._rng)
+            wait = next_wait(policy, attempt, delay, self._rng, what, reason)
             self.stats.retries += 1
             log.warning(
                 "push.retry",

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from connectors.errors import RemoteUnreachable
+
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
@@ -40,3 +42,28 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def checked_retry_after(value: str | None, policy: RetryPolicy, what: str) -> float | None:
+    """The Retry-After delay to honour; one longer than the policy allows is an outage."""
+    delay = retry_after(value)
+    if delay is not None and delay > policy.max_retry_after:
+        raise RemoteUnreachable(f"{what}: remote asks to wait {delay:.0f}s (Retry-After)")
+    return delay
+
+
+def next_wait(
+    policy: RetryPolicy,
+    attempt: int,
+    delay: float | None,
+    rng: random.Random,
+    what: str,
+    reason: str,
+) -> float:
+    """Seconds before retry number ``attempt``: Retry-After if given, else backoff;
+    past the policy's retries, give up."""
+    if attempt > policy.max_retries:
+        raise RemoteUnreachable(
+            f"{what}: gave up after {policy.max_retries} retries (last: {reason})"
+        )
+    return delay if delay is not None else policy.backoff(attempt, rng)

@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import anyio
 import httpx
 import structlog
 
-from connectors.errors import AuthRefused, RemoteRefused, RemoteUnreachable
+from connectors.errors import AuthRefused, RemoteRefused
+from connectors.http import HttpConnector, async_client
 from connectors.ratelimit import SELL_DEFAULT, TokenBucket, parse_rate
-from connectors.retry import RETRYABLE_STATUS, RetryPolicy, retry_after
+from connectors.retry import RETRYABLE_STATUS, RetryPolicy, checked_retry_after, next_wait
 from connectors.sell_protocol import (
     ProtocolError,
     QueuePage,
@@ -60,7 +60,7 @@ class RequestStats:
         return self.start + self.fetch + self.ack + self.retries
 
 
-class SellClient:
+class SellClient(HttpConnector):
     """An async Sell Sync API client bound to one device UUID."""
 
     def __init__(
@@ -75,34 +75,13 @@ class SellClient:
         self.bucket = bucket or TokenBucket(parse_rate(settings.rate_limit))
         self.stats = RequestStats()
         self._rng = rng or random.Random()
-        self._http = httpx.AsyncClient(
-            base_url=settings.base_url.rstrip("/") + "/v2",
-            headers={
-                "Authorization": f"Bearer {settings.token}",
-                "X-Basecrm-Device-UUID": settings.device_uuid,
-                "Accept": "application/json",
-                "User-Agent": "replicad",
-            },
-            timeout=httpx.Timeout(settings.timeout),
-            transport=transport,
-            verify=True,
-            follow_redirects=False,
+        self._http = async_client(
+            settings.base_url.rstrip("/") + "/v2",
+            settings.token,
+            settings.timeout,
+            transport,
+            {"X-Basecrm-Device-UUID": settings.device_uuid},
         )
-
-    async def __aenter__(self) -> SellClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
 
     async def check_credentials(self) -> None:
         """Ask who the token belongs to (read-only); raises AuthRefused if refused."""
@@ -178,19 +157,11 @@ class SellClient:
                 elif status in RETRYABLE_STATUS:
                     lossy = lossy or status >= 500
                     reason = f"HTTP {status}"
-                    delay = retry_after(resp.headers.get("Retry-After"))
-                    if delay is not None and delay > policy.max_retry_after:
-                        raise RemoteUnreachable(
-                            f"{what}: remote asks to wait {delay:.0f}s (Retry-After)"
-                        )
+                    delay = checked_retry_after(resp.headers.get("Retry-After"), policy, what)
                 else:
                     raise RemoteRefused(f"{what}: {error_message(status, _decode(content))}")
             attempt += 1
-            if attempt > policy.max_retries:
-                raise RemoteUnreachable(
-                    f"{what}: gave up after {policy.max_retries} retries (last: {reason})"
-                )
-            wait = delay if delay is not None else policy.backoff(attempt, self._rng)
+            wait = next_wait(policy, attempt, delay, self._rng, what, reason)
             self.stats.retries += 1
             log.warning("http.retry", request=what, reason=reason, attempt=attempt, wait=wait)
             await anyio.sleep(wait)
