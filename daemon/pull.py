@@ -17,6 +17,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from connectors.sell import SellClient
 from connectors.sell_protocol import ProtocolError, QueuePage
 from daemon.config import Connection, Sync
+from daemon.cycle_status import recorded_cycle
 from daemon.exits import unwrap
 from store import PullTarget, Replica
 
@@ -97,7 +98,7 @@ async def pull_cycle(
     """
     progress = progress or NoProgress()
     outcome = PullOutcome()
-    try:
+    async with recorded_cycle(replica, sync.label):
         await flush_acks(replica, client, conn)
         for _ in range(sync.max_sessions):
             session = await client.start()
@@ -111,15 +112,6 @@ async def pull_cycle(
             await flush_acks(replica, client, conn)
             if not again:
                 break
-    except BaseException as e:
-        with anyio.CancelScope(shield=True):
-            if isinstance(e, anyio.get_cancelled_exc_class()):
-                # Stopped (SIGTERM): not a failure; the next start resumes.
-                await replica.sync_stopped(sync.label)
-            else:
-                await replica.sync_finished(sync.label, _one_line(e))
-        raise
-    await replica.sync_finished(sync.label, None)
     return outcome
 
 
@@ -198,8 +190,3 @@ async def _fetch_pages(
                 await send.send(page)
         except Exception as e:
             await send.send(e)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return text[:500]

@@ -26,6 +26,7 @@ from connectors.push_model import (
     PushOutcome,
 )
 from daemon.config import Sync
+from daemon.cycle_status import recorded_cycle
 from store import Association, OutboxBatch, PushSource, Replica
 
 log = structlog.get_logger("replicad.push")
@@ -82,7 +83,7 @@ async def push_cycle(
     report = PushReport()
     source = push_source(sync)
     await replica.sync_started(sync.label, None)
-    try:
+    async with recorded_cycle(replica, sync.label):
         while (batch := await replica.take_push_batch(source, sync.batch_size)) is not None:
             wire = to_wire(batch, sync.object)
             result = await connector.push(wire)
@@ -125,15 +126,4 @@ async def push_cycle(
                     f"push {sync.label}: the destination answered for {len(result.outcomes)} "
                     f"of {len(wire.items)} entries"
                 )
-    except BaseException as e:
-        with anyio.CancelScope(shield=True):
-            if isinstance(e, anyio.get_cancelled_exc_class()):
-                # Stopped (SIGTERM): entries in flight are resent on the next start.
-                await replica.sync_stopped(sync.label)
-            else:
-                await replica.sync_finished(
-                    sync.label, str(e).splitlines()[0][:500] if str(e) else type(e).__name__
-                )
-        raise
-    await replica.sync_finished(sync.label, None)
     return report

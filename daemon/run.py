@@ -100,7 +100,7 @@ class Supervisor:
         state = self.state.syncs[sync.label]
         while True:
             if sync.direction == "push" and failures == 0:
-                await self._wait_for_edits(sync, state)
+                await self._wait_for_edits(sync)
             state.busy()
             try:
                 if sync.direction == "push":
@@ -134,7 +134,7 @@ class Supervisor:
             else:
                 state.idle(None)
 
-    async def _wait_for_edits(self, sync: Sync, state: LoopState) -> None:
+    async def _wait_for_edits(self, sync: Sync) -> None:
         """Return once the sync's table has outbox work; sleeps on file events.
 
         After a wake-up that finds nothing, the outbox is probed a few more times: a

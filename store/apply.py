@@ -60,12 +60,16 @@ def apply_page(
     try:
         db.execute("INSERT INTO _replicad_applying (flag) VALUES (1)")
         fields: dict[str, dict[str, None]] = defaultdict(dict)
+        per_table: dict[str, list[RecordChange]] = defaultdict(list)
         for tbl, change in routed:
             fields[tbl].update(dict.fromkeys(change.data))
+            per_table[tbl].append(change)
         for tbl, flds in fields.items():
-            type_ = next(c.type for t, c in routed if t == tbl)
-            result.new_columns += catalog.ensure(db, tbl, type_, target.sync, list(flds), now)
-            _learn_kinds(db, catalog, tbl, [c for t, c in routed if t == tbl])
+            changes = per_table[tbl]
+            result.new_columns += catalog.ensure(
+                db, tbl, changes[0].type, target.sync, list(flds), now
+            )
+            _learn_kinds(db, catalog, tbl, changes)
         for run in split_runs(routed):
             by_table: dict[str, list[RecordChange]] = defaultdict(list)
             for tbl, change in run:

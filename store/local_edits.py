@@ -47,13 +47,34 @@ def open_edits(db: sqlite3.Connection, tbl: str, ids: list[int]) -> dict[int, Op
         f"AND o.{_OPEN} WHERE t.id IN ({marks})",
         (tbl, *ids),
     )
+    entries: dict[int, list[tuple[str, str | None]]] = {}
     for id_, iid, op, fields in rows:
-        edit = edits.setdefault(int(id_), OpenEdit(str(iid), set()))
-        if op == "insert" or edit.columns is None:
-            edit.columns = None
-        else:
-            edit.columns.update(json.loads(fields or "[]"))
+        edits.setdefault(int(id_), OpenEdit(str(iid), set()))
+        entries.setdefault(int(id_), []).append((op, fields))
+    for id_, edit in edits.items():
+        edit.columns = _columns(entries[id_])
     return edits
+
+
+def _columns(entries: Iterable[tuple[str, str | None]]) -> set[str] | None:
+    """The columns (op, fields) entries changed; None when one is an insert (all)."""
+    cols: set[str] = set()
+    for op, fields in entries:
+        if op == "insert":
+            return None
+        cols.update(json.loads(fields or "[]"))
+    return cols
+
+
+def open_columns(db: sqlite3.Connection, tbl: str, iid: str) -> set[str] | None:
+    """Columns a row's unconfirmed entries changed (None: a whole insert)."""
+    return _columns(
+        db.execute(
+            "SELECT op, fields FROM _replicad_outbox "
+            f"WHERE tbl = ? AND internal_id = ? AND {_OPEN}",
+            (tbl, iid),
+        )
+    )
 
 
 def conflict_mode(db: sqlite3.Connection, tbl: str) -> str:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from store.local_edits import settle_pending_flag
+from store.local_edits import open_columns, settle_pending_flag
 from store.model import OutboxBatch, OutboxEntry, Outcome, OutcomeCounts, PushSource
 from store.names import quote
 from store.schema import APPLICATION_ID
@@ -288,19 +288,9 @@ def _reject(
             (reason, now, now, seq),
         )
         return
-    merged_op = "insert" if "insert" in (op, newer[1]) else "update"
-    merged_fields = (
-        None
-        if merged_op == "insert"
-        else json.dumps(sorted(set(json.loads(fields or "[]")) | set(json.loads(newer[2]))))
+    _fold(
+        db, (seq, op, fields), newer, now, f"requeued after a newer edit; last rejection: {reason}"
     )
-    db.execute("DELETE FROM _replicad_outbox WHERE seq = ?", (newer[0],))
-    db.execute(
-        "UPDATE _replicad_outbox SET state = 'pending', op = ?, fields = ?, payload = NULL, "
-        "batch = NULL, reason = ?, updated_at = ? WHERE seq = ?",
-        (merged_op, merged_fields, f"requeued after a newer edit; last rejection: {reason}",
-         now, seq),
-    )  # fmt: skip
 
 
 def _remote_id(value: str) -> int | str:
@@ -311,18 +301,25 @@ def _remote_id(value: str) -> int | str:
     return number if str(number) == value and -(2**63) <= number < 2**63 else value
 
 
-def _open_columns(db: sqlite3.Connection, tbl: str, iid: str) -> set[str] | None:
-    """Columns a row's unconfirmed entries changed (None: a whole insert)."""
-    cols: set[str] = set()
-    for op, fields in db.execute(
-        "SELECT op, fields FROM _replicad_outbox WHERE tbl = ? AND internal_id = ? "
-        "AND state IN ('pending', 'in_flight', 'rejected')",
-        (tbl, iid),
-    ):
-        if op == "insert":
-            return None
-        cols.update(json.loads(fields or "[]"))
-    return cols
+def _fold(
+    db: sqlite3.Connection,
+    keep: tuple[int, str, str | None],
+    drop: tuple[int, str, str | None],
+    now: str,
+    reason: str | None = None,
+) -> None:
+    """Fold one open entry (seq, op, fields) of a row into another, which is requeued:
+    a row has one open upstream change. An insert absorbs anything (it sends the whole
+    row); two updates send the union of their fields."""
+    op = "insert" if "insert" in (keep[1], drop[1]) else "update"
+    union = set(json.loads(keep[2] or "[]")) | set(json.loads(drop[2] or "[]"))
+    fields = None if op == "insert" else json.dumps(sorted(union))
+    db.execute("DELETE FROM _replicad_outbox WHERE seq = ?", (drop[0],))
+    db.execute(
+        "UPDATE _replicad_outbox SET state = 'pending', op = ?, fields = ?, payload = NULL, "
+        "batch = NULL, reason = coalesce(?, reason), updated_at = ? WHERE seq = ?",
+        (op, fields, reason, now, keep[0]),
+    )
 
 
 def _adopt_entries(db: sqlite3.Connection, tbl: str, source: str, target: str, now: str) -> None:
@@ -339,20 +336,7 @@ def _adopt_entries(db: sqlite3.Connection, tbl: str, source: str, target: str, n
         (tbl, source),
     ).fetchone()
     if mine is not None and theirs is not None:
-        op = "insert" if "insert" in (mine[1], theirs[1]) else "update"
-        fields = (
-            None
-            if op == "insert"
-            else json.dumps(
-                sorted(set(json.loads(mine[2] or "[]")) | set(json.loads(theirs[2] or "[]")))
-            )
-        )
-        db.execute("DELETE FROM _replicad_outbox WHERE seq = ?", (theirs[0],))
-        db.execute(
-            "UPDATE _replicad_outbox SET op = ?, fields = ?, state = 'pending', payload = NULL, "
-            "batch = NULL, updated_at = ? WHERE seq = ?",
-            (op, fields, now, mine[0]),
-        )
+        _fold(db, mine, theirs, now)
     db.execute(
         "UPDATE _replicad_outbox SET internal_id = ?, updated_at = ? "
         "WHERE tbl = ? AND internal_id = ?",
@@ -392,8 +376,8 @@ def _learn_id(
         # carried (the remote has them; the copy may predate them) and every field
         # with its own unconfirmed edits; the copy's (remote) values fill the rest.
         dup_iid = str(dup[0])
-        theirs = _open_columns(db, tbl, dup_iid)
-        ours = _open_columns(db, tbl, iid)
+        theirs = open_columns(db, tbl, dup_iid)
+        ours = open_columns(db, tbl, iid)
         sent_cols = {info.columns[f] for f in sent if f in info.columns}
         mine: set[str] | None = None if ours is None else ours | sent_cols
         remote_values = dict(zip(cols, dup[3:], strict=True))
