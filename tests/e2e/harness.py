@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.emulator_control import EmulatorControl
+from store.status import edit_locally
 from store.values import to_sql
 
 BIN = Path(sys.executable).parent
@@ -176,14 +177,7 @@ def app_db(path: Path) -> sqlite3.Connection:
 
 def app_write(path: Path, *statements: str) -> None:
     """Run statements in one ``BEGIN IMMEDIATE`` transaction, as the README tells apps."""
-    db = app_db(path)
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        for sql in statements:
-            db.execute(sql)
-        db.execute("COMMIT")
-    finally:
-        db.close()
+    edit_locally(path, statements)
 
 
 def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
