@@ -108,7 +108,7 @@ def test_local_insert_reaches_remote_within_a_second(tmp_path: Path) -> None:
                 email = f"fast{i}@example.org"
                 app_write(db, f"INSERT INTO contact (first_name, email) VALUES ('F', '{email}')")
                 wait_for(
-                    lambda e=email: contacts_with_email(emu.control.state(), e) == 1,  # type: ignore[misc]
+                    lambda e=email: contacts_with_email(emu.control.state(), e) == 1,
                     timeout=1.0,
                     step=0.02,
                 )

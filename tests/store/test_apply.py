@@ -80,7 +80,7 @@ async def test_field_names_are_normalized(replica: Replica) -> None:
     cols = await replica.db.execute_fetchall(
         "SELECT field, col FROM _replicad_fields ORDER BY position"
     )
-    mapping = dict(cols)
+    mapping: dict[str, str] = {str(f): str(c) for f, c in cols}
     assert mapping["first name"] == "first_name" and mapping["first-name"] == "first_name_2"
     assert mapping["_revision"] == "f_revision" and mapping["9x"] == "f_9x"
     assert mapping["Name"] == "Name" and mapping["name"] == "name_2"
