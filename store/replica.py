@@ -67,6 +67,9 @@ class Replica:
         self._writer: sqlite3.Connection | None = None
         # One page at a time on the writer connection.
         self._writer_limiter = anyio.CapacityLimiter(1)
+        # Whether pages may have been committed without an fsync since the last one.
+        # True at start: a previous process may have left such pages behind.
+        self._unsynced_pages = True
 
     @classmethod
     async def open(cls, path: Path) -> Replica:
@@ -128,8 +131,9 @@ class Replica:
                 f"version knows {SCHEMA_VERSION}); upgrade replicad"
             )
         await db.execute("PRAGMA journal_mode = WAL")
-        # FULL: a page's commit is durable before its ack keys can be sent upstream,
-        # even across a power cut.
+        # FULL: every commit is durable (fsynced) before it returns, so what the
+        # daemon tells a remote about it (a push sent, a batch confirmed) survives a
+        # power cut. Page applies are the one exception, see apply_page.
         await db.execute("PRAGMA synchronous = FULL")
         self._writer = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
@@ -171,6 +175,12 @@ class Replica:
     async def apply_page(self, target: PullTarget, batch: PageBatch) -> ApplyResult:
         """Apply one page in one transaction (see ``store.apply``).
 
+        The commit is atomic and survives the process being killed, but is not fsynced
+        on its own: ``pending_acks`` makes all pages durable with one fsync before
+        their ack keys can be sent. Nothing is acknowledged that a power cut could
+        take back, and an initial sync pays one fsync per ack batch instead of one per
+        page.
+
         The worker thread is not abandoned on cancellation: a page being applied when
         the daemon stops commits or rolls back before this returns.
         """
@@ -183,12 +193,20 @@ class Replica:
     def _apply_sync(
         self, writer: sqlite3.Connection, target: PullTarget, batch: PageBatch
     ) -> ApplyResult:
+        # WAL with synchronous NORMAL: atomic and consistent, durable at the next
+        # checkpoint or FULL commit. Not settable inside a transaction; apply_page
+        # always ends its own.
+        writer.execute("PRAGMA synchronous = NORMAL")
         try:
-            return apply_page(writer, self.catalog, target, batch, utcnow())
+            result = apply_page(writer, self.catalog, target, batch, utcnow())
         except BaseException:
             # A rolled-back ALTER must not linger in the cached catalog.
             self.catalog.load(writer)
             raise
+        finally:
+            self._unsynced_pages = True
+            writer.execute("PRAGMA synchronous = FULL")
+        return result
 
     async def _write(self, fn: Callable[..., T], *args: object) -> T:
         """Run a store function on the writer connection in the worker thread."""
@@ -235,17 +253,34 @@ class Replica:
 
     async def pending_acks(self, connection: str, limit: int) -> AckBatch:
         """Committed ack keys not yet acknowledged upstream: whole pages, oldest first,
-        until at least ``limit`` keys (one page may overshoot it)."""
+        until at least ``limit`` keys (one page may overshoot it).
+
+        Every page holding a returned key is on stable storage: the keys are read on
+        the writer, after a durability barrier, with no page apply in between.
+        """
+        return await self._write(self._durable_pending_acks, connection, limit)
+
+    def _durable_pending_acks(
+        self, writer: sqlite3.Connection, connection: str, limit: int
+    ) -> AckBatch:
+        if self._unsynced_pages:
+            # One FULL commit: its fsync of the WAL covers every page committed before.
+            writer.execute(
+                "INSERT OR REPLACE INTO _replicad_meta (key, value) VALUES ('durable_at', ?)",
+                (utcnow(),),
+            )
+            self._unsynced_pages = False
         batch = AckBatch()
-        async with self.db.execute(
+        rows = writer.execute(
             "SELECT seq, keys FROM _replicad_pending_acks WHERE connection = ? ORDER BY seq",
             (connection,),
-        ) as cursor:
-            async for seq, keys in cursor:
-                batch.seqs.append(int(seq))
-                batch.keys.extend(json.loads(keys))
-                if len(batch.keys) >= limit:
-                    break
+        )
+        for seq, keys in rows:
+            batch.seqs.append(int(seq))
+            batch.keys.extend(json.loads(keys))
+            if len(batch.keys) >= limit:
+                break
+        rows.close()
         return batch
 
     async def count_pending_acks(self, connection: str) -> int:

@@ -113,6 +113,36 @@ async def test_failed_objects_recorded_then_cleared(replica: Replica) -> None:
     assert list(seen) == [(0,)]
 
 
+async def test_ack_keys_are_read_only_after_their_pages_are_durable(replica: Replica) -> None:
+    """Pages commit without an fsync of their own; reading ack keys to send first makes
+    a FULL commit (whose fsync covers every page before it), and only when pages were
+    committed since the last one."""
+    writer = replica._writer  # the connection pages are applied on
+    assert writer is not None
+    trace: list[str] = []
+    writer.set_trace_callback(trace.append)
+    await replica.pending_acks("crm", 10)  # a previous process may have left pages
+    await replica.apply_page(TARGET, page(up("contact", 1, 1)))
+    await replica.apply_page(TARGET, page(up("contact", 2, 1)))
+    await replica.pending_acks("crm", 10)
+    await replica.pending_acks("crm", 10)  # nothing applied since: no barrier
+    writer.set_trace_callback(None)
+
+    def at(fragment: str) -> list[int]:
+        return [i for i, sql in enumerate(trace) if fragment in sql]
+
+    commits, barriers, reads = at("COMMIT"), at("'durable_at'"), at("FROM _replicad_pending_acks")
+    pragmas = [(i, "NORMAL" in trace[i]) for i in at("PRAGMA synchronous")]
+    assert len(commits) == 2
+    for commit in commits:  # NORMAL just for the page, FULL right after
+        assert [normal for i, normal in pragmas if i < commit][-1]
+        assert not next(normal for i, normal in pragmas if i > commit)
+    assert len(barriers) == 2 and len(reads) == 3
+    assert barriers[0] < reads[0] < commits[0] and commits[1] < barriers[1] < reads[1]
+    sync = writer.execute("PRAGMA synchronous").fetchone()[0]
+    assert sync == 2  # FULL for everything but page applies
+
+
 async def test_acks_pending_until_forgotten(replica: Replica) -> None:
     """Ack keys are recorded in the page's transaction and dropped once sent."""
     await replica.apply_page(TARGET, page(up("contact", 1, 1), up("contact", 2, 1)))
