@@ -75,6 +75,7 @@ class SellClient(HttpConnector):
         self.bucket = bucket or TokenBucket(parse_rate(settings.rate_limit))
         self.stats = RequestStats()
         self._rng = rng or random.Random()
+        self._queue_request: tuple[str, httpx.Request] | None = None
         self._http = async_client(
             settings.base_url.rstrip("/") + "/v2",
             settings.token,
@@ -100,12 +101,15 @@ class SellClient(HttpConnector):
         consumed a page on the server (a lost answer): its items were not acknowledged,
         so a later session delivers them again, and the caller should start one.
         """
+        if self._queue_request is None or self._queue_request[0] != session_id:
+            # The same GET for every page of a session: built once, because building
+            # (URL parsing, header merging) costs about as much as a third of sending.
+            request = self._http.build_request("GET", f"/sync/{session_id}/queues/main")
+            self._queue_request = (session_id, request)
         lossy = False
         for attempt in range(self.settings.retry.max_retries + 1):
             self.stats.fetch += 1
-            status, body, retried = await self._request(
-                "GET", f"/sync/{session_id}/queues/main", "fetch"
-            )
+            status, body, retried = await self._send(self._queue_request[1], "fetch")
             lossy = lossy or retried
             try:
                 return parse_page(status, body), lossy
@@ -124,6 +128,11 @@ class SellClient(HttpConnector):
     async def _request(
         self, method: str, path: str, what: str, json_body: Any = None
     ) -> tuple[int, Any, bool]:
+        return await self._send(self._http.build_request(method, path, json=json_body), what)
+
+    async def _send(self, request: httpx.Request, what: str) -> tuple[int, Any, bool]:
+        """Send with the rate limit, retries and backoff; (status, decoded body, whether
+        a retry followed a failure that may have reached the server)."""
         policy = self.settings.retry
         attempt = 0
         lossy = False
@@ -132,7 +141,7 @@ class SellClient(HttpConnector):
             delay: float | None = None
             reason = ""
             try:
-                resp = await self._http.request(method, path, json=json_body)
+                resp = await self._http.send(request)
                 content = resp.content
             except (httpx.TransportError, httpx.DecodingError) as e:
                 # The request may have reached the server: for a queue fetch, the page

@@ -86,6 +86,33 @@ def parse_page(status: int, body: Any) -> QueuePage | None:
 
 def parse_item(item: Any) -> RecordChange | BadItem:
     """One queue item, or the reason it cannot be stored (kept raw in quarantine)."""
+    # The well-formed case first, with exact type checks (json.loads makes exact
+    # dicts, ints and strs; ``type(x) is int`` also rules out booleans): this runs for
+    # every item pulled. Anything else takes the checks below, which say why.
+    try:
+        meta, data = item["meta"], item["data"]
+        sync, type_, rid = meta["sync"], meta["type"], data["id"]
+        ack_key, revision = sync["ack_key"], sync["revision"]
+    except (KeyError, TypeError):
+        pass
+    else:
+        if (
+            type(ack_key) is str
+            and ack_key
+            and type(revision) is int
+            and type(type_) is str
+            and type(data) is dict
+            and type(rid) is int
+            and type(item) is dict
+            and type(meta) is dict
+            and type(sync) is dict
+        ):
+            deleted = sync.get("event_type") == "deleted" or (revision == 0 and len(data) == 1)
+            return RecordChange(type_, rid, revision, ack_key, deleted, {} if deleted else data)
+    return _parse_odd_item(item)
+
+
+def _parse_odd_item(item: Any) -> RecordChange | BadItem:
     if not isinstance(item, dict):
         return BadItem(dumps_raw(item), "item is not an object", None)
     meta = item.get("meta")

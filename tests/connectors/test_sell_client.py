@@ -202,3 +202,39 @@ def test_sell_default_budget_never_exceeds_an_hour() -> None:
     assert times[35999] == 0.0  # the whole burst without waiting
     worst = max(i - bisect_right(times, t - 3600.0) + 1 for i, t in enumerate(times))
     assert worst <= 36000
+
+
+async def test_queue_fetch_follows_the_session_and_keeps_headers() -> None:
+    """The queue GET is built once per session: a new session id means a new URL, and
+    every send carries the same headers."""
+    seen: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        return httpx.Response(200, json=page([item(len(seen), 1)]))
+
+    async with client(handler) as c:
+        for session in ("s1", "s1", "s2", "s1"):
+            await c.fetch(session)
+    assert [r.url.path for r in seen] == [
+        "/v2/sync/s1/queues/main",
+        "/v2/sync/s1/queues/main",
+        "/v2/sync/s2/queues/main",
+        "/v2/sync/s1/queues/main",
+    ]
+    assert all(r.headers["X-Basecrm-Device-UUID"] == "dev-1" for r in seen)
+    assert all(r.headers["Authorization"] == f"Bearer {TOKEN}" for r in seen)
+
+
+async def test_retried_ack_resends_the_same_body() -> None:
+    """A request rebuilt once and sent again after a 503 carries its body again."""
+    bodies: list[bytes] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        bodies.append(req.read())
+        return httpx.Response(503 if len(bodies) == 1 else 202, json={})
+
+    async with client(handler) as c:
+        await c.ack(["a"])
+    assert len(bodies) == 2 and bodies[0] == bodies[1]
+    assert json.loads(bodies[1]) == {"data": {"ack_keys": ["a"]}}
