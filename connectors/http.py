@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import ssl
 from types import TracebackType
 from typing import Self
 
 import httpx
+
+
+def tls_verification(base_url: str) -> ssl.SSLContext | bool:
+    """What the client verifies TLS with: the system's CA store (httpx's default)
+    for https, and for plain http a context that trusts nothing.
+
+    Plain http is only accepted for loopback (see daemon.config) and redirects are
+    off, so such a client never makes a TLS handshake; loading the CA store for it
+    would only add about 40 ms to every start. Its context still requires a
+    verified certificate and host name, so any TLS connection would fail closed.
+    """
+    if base_url.lower().startswith("https://"):
+        return True
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def async_client(
@@ -27,7 +42,7 @@ def async_client(
         },
         timeout=httpx.Timeout(timeout),
         transport=transport,
-        verify=True,
+        verify=tls_verification(base_url),
         follow_redirects=False,
     )
 

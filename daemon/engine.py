@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
-from connectors.cdm import CdmClient, CdmSettings
-from connectors.endgrate import EndgrateClient, EndgrateSettings
-from connectors.push_model import PushConnector
 from connectors.ratelimit import SELL_DEFAULT
 from connectors.retry import RetryPolicy
 from connectors.sell import SellClient, SellSettings
@@ -19,6 +17,9 @@ from daemon.logs import register_secret
 from daemon.pull import PullOutcome, PullProgress, pull_cycle
 from daemon.push import PushReport, push_cycle, push_source
 from store import Replica
+
+if TYPE_CHECKING:
+    from connectors.push_model import PushConnector
 
 log = structlog.get_logger("replicad.engine")
 
@@ -43,6 +44,11 @@ def _retry(conn: Connection) -> RetryPolicy:
 
 def push_connector(conn: Connection, sync: Sync) -> PushConnector:
     """The client a push sync sends with (settings are per sync); reads the token now."""
+    # Imported here: a replica that only pulls never loads the push clients, which
+    # keeps start-up (and so every `sync --once`) shorter.
+    from connectors.cdm import CdmClient, CdmSettings
+    from connectors.endgrate import EndgrateClient, EndgrateSettings
+
     token = read_token(conn)
     register_secret(token)
     if conn.kind == "endgrate":

@@ -1,0 +1,98 @@
+"""The pull's fast paths agree with the plain rules they shortcut.
+
+parse_item takes well-formed queue items through exact type checks and everything
+else through the careful checks; the nested-value encoder reuses json's private C
+encoder; http clients to loopback skip loading the CA store. Each must give what the
+plain version gives.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from typing import Any
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from connectors.http import tls_verification
+from connectors.sell_protocol import _parse_odd_item, parse_item
+from store.values import _ENCODE, to_sql
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+# Items that are mostly well-formed, with any part possibly of the wrong type, missing,
+# or a subclass-like oddity (a bool where an int belongs).
+odd = st.sampled_from([None, True, False, 0, 1.5, "", "x", [], {}, [1], {"a": 1}])
+ids = st.integers(min_value=-5, max_value=2**40) | odd
+revisions = st.integers(min_value=0, max_value=9) | odd
+ack_keys = st.sampled_from(["k-1", "k-2"]) | odd
+types = st.sampled_from(["contact", "deal", "bad name"]) | odd
+events = st.sampled_from(["created", "updated", "deleted"]) | odd
+
+
+@st.composite
+def items(draw: st.DrawFn) -> Any:
+    sync = {"event_type": draw(events), "ack_key": draw(ack_keys), "revision": draw(revisions)}
+    data = {"id": draw(ids), **draw(st.dictionaries(st.sampled_from(["a", "b"]), json_values))}
+    item: dict[str, Any] = {
+        "data": draw(st.sampled_from([data, {"id": data["id"]}])) if draw(st.booleans()) else data,
+        "meta": {"type": draw(types), "sync": draw(st.sampled_from([sync, odd]))},
+    }
+    for key in draw(st.lists(st.sampled_from(["data", "meta"]), max_size=1)):
+        del item[key]
+    return draw(st.sampled_from([item, item, item, draw(odd)]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(items())
+@example({"data": {"id": True}, "meta": {"type": "c", "sync": {"ack_key": "k", "revision": 1}}})
+@example({"data": {"id": 1}, "meta": {"type": "c", "sync": {"ack_key": "k", "revision": False}}})
+@example({"data": {"id": 1}, "meta": {"type": "c", "sync": {"ack_key": "", "revision": 1}}})
+@example({"data": {"id": 1}, "meta": {"type": "c", "sync": {"ack_key": "k", "revision": 0}}})
+def test_parse_item_fast_path_agrees_with_careful_checks(item: Any) -> None:
+    """Same change or same quarantine reason, whichever path an item takes."""
+    assert parse_item(item) == _parse_odd_item(item)
+
+
+@given(json_values)
+def test_nested_encoder_is_compact_json(value: Any) -> None:
+    """The reused C encoder writes what json.dumps writes (compact, no ASCII escaping)."""
+    expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    assert _ENCODE(value) == expected
+    if isinstance(value, dict | list):
+        assert to_sql(value) == expected
+
+
+def test_nested_encoder_refuses_what_json_refuses() -> None:
+    """A value json cannot encode raises the same TypeError, never writes something."""
+    try:
+        _ENCODE({"a": object()})
+    except TypeError as e:
+        assert "not JSON serializable" in str(e)
+    else:
+        raise AssertionError("encoded an object json cannot encode")
+
+
+def test_tls_verification_is_on_for_every_scheme() -> None:
+    """https uses the system CA store (httpx's default); plain http (loopback only)
+    gets a context that still requires a verified certificate and trusts nothing."""
+    assert tls_verification("https://api.getbase.com") is True
+    assert tls_verification("HTTPS://api.getbase.com") is True
+    for url in ("http://127.0.0.1:8080", "ftp://x"):
+        ctx = tls_verification(url)
+        assert isinstance(ctx, ssl.SSLContext)
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+        assert ctx.cert_store_stats()["x509_ca"] == 0
