@@ -1,20 +1,31 @@
 """Initial-pull benchmark: replicad vs a plain sequential loop, side by side.
 
 The emulator runs in its own process (uvicorn); each client runs as its own process so
-its peak RSS is its own. Prints one table row per (size, client).
+its wall time includes its start-up and its peak RSS is its own. The two clients take
+turns (which one goes first alternates by round) against the same emulator, so a
+slower or faster spell of a shared machine hits both alike. Prints every run, then a
+summary per size: medians, and in how many rounds replicad was at least as fast.
 
-    .venv/bin/python bench/pull.py --sizes 10000,100000
+    .venv/bin/python bench/pull.py --sizes 10000,100000 --repeat 5
+
+The project's modules are byte-compiled first, as a regular install does: in an
+editable checkout run with PYTHONDONTWRITEBYTECODE set, every start would otherwise
+compile them again, which the plain loop (stdlib and installed packages only) never
+pays.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +33,20 @@ sys.path.insert(0, str(ROOT))
 
 from connectors.emulator_control import EmulatorControl  # noqa: E402
 from tests.e2e.harness import REPLICAD, TOKEN, emulator, write_config  # noqa: E402
+
+CLIENTS = ("plain loop", "replicad")
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One client's initial pull of one account."""
+
+    size: int
+    client: str
+    seconds: float
+    requests: int
+    pages: int
+    rss_mib: float
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -40,14 +65,15 @@ def _requests(control: EmulatorControl) -> int:
     return int(stats["start"] + stats["fetch"] + stats["ack"])
 
 
-def bench(size: int, page_size: int, repeat: int) -> list[tuple[str, ...]]:
-    rows = []
+def bench(size: int, page_size: int, repeat: int) -> list[Run]:
+    """``repeat`` rounds of both clients against one emulator holding ``size`` records."""
+    runs = []
     pages = math.ceil(size / page_size)
     with emulator(records=size, page_size=page_size) as emu, tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "CRM_TOKEN": TOKEN}
-        for attempt in range(repeat):
-            for name in ("plain loop", "replicad"):
-                folder = Path(tmp) / f"{name.replace(' ', '_')}{attempt}"
+        for round_ in range(repeat):
+            for name in CLIENTS if round_ % 2 == 0 else CLIENTS[::-1]:
+                folder = Path(tmp) / f"{name.replace(' ', '_')}{round_}"
                 folder.mkdir()
                 emu.control.reset_stats()
                 if name == "replicad":
@@ -57,11 +83,41 @@ def bench(size: int, page_size: int, repeat: int) -> list[tuple[str, ...]]:
                     cmd = [sys.executable, str(ROOT / "bench" / "plain_loop.py"), emu.url, TOKEN,
                            str(folder / "plain.db")]  # fmt: skip
                 seconds, rss = _run(cmd, env)
-                reqs = _requests(emu.control)
-                rows.append((
-                    f"{size:,}", name, f"{seconds:.2f}", f"{size / seconds:,.0f}", str(reqs),
-                    str(pages), f"{reqs / pages:.2f}", f"{rss:.0f}",
-                ))  # fmt: skip
+                runs.append(Run(size, name, seconds, _requests(emu.control), pages, rss))
+    return runs
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        print("| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+def _summary(runs: list[Run]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [
+        ("records", "client", "runs", "median s", "min s", "max s", "items/s (median)",
+         "req/page", "peak RSS MiB", "time vs plain"),
+    ]  # fmt: skip
+    for size in sorted({r.size for r in runs}):
+        times = {c: [r.seconds for r in runs if r.size == size and r.client == c] for c in CLIENTS}
+        plain = statistics.median(times["plain loop"])
+        for client in CLIENTS:
+            mine = [r for r in runs if r.size == size and r.client == client]
+            med = statistics.median(times[client])
+            if client == "plain loop":
+                versus = "1.00"
+            else:
+                # Rounds in which replicad took no longer than the plain loop of that round.
+                wins = sum(a <= b for a, b in zip(times[client], times["plain loop"], strict=True))
+                versus = f"{med / plain:.2f} (<= in {wins}/{len(mine)})"
+            rows.append((
+                f"{size:,}", client, str(len(mine)), f"{med:.2f}", f"{min(times[client]):.2f}",
+                f"{max(times[client]):.2f}", f"{size / med:,.0f}",
+                f"{mine[0].requests / mine[0].pages:.2f}", f"{max(r.rss_mib for r in mine):.0f}",
+                versus,
+            ))  # fmt: skip
     return rows
 
 
@@ -69,18 +125,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--page-size", type=int, default=100)
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=5, help="rounds per size (default 5)")
     args = parser.parse_args()
-    header = ("records", "client", "seconds", "items/s", "requests", "pages", "req/page",
-              "peak RSS MiB")  # fmt: skip
-    rows = [header]
+    for package in ("daemon", "store", "connectors"):
+        compileall.compile_dir(ROOT / package, quiet=1)
+    runs: list[Run] = []
     for size in (int(s) for s in args.sizes.split(",")):
-        rows += bench(size, args.page_size, args.repeat)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for i, r in enumerate(rows):
-        print("| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |")
-        if i == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        runs += bench(size, args.page_size, args.repeat)
+    _table([
+        ("records", "client", "seconds", "items/s", "requests", "pages", "req/page",
+         "peak RSS MiB"),
+        *[
+            (f"{r.size:,}", r.client, f"{r.seconds:.2f}", f"{r.size / r.seconds:,.0f}",
+             str(r.requests), str(r.pages), f"{r.requests / r.pages:.2f}", f"{r.rss_mib:.0f}")
+            for r in runs
+        ],
+    ])  # fmt: skip
+    print()
+    _table(_summary(runs))
 
 
 if __name__ == "__main__":
