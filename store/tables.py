@@ -74,26 +74,33 @@ class TableCatalog:
         capture trigger and the rows that need them commit (or roll back) together.
         """
         info = self.tables.get(tbl)
+        created = info is None
         if info is None:
-            db.execute(create_table_sql(tbl, []))
+            info = TableInfo(type_, sync)
+        new = assign_columns(fields, info.columns)
+        position = len(info.columns)
+        if created:
+            # One CREATE with the first page's columns: each ALTER would make SQLite
+            # re-read the whole schema.
+            db.execute(create_table_sql(tbl, list(new.values())))
             db.execute(
                 "INSERT INTO _replicad_types (tbl, type, sync, created_at) VALUES (?, ?, ?, ?)",
                 (tbl, type_, sync, now),
             )
-            info = self.tables[tbl] = TableInfo(type_, sync)
-            for trigger in triggers(tbl, sync, []):
-                db.execute(trigger)
-        new = assign_columns(fields, info.columns)
-        position = len(info.columns)
+            self.tables[tbl] = info
         for fld, col in new.items():
-            db.execute(f"ALTER TABLE {quote(tbl)} ADD COLUMN {quote(col)}")
+            if not created:
+                db.execute(f"ALTER TABLE {quote(tbl)} ADD COLUMN {quote(col)}")
             db.execute(
                 "INSERT INTO _replicad_fields (tbl, field, col, position) VALUES (?, ?, ?, ?)",
                 (tbl, fld, col, position),
             )
             position += 1
             info.columns[fld] = col
-        if new:
+        if created:
+            for trigger in triggers(tbl, sync, list(info.columns.values())):
+                db.execute(trigger)
+        elif new:
             # The capture trigger lists the data columns it compares.
             db.execute(f"DROP TRIGGER IF EXISTS {quote(_capture_update_name(tbl))}")
             db.execute(_capture_update(tbl, list(info.columns.values())))
