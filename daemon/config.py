@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import platformdirs
-
 from connectors.ratelimit import parse_rate
 from daemon.durations import parse_duration
 from store.names import valid_prefix
@@ -101,6 +99,8 @@ def default_config_path() -> Path:
     env = os.environ.get("REPLICAD_CONFIG")
     if env:
         return Path(env)
+    import platformdirs  # only here: most runs name their paths (saves start-up)
+
     return Path(platformdirs.user_config_dir("replicad")) / "config.toml"
 
 
@@ -109,6 +109,8 @@ def default_replica_path() -> Path:
     state = os.environ.get("STATE_DIRECTORY")
     if state:
         return Path(state.split(":")[0]) / "replica.db"
+    import platformdirs
+
     return Path(platformdirs.user_state_dir("replicad")) / "replica.db"
 
 
