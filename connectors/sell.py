@@ -22,11 +22,9 @@ from connectors.ratelimit import SELL_DEFAULT, TokenBucket, parse_rate
 from connectors.retry import RETRYABLE_STATUS, RetryPolicy, checked_retry_after, next_wait
 from connectors.sell_protocol import (
     ProtocolError,
-    QueuePage,
     SyncSession,
     ack_body,
     error_message,
-    parse_page,
     parse_start,
 )
 
@@ -94,31 +92,27 @@ class SellClient(HttpConnector):
         status, body, _ = await self._request("POST", "/sync/start", "start")
         return parse_start(status, body)
 
-    async def fetch(self, session_id: str) -> tuple[QueuePage | None, bool]:
-        """Next page of the main queue, None at the end (204).
+    async def fetch(self, session_id: str) -> tuple[bytes | None, bool]:
+        """Next page of the main queue as its undecoded body, None at the end (204).
 
-        The boolean says whether the page was retried after a failure that may have
-        consumed a page on the server (a lost answer): its items were not acknowledged,
-        so a later session delivers them again, and the caller should start one.
+        Decoding is left to the caller (``sell_protocol.decode_page``), so it can run
+        off the event loop. The boolean says whether the page was retried after a
+        failure that may have consumed a page on the server (a lost answer): its items
+        were not acknowledged, so a later session delivers them again, and the caller
+        should start one.
         """
         if self._queue_request is None or self._queue_request[0] != session_id:
             # The same GET for every page of a session: built once, because building
             # (URL parsing, header merging) costs about as much as a third of sending.
             request = self._http.build_request("GET", f"/sync/{session_id}/queues/main")
             self._queue_request = (session_id, request)
-        lossy = False
-        for attempt in range(self.settings.retry.max_retries + 1):
-            self.stats.fetch += 1
-            status, body, retried = await self._send(self._queue_request[1], "fetch")
-            lossy = lossy or retried
-            try:
-                return parse_page(status, body), lossy
-            except ProtocolError as e:
-                # The server has moved past this page; its items were not acked, so
-                # a later session brings them again.
-                lossy = True
-                log.warning("pull.bad_page", error=str(e), attempt=attempt + 1)
-        raise ProtocolError("the main queue keeps answering malformed pages")
+        self.stats.fetch += 1
+        status, content, lossy = await self._send(self._queue_request[1], "fetch", decode=False)
+        if status == 204:
+            return None, lossy
+        if status != 200:
+            raise ProtocolError(f"unexpected status {status} from the main queue")
+        return content, lossy
 
     async def ack(self, keys: list[str]) -> None:
         """Acknowledge committed items."""
@@ -130,9 +124,12 @@ class SellClient(HttpConnector):
     ) -> tuple[int, Any, bool]:
         return await self._send(self._http.build_request(method, path, json=json_body), what)
 
-    async def _send(self, request: httpx.Request, what: str) -> tuple[int, Any, bool]:
-        """Send with the rate limit, retries and backoff; (status, decoded body, whether
-        a retry followed a failure that may have reached the server)."""
+    async def _send(
+        self, request: httpx.Request, what: str, *, decode: bool = True
+    ) -> tuple[int, Any, bool]:
+        """Send with the rate limit, retries and backoff; (status, body decoded from
+        JSON (or its bytes, with ``decode=False``), whether a retry followed a failure
+        that may have reached the server)."""
         policy = self.settings.retry
         attempt = 0
         lossy = False
@@ -156,6 +153,8 @@ class SellClient(HttpConnector):
                         f"({error_message(status, _decode(content))})"
                     )
                 if status < 300:
+                    if not decode:
+                        return status, content, lossy
                     if status == 204 or not content:
                         return status, None, lossy
                     try:

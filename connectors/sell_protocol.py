@@ -6,6 +6,7 @@ returns plain data, so the protocol rules are testable without a network.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +83,19 @@ def parse_page(status: int, body: Any) -> QueuePage | None:
         count=len(body["items"]),
         count_left=count_left if isinstance(count_left, int) else None,
     )
+
+
+def decode_page(content: bytes) -> QueuePage:
+    """The body of a 200 queue answer as a page; ProtocolError if it is not JSON or
+    not a page. Pure CPU work, run wherever it is cheapest (the pull runs it on the
+    replica's writer thread, next to applying the page)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        raise ProtocolError("malformed JSON body") from None
+    page = parse_page(200, body)
+    assert page is not None  # only a 204 ends a session
+    return page
 
 
 def parse_item(item: Any) -> RecordChange | BadItem:

@@ -7,6 +7,7 @@ while the current one is applied) → flush acks. Another session follows, up to
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,11 +16,11 @@ import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
 from connectors.sell import SellClient
-from connectors.sell_protocol import ProtocolError, QueuePage
+from connectors.sell_protocol import ProtocolError, QueuePage, decode_page
 from daemon.config import Connection, Sync
 from daemon.cycle_status import recorded_cycle
 from daemon.exits import unwrap
-from store import PullTarget, Replica
+from store import PageBatch, PullTarget, Replica
 
 log = structlog.get_logger("replicad.pull")
 
@@ -34,7 +35,7 @@ class _PageMayBeLost:
 
 
 PAGE_MAY_BE_LOST = _PageMayBeLost()
-_Fetched = QueuePage | _PageMayBeLost | BaseException
+_Fetched = bytes | _PageMayBeLost | BaseException
 
 
 class PullProgress(Protocol):
@@ -128,18 +129,45 @@ async def _drain(
     target = pull_target(sync)
     pending = await replica.count_pending_acks(conn.name)
     again = False
+    empty = malformed = 0
     send, recv = anyio.create_memory_object_stream[_Fetched](1)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_fetch_pages, client, session_id, send)
             async with recv:
-                async for page in recv:
-                    if isinstance(page, BaseException):
-                        raise page
-                    if isinstance(page, _PageMayBeLost):
+                async for raw in recv:
+                    if isinstance(raw, BaseException):
+                        raise raw
+                    if isinstance(raw, _PageMayBeLost):
                         again = True
                         continue
-                    result = await replica.apply_page(target, page.batch)
+                    try:
+                        page, result = await replica.decode_and_apply(
+                            target, functools.partial(_decode, raw)
+                        )
+                    except ProtocolError as e:
+                        # The server has moved past this page; its items were not
+                        # acked, so a later session brings them again.
+                        again = True
+                        malformed += 1
+                        log.warning("pull.bad_page", error=str(e), attempt=malformed)
+                        if malformed > conn.max_retries:
+                            raise ProtocolError(
+                                "the main queue keeps answering malformed pages"
+                            ) from None
+                        continue
+                    malformed = 0
+                    if page.count == 0 and not page.batch.failed_objects:
+                        # Only a 204 ends a session: keep asking, more slowly, a while.
+                        empty += 1
+                        if empty >= MAX_EMPTY_PAGES:
+                            raise ProtocolError(
+                                f"the main queue answered {empty} empty pages in a row; "
+                                "abandoning the session"
+                            )
+                        await anyio.sleep(EMPTY_PAGE_PAUSE * min(empty, 10))
+                        continue
+                    empty = 0
                     outcome.pages += 1
                     outcome.items += page.count
                     outcome.applied += result.inserted + result.updated + result.deleted
@@ -162,31 +190,27 @@ async def _drain(
     return again
 
 
+def _decode(raw: bytes) -> tuple[QueuePage, PageBatch]:
+    page = decode_page(raw)
+    return page, page.batch
+
+
 async def _fetch_pages(
     client: SellClient,
     session_id: str,
     send: MemoryObjectSendStream[_Fetched],
 ) -> None:
-    """Fetch pages ahead of the applier, until 204; errors are handed over, not raised."""
-    empty = 0
+    """Fetch page bodies ahead of the applier, until 204; errors are handed over, not
+    raised. The applier decodes them (on the writer thread) and paces empty pages:
+    with one page buffered, this stays at most a page or two ahead."""
     async with send:
         try:
             while True:
-                page, lossy = await client.fetch(session_id)
+                raw, lossy = await client.fetch(session_id)
                 if lossy:
                     await send.send(PAGE_MAY_BE_LOST)
-                if page is None:
+                if raw is None:
                     return
-                if page.count == 0 and not page.batch.failed_objects:
-                    empty += 1
-                    if empty >= MAX_EMPTY_PAGES:
-                        raise ProtocolError(
-                            f"the main queue answered {empty} empty pages in a row; "
-                            "abandoning the session"
-                        )
-                    await anyio.sleep(EMPTY_PAGE_PAUSE * min(empty, 10))
-                    continue
-                empty = 0
-                await send.send(page)
+                await send.send(raw)
         except Exception as e:
             await send.send(e)

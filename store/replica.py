@@ -184,11 +184,30 @@ class Replica:
         The worker thread is not abandoned on cancellation: a page being applied when
         the daemon stops commits or rolls back before this returns.
         """
+        _, result = await self.decode_and_apply(target, lambda: (None, batch))
+        return result
+
+    async def decode_and_apply(
+        self, target: PullTarget, decode: Callable[[], tuple[T, PageBatch]]
+    ) -> tuple[T, ApplyResult]:
+        """``decode()`` a page, then apply its batch as ``apply_page`` does, in one hop
+        to the writer thread.
+
+        The pull hands over the page's undecoded body: decoding next to applying keeps
+        the two pieces of CPU work in one thread, one after the other, instead of two
+        threads taking the GIL from each other. An error of ``decode`` propagates with
+        nothing written. A page with nothing in it writes nothing.
+        """
         writer = self._writer
         assert writer is not None
-        return await anyio.to_thread.run_sync(
-            self._apply_sync, writer, target, batch, limiter=self._writer_limiter
-        )
+
+        def run() -> tuple[T, ApplyResult]:
+            decoded, batch = decode()
+            if not (batch.changes or batch.bad_items or batch.failed_objects):
+                return decoded, ApplyResult()
+            return decoded, self._apply_sync(writer, target, batch)
+
+        return await anyio.to_thread.run_sync(run, limiter=self._writer_limiter)
 
     def _apply_sync(
         self, writer: sqlite3.Connection, target: PullTarget, batch: PageBatch

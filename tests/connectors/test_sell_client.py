@@ -13,7 +13,7 @@ from connectors.errors import AuthRefused, RemoteRefused, RemoteUnreachable
 from connectors.ratelimit import Rate, TokenBucket
 from connectors.retry import RetryPolicy
 from connectors.sell import SellClient, SellSettings
-from connectors.sell_protocol import ProtocolError
+from connectors.sell_protocol import ProtocolError, decode_page
 
 TOKEN = "t" * 64
 FAST = RetryPolicy(max_retries=3, base=0.001, cap=0.002)
@@ -66,7 +66,7 @@ async def test_empty_200_page_is_not_the_end() -> None:
     answers = [httpx.Response(200, json=page([], left=1)), httpx.Response(204)]
     async with client(lambda r: answers.pop(0)) as c:
         first, _ = await c.fetch("s1")
-        assert first is not None and first.count == 0
+        assert first is not None and decode_page(first).count == 0
         last, _ = await c.fetch("s1")
         assert last is None
 
@@ -80,8 +80,10 @@ async def test_page_items_parsed_and_failed_objects_kept() -> None:
     }  # fmt: skip
     body = page([item(1, 5), deleted, ["junk"]], left=7, failed=[{"type": "deal", "id": 9}])
     async with client(lambda r: httpx.Response(200, json=body)) as c:
-        got, lossy = await c.fetch("s1")
-    assert got is not None and not lossy and got.count_left == 7
+        raw, lossy = await c.fetch("s1")
+    assert raw is not None and not lossy
+    got = decode_page(raw)
+    assert got.count_left == 7
     assert [(x.id, x.deleted) for x in got.batch.changes] == [(1, False), (3, True)]
     assert got.batch.bad_items[0].reason == "item is not an object"
     assert got.batch.failed_objects[0].id == "9"
@@ -138,18 +140,23 @@ async def test_network_error_marks_fetch_lossy() -> None:
     assert got is None and lossy
 
 
-async def test_truncated_json_is_retried() -> None:
-    """A body that is not valid JSON is retried like a lost answer."""
-    answers = [httpx.Response(200, content=b'{"items": [{"da'), httpx.Response(204)]
+async def test_malformed_bodies_are_protocol_errors_of_the_page() -> None:
+    """fetch hands over the body as it came; decoding it says what is wrong (the pull
+    then treats the page as lost, see tests/unit/test_pull_pages.py)."""
+    bodies = [b'{"items": [{"da', b"", b'{"nope": 1}', b'{"items": {}}']
+    answers = [httpx.Response(200, content=b) for b in bodies]
     async with client(lambda r: answers.pop(0)) as c:
-        got, lossy = await c.fetch("s1")
-    assert got is None and lossy
+        for body in bodies:
+            raw, lossy = await c.fetch("s1")
+            assert raw == body and not lossy
+            with pytest.raises(ProtocolError):
+                decode_page(raw)
 
 
-async def test_malformed_page_shape_retried_then_error() -> None:
-    """A page without an items array is retried, then a ProtocolError."""
-    async with client(lambda r: httpx.Response(200, json={"nope": 1})) as c:
-        with pytest.raises(ProtocolError):
+async def test_unexpected_queue_status_is_a_protocol_error() -> None:
+    """A 2xx other than 200/204 from the queue is not something the Sync API sends."""
+    async with client(lambda r: httpx.Response(202, json={})) as c:
+        with pytest.raises(ProtocolError, match="unexpected status 202"):
             await c.fetch("s1")
 
 
