@@ -12,7 +12,6 @@ from daemon import exits
 from daemon.config import Config
 from daemon.engine import open_engine
 from daemon.logs import redact
-from daemon.progress import BarProgress
 
 log = structlog.get_logger("replicad.sync")
 
@@ -42,7 +41,14 @@ async def sync_once(config: Config, show_progress: bool) -> int:
                 f"{report.batches} batch{'' if report.batches == 1 else 'es'} "
                 f"({report.confirmed} confirmed, {report.rejected} rejected)"
             )
-        with BarProgress() if show_progress else nullcontext() as bar:
+        if show_progress:
+            # Imported only for a terminal: rich is a large import for one sync.
+            from daemon.progress import BarProgress
+
+            bar: BarProgress | None = BarProgress()
+        else:
+            bar = None
+        with bar if bar is not None else nullcontext():
             for sync in syncs:
                 try:
                     outcome = await engine.pull(sync, bar)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from types import TracebackType
 
 from rich.console import Console
@@ -27,6 +28,10 @@ class BarProgress:
             TimeRemainingColumn(),
             console=console or Console(stderr=True),
             transient=False,
+            # rich routes prints made while the bar is live through its console (so
+            # they do not tear the bar) — only right when stdout is that terminal too;
+            # a summary piped to a file must stay on stdout.
+            redirect_stdout=sys.stdout.isatty(),
         )
         self._tasks: dict[str, TaskID] = {}
         self._done: dict[str, int] = {}

@@ -249,3 +249,38 @@ def test_outage_mid_session_exits_4_and_resumes(tmp_path: Path) -> None:
         emu.control.clear_faults()
         assert replicad("sync", "--once", "--config", str(cfg)).returncode == 0
         assert_replica_matches(tmp_path / "replica.db", emu)
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    """With a terminal on stderr, `sync --once` draws a progress bar (rich, imported
+    only then) and still ends with the summary and exit 0."""
+    import os
+    import pty
+    import subprocess
+
+    from tests.e2e.harness import REPLICAD
+
+    with emulator(records=600) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        leader, follower = pty.openpty()
+        env = {**os.environ, "CRM_TOKEN": TOKEN, "COLUMNS": "100"}
+        proc = subprocess.Popen(
+            [REPLICAD, "sync", "--once", "--config", str(cfg)],
+            stdout=subprocess.PIPE, stderr=follower, env=env,
+        )  # fmt: skip
+        os.close(follower)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            screen += chunk
+        out, _ = proc.communicate(timeout=60)
+        os.close(leader)
+        assert proc.returncode == 0, screen.decode(errors="replace")
+        assert "600 items" in out.decode()  # the summary stays on stdout
+        assert b"mirror" in screen and b"\x1b[" in screen  # the bar, drawn with escapes
+        assert_replica_matches(tmp_path / "replica.db", emu)
