@@ -104,6 +104,7 @@ class SellClient(HttpConnector):
         if self._queue_request is None or self._queue_request[0] != session_id:
             # The same GET for every page of a session: built once, because building
             # (URL parsing, header merging) costs about as much as a third of sending.
+            # It carries no cookies set later; the Sync API authenticates by token.
             request = self._http.build_request("GET", f"/sync/{session_id}/queues/main")
             self._queue_request = (session_id, request)
         self.stats.fetch += 1

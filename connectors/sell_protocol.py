@@ -64,6 +64,8 @@ def parse_page(status: int, body: Any) -> QueuePage | None:
     if not isinstance(body, dict) or not isinstance(body.get("items"), list):
         raise ProtocolError("queue page without an items array")
     meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
+    if not isinstance(meta.get("failed_objects") or [], list):
+        raise ProtocolError("queue page whose meta.failed_objects is not an array")
     changes: list[RecordChange] = []
     bad: list[BadItem] = []
     for item in body["items"]:
@@ -91,7 +93,7 @@ def decode_page(content: bytes) -> QueuePage:
     replica's writer thread, next to applying the page)."""
     try:
         body = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep to decode
         raise ProtocolError("malformed JSON body") from None
     page = parse_page(200, body)
     assert page is not None  # only a 204 ends a session

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """The CLI: run one command; returns its exit code (the console script is entry())."""
     args = build_parser().parse_args(argv)
     default_level = "info" if args.command == "run" else "warning"
     configure(args.log_level or os.environ.get("REPLICAD_LOG_LEVEL") or default_level)

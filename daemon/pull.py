@@ -35,7 +35,16 @@ class _PageMayBeLost:
 
 
 PAGE_MAY_BE_LOST = _PageMayBeLost()
-_Fetched = bytes | _PageMayBeLost | BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class _BadAnswer:
+    """From the fetcher: the queue answered something that is not a page."""
+
+    error: ProtocolError
+
+
+_Fetched = bytes | _PageMayBeLost | _BadAnswer | BaseException
 
 
 class PullProgress(Protocol):
@@ -141,16 +150,22 @@ async def _drain(
                     if isinstance(raw, _PageMayBeLost):
                         again = True
                         continue
-                    try:
-                        page, result = await replica.decode_and_apply(
-                            target, functools.partial(_decode, raw)
-                        )
-                    except ProtocolError as e:
+                    bad: ProtocolError | None = None
+                    if isinstance(raw, _BadAnswer):
+                        bad = raw.error
+                    else:
+                        try:
+                            page, result = await replica.decode_and_apply(
+                                target, functools.partial(_decode, raw)
+                            )
+                        except ProtocolError as e:
+                            bad = e
+                    if bad is not None:
                         # The server has moved past this page; its items were not
                         # acked, so a later session brings them again.
                         again = True
                         malformed += 1
-                        log.warning("pull.bad_page", error=str(e), attempt=malformed)
+                        log.warning("pull.bad_page", error=str(bad), attempt=malformed)
                         if malformed > conn.max_retries:
                             raise ProtocolError(
                                 "the main queue keeps answering malformed pages"
@@ -206,7 +221,12 @@ async def _fetch_pages(
     async with send:
         try:
             while True:
-                raw, lossy = await client.fetch(session_id)
+                try:
+                    raw, lossy = await client.fetch(session_id)
+                except ProtocolError as e:
+                    # Not a page: the applier counts it with the malformed ones.
+                    await send.send(_BadAnswer(e))
+                    continue
                 if lossy:
                     await send.send(PAGE_MAY_BE_LOST)
                 if raw is None:

@@ -224,6 +224,10 @@ class Replica:
             raise
         finally:
             self._unsynced_pages = True
+            if writer.in_transaction:
+                # apply_page's own ROLLBACK failed: nothing of the page may stay open
+                # for the next user of the writer (it would see uncommitted ack keys).
+                writer.execute("ROLLBACK")
             writer.execute("PRAGMA synchronous = FULL")
         return result
 
@@ -282,6 +286,9 @@ class Replica:
     def _durable_pending_acks(
         self, writer: sqlite3.Connection, connection: str, limit: int
     ) -> AckBatch:
+        if writer.in_transaction:
+            # Keys must come from committed pages only, and the barrier must commit.
+            raise RuntimeError("the replica's writer was left inside a transaction")
         if self._unsynced_pages:
             # One FULL commit: its fsync of the WAL covers every page committed before.
             writer.execute(
@@ -294,12 +301,14 @@ class Replica:
             "SELECT seq, keys FROM _replicad_pending_acks WHERE connection = ? ORDER BY seq",
             (connection,),
         )
-        for seq, keys in rows:
-            batch.seqs.append(int(seq))
-            batch.keys.extend(json.loads(keys))
-            if len(batch.keys) >= limit:
-                break
-        rows.close()
+        try:
+            for seq, keys in rows:
+                batch.seqs.append(int(seq))
+                batch.keys.extend(json.loads(keys))
+                if len(batch.keys) >= limit:
+                    break
+        finally:
+            rows.close()
         return batch
 
     async def count_pending_acks(self, connection: str) -> int:

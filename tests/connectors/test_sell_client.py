@@ -143,7 +143,14 @@ async def test_network_error_marks_fetch_lossy() -> None:
 async def test_malformed_bodies_are_protocol_errors_of_the_page() -> None:
     """fetch hands over the body as it came; decoding it says what is wrong (the pull
     then treats the page as lost, see tests/unit/test_pull_pages.py)."""
-    bodies = [b'{"items": [{"da', b"", b'{"nope": 1}', b'{"items": {}}']
+    bodies = [
+        b'{"items": [{"da',
+        b"",
+        b'{"nope": 1}',
+        b'{"items": {}}',
+        b'{"items": [], "meta": {"failed_objects": 5}}',
+        b"[" * 100_000,  # nested too deep for json to decode
+    ]
     answers = [httpx.Response(200, content=b) for b in bodies]
     async with client(lambda r: answers.pop(0)) as c:
         for body in bodies:

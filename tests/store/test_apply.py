@@ -143,6 +143,29 @@ async def test_ack_keys_are_read_only_after_their_pages_are_durable(replica: Rep
     assert sync == 2  # FULL for everything but page applies
 
 
+async def test_a_page_left_open_by_a_failure_is_rolled_back(
+    replica: Replica, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If applying fails and leaves its transaction open (its own ROLLBACK failed), the
+    page is rolled back: its ack keys are never read to be sent, FULL is restored."""
+
+    def broken(db: sqlite3.Connection, *args: object) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(
+            "INSERT INTO _replicad_pending_acks (connection, keys, n) VALUES ('crm', ?, 1)",
+            ('["ghost"]',),
+        )
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr("store.replica.apply_page", broken)
+    with pytest.raises(OSError):
+        await replica.apply_page(TARGET, page(up("contact", 1, 1)))
+    monkeypatch.undo()
+    assert (await replica.pending_acks("crm", 10)).keys == []
+    writer = replica._writer
+    assert writer is not None and writer.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
 async def test_acks_pending_until_forgotten(replica: Replica) -> None:
     """Ack keys are recorded in the page's transaction and dropped once sent."""
     await replica.apply_page(TARGET, page(up("contact", 1, 1), up("contact", 2, 1)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -91,6 +92,17 @@ async def test_a_malformed_page_is_skipped_and_another_session_follows(replica: 
     assert sorted(acked) == ["k1", "k2", "k3"]
 
 
+async def test_an_answer_that_is_not_a_page_counts_as_a_lost_page(replica: Replica) -> None:
+    """A 2xx the Sync API does not give (202) is handled like a malformed page."""
+    handler, acked = server(
+        [page_of(1), httpx.Response(202, json={}), page_of(3), httpx.Response(204), page_of(2)]
+    )
+    async with client(handler) as c:
+        outcome = await pull.pull_cycle(replica, SYNC, CONN, c)
+    assert outcome.sessions == 2 and await ids(replica) == [1, 2, 3]
+    assert sorted(acked) == ["k1", "k2", "k3"]
+
+
 async def test_malformed_pages_in_a_row_end_the_cycle(replica: Replica) -> None:
     """More malformed pages in a row than max_retries: a ProtocolError, after the
     pages before them were applied."""
@@ -105,15 +117,22 @@ async def test_malformed_pages_in_a_row_end_the_cycle(replica: Replica) -> None:
 async def test_empty_pages_are_paced_and_write_nothing(
     replica: Replica, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Empty 200 pages are not the end; they are waited on, not counted, not written."""
-    monkeypatch.setattr(pull, "EMPTY_PAGE_PAUSE", 0.0)
+    """Empty 200 pages are not the end; they are waited on (longer each time), not
+    counted, and not written: only the two real pages commit."""
+    monkeypatch.setattr(pull, "EMPTY_PAGE_PAUSE", 0.01)
     empty = [page_of() for _ in range(3)]
     handler, _ = server([page_of(1), *empty, page_of(2)])
+    writer = replica._writer  # the connection pages are applied on
+    assert writer is not None
+    statements: list[str] = []
+    writer.set_trace_callback(statements.append)
+    started = time.monotonic()
     async with client(handler) as c:
         outcome = await pull.pull_cycle(replica, SYNC, CONN, c)
+    writer.set_trace_callback(None)
+    assert time.monotonic() - started >= 0.01 * (1 + 2 + 3)
     assert outcome.pages == 2 and await ids(replica) == [1, 2]
-    seqs = await replica.db.execute_fetchall("SELECT count(*) FROM _replicad_pending_acks")
-    assert list(seqs) == [(0,)]
+    assert sum(sql == "COMMIT" for sql in statements) == 2
 
 
 async def test_endless_empty_pages_abandon_the_session(
