@@ -8,15 +8,19 @@ plus an hour of refill within the first hour, so a sliding window of the last
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
 SELL_DEFAULT = "36000/h"
+# Granularity (seconds) of the request window carried across processes.
+STATE_SLOT = 10
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*([smh])\s*$")
 
@@ -72,6 +76,48 @@ class TokenBucket:
             delay = max(delay, oldest + self.rate.period - now)
         self._sent.append(now + delay)
         return delay
+
+    def state(self, wall: float) -> dict[str, Any]:
+        """What a later process needs to keep honouring the budget: the tokens left,
+        and the requests of the last period counted per slot of wall-clock time.
+
+        ``wall`` is the wall-clock time now (seconds since the epoch); the bucket's own
+        clock is monotonic, which does not carry across processes. A request counts
+        at the end of its slot, so a restored window never frees a request early.
+        """
+        self._refill()
+        now = self._stamp
+        slots: dict[int, int] = {}
+        for sent in self._sent:
+            if sent > now - self.rate.period:
+                slot = math.ceil((wall + sent - now) / STATE_SLOT) * STATE_SLOT
+                slots[slot] = slots.get(slot, 0) + 1
+        return {"at": wall, "tokens": self._tokens, "sent": sorted(slots.items())}
+
+    def restore(self, state: Any, wall: float) -> bool:
+        """Take over a saved ``state`` (see ``state``) at wall-clock time ``wall``;
+        False, changing nothing, if it is not one."""
+        try:
+            at, tokens = float(state["at"]), float(state["tokens"])
+            slots = [(float(slot), int(n)) for slot, n in state["sent"]]
+        except (KeyError, TypeError, ValueError):
+            return False
+        if not (math.isfinite(at) and math.isfinite(tokens)):
+            return False
+        now = self._clock()
+        capacity = float(self.rate.capacity)
+        # Refilled for the time in between (none if the wall clock went back).
+        self._tokens = max(
+            -capacity, min(capacity, tokens + max(0.0, wall - at) * self.rate.per_second)
+        )
+        self._stamp = now
+        sent: list[float] = []
+        for slot, n in slots:
+            at_mono = now - (wall - slot)
+            if at_mono > now - self.rate.period and 0 < n <= self.rate.capacity:
+                sent.extend([at_mono] * n)
+        self._sent = deque(sorted(sent)[-self.rate.capacity :])
+        return True
 
     async def acquire(self) -> None:
         """Wait until a request may be sent."""

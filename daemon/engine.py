@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import anyio
 import structlog
 
 from connectors.ratelimit import SELL_DEFAULT
@@ -22,6 +25,10 @@ if TYPE_CHECKING:
     from connectors.push_model import PushConnector
 
 log = structlog.get_logger("replicad.engine")
+
+
+def _budget_key(connection: str) -> str:
+    return f"rate_budget.{connection}"
 
 
 def sell_settings(conn: Connection, device_uuid: str) -> SellSettings:
@@ -89,11 +96,33 @@ class Engine:
     pushers: dict[str, PushConnector] = field(default_factory=dict)
 
     async def client(self, conn: Connection) -> SellClient:
-        """The (cached) client of a connection."""
+        """The (cached) client of a connection, its rate budget taken over from the
+        previous client or process (see ``save_budget``)."""
         if conn.name not in self.clients:
             device = await self.replica.device_uuid(conn.name, conn.device_uuid)
-            self.clients[conn.name] = SellClient(sell_settings(conn, device))
+            client = SellClient(sell_settings(conn, device))
+            saved = await self.replica.meta(_budget_key(conn.name))
+            if saved is not None:
+                try:
+                    state = json.loads(saved)
+                except ValueError:
+                    state = None
+                if not client.bucket.restore(state, time.time()):
+                    log.warning("ratelimit.state_ignored", connection=conn.name)
+            self.clients[conn.name] = client
         return self.clients[conn.name]
+
+    async def save_budget(self, name: str) -> None:
+        """Keep a connection's rate budget in the replica, so that a restart (or a
+        reload) does not start from a full bucket and exceed the remote's budget."""
+        client = self.clients.get(name)
+        if client is None:
+            return
+        state = client.bucket.state(time.time())
+        try:
+            await self.replica.set_meta(_budget_key(name), json.dumps(state))
+        except Exception as e:  # best effort: never hide the cycle's own outcome
+            log.warning("ratelimit.state_not_saved", connection=name, error=str(e))
 
     def pull_syncs(self) -> list[Sync]:
         """The syncs a cycle runs: pull, not paused."""
@@ -103,7 +132,11 @@ class Engine:
         """One pull cycle of a sync."""
         conn = self.config.connections[sync.connection]
         client = await self.client(conn)
-        outcome = await pull_cycle(self.replica, sync, conn, client, progress)
+        try:
+            outcome = await pull_cycle(self.replica, sync, conn, client, progress)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.save_budget(conn.name)
         log.info(
             "pull.done",
             sync=sync.label,
@@ -139,8 +172,10 @@ class Engine:
         await register(self.replica, config)
 
     async def aclose(self) -> None:
-        """Close every client."""
-        for client in self.clients.values():
+        """Close every client (the budgets they used are kept)."""
+        for name, client in self.clients.items():
+            with anyio.CancelScope(shield=True):
+                await self.save_budget(name)
             await client.aclose()
         for pusher in self.pushers.values():
             await pusher.aclose()

@@ -155,6 +155,12 @@ class Replica:
         )
         return str(rows[0][0]) if rows else None
 
+    async def set_meta(self, key: str, value: str) -> None:
+        """Set a value of the replica's private key/value table."""
+        await self.db.execute(
+            "INSERT OR REPLACE INTO _replicad_meta (key, value) VALUES (?, ?)", (key, value)
+        )
+
     async def device_uuid(self, connection: str, configured: str | None = None) -> str:
         """The connection's device UUID: configured, else generated once and kept."""
         key = f"device_uuid.{connection}"

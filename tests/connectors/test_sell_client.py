@@ -218,6 +218,49 @@ def test_sell_default_budget_never_exceeds_an_hour() -> None:
     assert worst <= 36000
 
 
+def test_budget_carries_across_a_restart_and_no_hour_exceeds_it() -> None:
+    """A process that ran 36,000 requests in a burst and stopped: the next one, started
+    at once from the saved state, may not send until the hour frees them; in any hour
+    spanning both processes at most 36,000 go out."""
+    from bisect import bisect_right
+
+    from connectors.ratelimit import SELL_DEFAULT, STATE_SLOT, parse_rate
+
+    rate = parse_rate(SELL_DEFAULT)
+    first_clock, wall = [100.0], 1_000_000.0
+    first = TokenBucket(rate, clock=lambda: first_clock[0])
+    sends = []
+    for _ in range(36000):
+        first_clock[0] += first.reserve()
+        sends.append(wall + first_clock[0] - 100.0)
+    state = json.loads(json.dumps(first.state(wall)))  # as kept in the replica
+    assert sum(n for _, n in state["sent"]) == 36000
+
+    # Another process, another monotonic clock, 5 minutes later by the wall clock.
+    later = wall + 300.0
+    second_clock = [7.0]
+    second = TokenBucket(rate, clock=lambda: second_clock[0])
+    assert second.restore(state, later)
+    first_wait = second.reserve()
+    assert 3600.0 - 300.0 <= first_wait <= 3600.0 - 300.0 + STATE_SLOT
+    second_clock[0] += first_wait
+    sends.append(later + first_wait)
+    while second_clock[0] < 7.0 + 2 * 3600.0:
+        second_clock[0] += second.reserve()
+        sends.append(later + second_clock[0] - 7.0)
+    worst = max(i - bisect_right(sends, t - 3600.0) + 1 for i, t in enumerate(sends))
+    assert worst <= 36000
+
+
+def test_budget_state_that_is_not_one_is_ignored() -> None:
+    """A damaged saved state leaves a fresh bucket as it is."""
+    bucket = TokenBucket(Rate(3, 1.0), clock=lambda: 0.0)
+    for bad in (None, {}, {"at": "x", "tokens": 1, "sent": []}, {"at": 1, "tokens": 1},
+                {"at": float("nan"), "tokens": 1, "sent": []}, [1, 2]):  # fmt: skip
+        assert not bucket.restore(bad, 10.0)
+    assert [bucket.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+
+
 async def test_queue_fetch_follows_the_session_and_keeps_headers() -> None:
     """The queue GET is built once per session: a new session id means a new URL, and
     every send carries the same headers."""

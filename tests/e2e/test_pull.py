@@ -284,3 +284,25 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
         assert "600 items" in out.decode()  # the summary stays on stdout
         assert b"mirror" in screen and b"\x1b[" in screen  # the bar, drawn with escapes
         assert_replica_matches(tmp_path / "replica.db", emu)
+
+
+def test_rate_budget_is_kept_across_runs(tmp_path: Path) -> None:
+    """Each run leaves the requests it made in the replica, and the next run takes
+    them over, so restarts do not reset the remote's hourly budget."""
+    with emulator(records=700) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        totals = []
+        for _ in range(2):
+            emu.control.reset_stats()
+            done = replicad("--log-level", "info", "sync", "--once", "--config", str(cfg))
+            assert done.returncode == 0, done.stderr
+            assert "ratelimit.state_ignored" not in done.stderr
+            requests = emu.control.stats()["requests"]
+            totals.append(sum(int(requests[k]) for k in ("start", "fetch", "ack")))
+            db = sqlite3.connect(tmp_path / "replica.db")
+            (saved,) = db.execute(
+                "SELECT value FROM _replicad_meta WHERE key = 'rate_budget.crm'"
+            ).fetchone()
+            db.close()
+            state = json.loads(saved)
+            assert sum(n for _, n in state["sent"]) == sum(totals)
