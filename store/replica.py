@@ -167,15 +167,12 @@ class Replica:
         stored = await self.meta(key)
         if configured is not None:
             if stored != configured:
-                await self.db.execute(
-                    "INSERT OR REPLACE INTO _replicad_meta (key, value) VALUES (?, ?)",
-                    (key, configured),
-                )
+                await self.set_meta(key, configured)
             return configured
         if stored is not None:
             return stored
         new = str(uuid.uuid4())
-        await self.db.execute("INSERT INTO _replicad_meta (key, value) VALUES (?, ?)", (key, new))
+        await self.set_meta(key, new)
         return new
 
     async def apply_page(self, target: PullTarget, batch: PageBatch) -> ApplyResult:
