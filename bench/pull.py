@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from connectors.emulator_control import EmulatorControl  # noqa: E402
+from replicad.connectors.emulator_control import EmulatorControl  # noqa: E402
 from tests.e2e.harness import REPLICAD, TOKEN, emulator, write_config  # noqa: E402
 
 CLIENTS = ("plain loop", "replicad")

@@ -37,8 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from connectors.emulator_control import EmulatorControl  # noqa: E402
-from daemon.durations import parse_duration  # noqa: E402
+from replicad.connectors.emulator_control import EmulatorControl  # noqa: E402
+from replicad.daemon.durations import parse_duration  # noqa: E402
 from tests.e2e.harness import REPLICAD, TOKEN, app_db, emulator, write_config  # noqa: E402
 
 ACCOUNT = 200  # records in the emulator's account (all types) for both measurements

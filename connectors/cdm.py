@@ -21,7 +21,7 @@ import anyio
 import httpx
 import structlog
 
-from connectors.cdm_protocol import (
+from replicad.connectors.cdm_protocol import (
     REJECT_STATUS,
     CdmProtocolError,
     NaturalKey,
@@ -36,11 +36,11 @@ from connectors.cdm_protocol import (
     write_body,
     write_headers,
 )
-from connectors.errors import AuthRefused, ConnectorError, RemoteRefused
-from connectors.http import HttpConnector, async_client
-from connectors.push_model import PushBatch, PushItem, PushOutcome, PushResult
-from connectors.ratelimit import TokenBucket, parse_rate
-from connectors.retry import RETRYABLE_STATUS, RetryPolicy, checked_retry_after, next_wait
+from replicad.connectors.errors import AuthRefused, ConnectorError, RemoteRefused
+from replicad.connectors.http import HttpConnector, async_client
+from replicad.connectors.push_model import PushBatch, PushItem, PushOutcome, PushResult
+from replicad.connectors.ratelimit import TokenBucket, parse_rate
+from replicad.connectors.retry import RETRYABLE_STATUS, RetryPolicy, checked_retry_after, next_wait
 
 log = structlog.get_logger("replicad.cdm")
 

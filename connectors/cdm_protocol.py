@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from connectors.errors import ConnectorError
-from connectors.push_model import PushBatch, PushItem, PushOutcome
+from replicad.connectors.errors import ConnectorError
+from replicad.connectors.push_model import PushBatch, PushItem, PushOutcome
 
 # Statuses that reject one record: retrying the same body will not help, and the next
 # item of the batch may still go through.

@@ -22,7 +22,7 @@ import anyio
 import httpx
 import structlog
 
-from connectors.endgrate_protocol import (
+from replicad.connectors.endgrate_protocol import (
     MAX_PAGE_LIMIT,
     EndgrateProtocolError,
     ReturnedRow,
@@ -37,11 +37,11 @@ from connectors.endgrate_protocol import (
     parse_transfer,
     transfer_body,
 )
-from connectors.errors import AuthRefused, ConnectorError, RemoteRefused, RemoteUnreachable
-from connectors.http import HttpConnector, async_client
-from connectors.push_model import PushBatch, PushResult
-from connectors.ratelimit import TokenBucket, parse_rate
-from connectors.retry import RETRYABLE_STATUS, RetryPolicy, checked_retry_after, next_wait
+from replicad.connectors.errors import AuthRefused, ConnectorError, RemoteRefused, RemoteUnreachable
+from replicad.connectors.http import HttpConnector, async_client
+from replicad.connectors.push_model import PushBatch, PushResult
+from replicad.connectors.ratelimit import TokenBucket, parse_rate
+from replicad.connectors.retry import RETRYABLE_STATUS, RetryPolicy, checked_retry_after, next_wait
 
 log = structlog.get_logger("replicad.endgrate")
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from connectors.errors import ConnectorError
-from connectors.push_model import JSON, Associated, PushBatch, PushItem, PushOutcome
+from replicad.connectors.errors import ConnectorError
+from replicad.connectors.push_model import JSON, Associated, PushBatch, PushItem, PushOutcome
 
 MAX_PAGE_LIMIT = 1000  # the most rows api/push/data returns per page
 NOT_COMPLETED = "transfer has not yet completed"

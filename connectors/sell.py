@@ -16,11 +16,11 @@ import anyio
 import httpx
 import structlog
 
-from connectors.errors import AuthRefused, RemoteRefused
-from connectors.http import HttpConnector, async_client
-from connectors.ratelimit import SELL_DEFAULT, TokenBucket, parse_rate
-from connectors.retry import RETRYABLE_STATUS, RetryPolicy, checked_retry_after, next_wait
-from connectors.sell_protocol import (
+from replicad.connectors.errors import AuthRefused, RemoteRefused
+from replicad.connectors.http import HttpConnector, async_client
+from replicad.connectors.ratelimit import SELL_DEFAULT, TokenBucket, parse_rate
+from replicad.connectors.retry import RETRYABLE_STATUS, RetryPolicy, checked_retry_after, next_wait
+from replicad.connectors.sell_protocol import (
     ProtocolError,
     SyncSession,
     ack_body,

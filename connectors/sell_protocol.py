@@ -10,9 +10,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from connectors.errors import ConnectorError
-from store.model import BadItem, FailedObject, PageBatch, RecordChange
-from store.values import dumps_raw
+from replicad.connectors.errors import ConnectorError
+from replicad.connectors.pull_model import (
+    BadItem,
+    FailedObject,
+    PageBatch,
+    RecordChange,
+    dumps_raw,
+)
 
 
 class ProtocolError(ConnectorError):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import anyio
 
-from daemon import exits
-from daemon.config import Config, ConfigError, default_config_path, load_config
-from daemon.logs import configure, redact
+from replicad.daemon import exits
+from replicad.daemon.config import Config, ConfigError, default_config_path, load_config
+from replicad.daemon.logs import configure, redact
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -133,7 +133,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """One cycle of every non-paused sync; exit code of the first failure."""
-    from daemon.oneshot import sync_once
+    from replicad.daemon.oneshot import sync_once
 
     config = _config(args)
     show = sys.stderr.isatty() and not args.no_progress
@@ -142,7 +142,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The daemon; returns 0 after SIGTERM/SIGINT."""
-    from daemon.run import run_daemon
+    from replicad.daemon.run import run_daemon
 
     anyio.run(run_daemon, _config(args))
     return exits.OK
@@ -150,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the status of every sync."""
-    from daemon.status_view import render_status, status_report
+    from replicad.daemon.status_view import render_status, status_report
 
     report = status_report(_config(args))
     if args.json:
@@ -163,21 +163,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     """Requeue rejected outbox entries; the next push sends them again."""
-    from daemon.retry_cmd import retry_rejected
+    from replicad.daemon.retry_cmd import retry_rejected
 
     return retry_rejected(_config(args), None if args.all else args.entry)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check the config, tokens and (when reachable) credentials; change nothing."""
-    from daemon.validate import validate
+    from replicad.daemon.validate import validate
 
     return anyio.run(validate, _config(args))
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Serve the emulator until interrupted."""
-    from connectors.emulator.server import serve
+    from replicad.connectors.emulator.server import serve
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: {args.port} is not a port number")
@@ -193,14 +193,14 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The demo: emulator, config, replica, sync, remote changes, sync, queries."""
-    from daemon.demo import run_demo
+    from replicad.daemon.demo import run_demo
 
     return run_demo(args.dir, args.records)
 
 
 def cmd_service(args: argparse.Namespace) -> int:
     """Install, uninstall or print the service unit (launchd agent) for this install."""
-    from daemon.service import service
+    from replicad.daemon.service import service
 
     return service(args.action, user=args.user)
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from connectors.ratelimit import parse_rate
-from daemon.durations import parse_duration
-from store.names import valid_prefix
+from replicad.connectors.ratelimit import parse_rate
+from replicad.daemon.durations import parse_duration
+from replicad.store.names import valid_prefix
 
 CONNECTION_KINDS = ("sell", "endgrate", "cdm", "rest")
 PULL_OPERATIONS = ("mirror", "upsert")

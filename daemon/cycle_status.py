@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from store import Replica
+from replicad.store import Replica
 
 
 def one_line(e: BaseException) -> str:

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import anyio
 
-from connectors.emulator import DEFAULT_TOKEN
-from connectors.emulator.server import run_in_thread
-from connectors.emulator_control import EmulatorControl
-from daemon import exits
-from daemon.config import load_config
-from daemon.oneshot import sync_once
-from daemon.status_view import render_status, status_report
-from store.lock import is_held
-from store.status import edit_locally, local_row
+from replicad.connectors.emulator import DEFAULT_TOKEN
+from replicad.connectors.emulator.server import run_in_thread
+from replicad.connectors.emulator_control import EmulatorControl
+from replicad.daemon import exits
+from replicad.daemon.config import load_config
+from replicad.daemon.oneshot import sync_once
+from replicad.daemon.status_view import render_status, status_report
+from replicad.store.lock import is_held
+from replicad.store.status import edit_locally, local_row
 
 # Only these are removed when the demo starts over; anything else in the folder stays.
 DEMO_FILES = ("config.toml", "token", "replica.db", "replica.db-wal", "replica.db-shm")

@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
-from connectors.ratelimit import SELL_DEFAULT
-from connectors.retry import RetryPolicy
-from connectors.sell import SellClient, SellSettings
-from daemon.config import Config, Connection, Sync, read_token
-from daemon.logs import register_secret
-from daemon.pull import PullOutcome, PullProgress, pull_cycle
-from daemon.push import PushReport, push_cycle, push_source
-from store import Replica
+from replicad.connectors.ratelimit import SELL_DEFAULT
+from replicad.connectors.retry import RetryPolicy
+from replicad.connectors.sell import SellClient, SellSettings
+from replicad.daemon.config import Config, Connection, Sync, read_token
+from replicad.daemon.logs import register_secret
+from replicad.daemon.pull import PullOutcome, PullProgress, pull_cycle
+from replicad.daemon.push import PushReport, push_cycle, push_source
+from replicad.store import Replica
 
 if TYPE_CHECKING:
-    from connectors.push_model import PushConnector
+    from replicad.connectors.push_model import PushConnector
 
 log = structlog.get_logger("replicad.engine")
 
@@ -53,8 +53,8 @@ def push_connector(conn: Connection, sync: Sync) -> PushConnector:
     """The client a push sync sends with (settings are per sync); reads the token now."""
     # Imported here: a replica that only pulls never loads the push clients, which
     # keeps start-up (and so every `sync --once`) shorter.
-    from connectors.cdm import CdmClient, CdmSettings
-    from connectors.endgrate import EndgrateClient, EndgrateSettings
+    from replicad.connectors.cdm import CdmClient, CdmSettings
+    from replicad.connectors.endgrate import EndgrateClient, EndgrateSettings
 
     token = read_token(conn)
     register_secret(token)

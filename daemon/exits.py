@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from connectors.errors import AuthRefused, ConnectorError, RemoteUnreachable
-from daemon.config import ConfigError
-from store import ReplicaBusy, ReplicaRefused
+from replicad.connectors.errors import AuthRefused, ConnectorError, RemoteUnreachable
+from replicad.daemon.config import ConfigError
+from replicad.store import ReplicaBusy, ReplicaRefused
 
 OK = 0
 FAILURE = 1

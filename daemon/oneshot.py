@@ -7,11 +7,11 @@ from contextlib import nullcontext
 
 import structlog
 
-from connectors.errors import ConnectorError
-from daemon import exits
-from daemon.config import Config
-from daemon.engine import open_engine
-from daemon.logs import redact
+from replicad.connectors.errors import ConnectorError
+from replicad.daemon import exits
+from replicad.daemon.config import Config
+from replicad.daemon.engine import open_engine
+from replicad.daemon.logs import redact
 
 log = structlog.get_logger("replicad.sync")
 
@@ -43,7 +43,7 @@ async def sync_once(config: Config, show_progress: bool) -> int:
             )
         if show_progress:
             # Imported only for a terminal: rich is a large import for one sync.
-            from daemon.progress import BarProgress
+            from replicad.daemon.progress import BarProgress
 
             bar: BarProgress | None = BarProgress()
         else:

@@ -15,12 +15,12 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from connectors.sell import SellClient
-from connectors.sell_protocol import ProtocolError, QueuePage, decode_page
-from daemon.config import Connection, Sync
-from daemon.cycle_status import recorded_cycle
-from daemon.exits import unwrap
-from store import PageBatch, PullTarget, Replica
+from replicad.connectors.sell import SellClient
+from replicad.connectors.sell_protocol import ProtocolError, QueuePage, decode_page
+from replicad.daemon.config import Connection, Sync
+from replicad.daemon.cycle_status import recorded_cycle
+from replicad.daemon.exits import unwrap
+from replicad.store import PageBatch, PullTarget, Replica
 
 log = structlog.get_logger("replicad.pull")
 

@@ -16,8 +16,8 @@ from typing import Any
 import anyio
 import structlog
 
-from connectors.errors import ConnectorError, RemoteRefused
-from connectors.push_model import (
+from replicad.connectors.errors import ConnectorError, RemoteRefused
+from replicad.connectors.push_model import (
     Associated,
     Op,
     PushBatch,
@@ -25,9 +25,9 @@ from connectors.push_model import (
     PushItem,
     PushOutcome,
 )
-from daemon.config import Sync
-from daemon.cycle_status import recorded_cycle
-from store import Association, OutboxBatch, PushSource, Replica
+from replicad.daemon.config import Sync
+from replicad.daemon.cycle_status import recorded_cycle
+from replicad.store import Association, OutboxBatch, PushSource, Replica
 
 log = structlog.get_logger("replicad.push")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from daemon import exits
-from daemon.config import Config
-from store.outbox import requeue_at
+from replicad.daemon import exits
+from replicad.daemon.config import Config
+from replicad.store.outbox import requeue_at
 
 
 def retry_rejected(config: Config, entry: int | None) -> int:

@@ -26,12 +26,12 @@ import anyio
 import structlog
 from watchfiles import Change, awatch
 
-from connectors.errors import AuthRefused, ConnectorError
-from daemon.config import Config, ConfigError, Sync, load_config
-from daemon.engine import Engine, open_engine
-from daemon.heartbeat import LoopState, Supervision, write_heartbeat
-from daemon.notify import Notifier
-from daemon.pull import flush_acks
+from replicad.connectors.errors import AuthRefused, ConnectorError
+from replicad.daemon.config import Config, ConfigError, Sync, load_config
+from replicad.daemon.engine import Engine, open_engine
+from replicad.daemon.heartbeat import LoopState, Supervision, write_heartbeat
+from replicad.daemon.notify import Notifier
+from replicad.daemon.pull import flush_acks
 
 log = structlog.get_logger("replicad.run")
 
@@ -286,6 +286,6 @@ async def run_daemon(config: Config) -> None:
 
 
 def _remove_heartbeat(replica: Path) -> None:
-    from daemon.heartbeat import heartbeat_path
+    from replicad.daemon.heartbeat import heartbeat_path
 
     heartbeat_path(replica).unlink(missing_ok=True)

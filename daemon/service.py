@@ -33,7 +33,7 @@ from typing import Literal
 
 import platformdirs
 
-from daemon import exits
+from replicad.daemon import exits
 
 Kind = Literal["system", "user", "launchd"]
 ACTIONS = ("install", "uninstall", "print")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.config import Config
-from daemon.heartbeat import read_heartbeat
-from store.status import read_status
+from replicad.daemon.config import Config
+from replicad.daemon.heartbeat import read_heartbeat
+from replicad.store.status import read_status
 
 
 def status_report(config: Config) -> dict[str, Any]:

@@ -11,12 +11,12 @@ import sys
 import uuid
 from dataclasses import replace
 
-from connectors.errors import AuthRefused, ConnectorError
-from connectors.retry import RetryPolicy
-from connectors.sell import SellClient
-from daemon import exits
-from daemon.config import Config
-from daemon.engine import sell_settings
+from replicad.connectors.errors import AuthRefused, ConnectorError
+from replicad.connectors.retry import RetryPolicy
+from replicad.connectors.sell import SellClient
+from replicad.daemon import exits
+from replicad.daemon.config import Config
+from replicad.daemon.engine import sell_settings
 
 
 async def validate(config: Config) -> int:

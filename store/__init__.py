@@ -1,7 +1,7 @@
 """Everything that touches SQLite: the replica's schema, per-type tables, applying pages."""
 
-from store.lock import ReplicaBusy
-from store.model import (
+from replicad.store.lock import ReplicaBusy
+from replicad.store.model import (
     ApplyResult,
     Association,
     BadItem,
@@ -13,7 +13,7 @@ from store.model import (
     PushSource,
     RecordChange,
 )
-from store.replica import Replica, ReplicaRefused
+from replicad.store.replica import Replica, ReplicaRefused
 
 __all__ = [
     "ApplyResult",

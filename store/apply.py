@@ -16,7 +16,8 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 
-from store.local_edits import (
+from replicad.connectors.pull_model import dumps_raw
+from replicad.store.local_edits import (
     cancel_entries,
     conflict_mode,
     has_open_edits,
@@ -25,11 +26,11 @@ from store.local_edits import (
     row_values,
     settle_pending_flag,
 )
-from store.model import ApplyResult, BadItem, PageBatch, PullTarget, RecordChange
-from store.names import UnstorableName, quote, table_name
-from store.plan import TablePlan, merge_remote, plan_table, split_runs
-from store.tables import TableCatalog
-from store.values import SQLValue, dumps_raw, to_sql
+from replicad.store.model import ApplyResult, BadItem, PageBatch, PullTarget, RecordChange
+from replicad.store.names import UnstorableName, quote, table_name
+from replicad.store.plan import TablePlan, merge_remote, plan_table, split_runs
+from replicad.store.tables import TableCatalog
+from replicad.store.values import SQLValue, to_sql
 
 _ENCODE_KEYS = json.JSONEncoder(separators=(",", ":")).encode
 

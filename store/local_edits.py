@@ -12,8 +12,8 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from store.names import quote
-from store.values import SQLValue
+from replicad.store.names import quote
+from replicad.store.values import SQLValue
 
 OPEN_STATES = ("pending", "in_flight", "rejected")
 _OPEN = "state IN ('pending', 'in_flight', 'rejected')"

@@ -1,53 +1,36 @@
-"""Plain data that flows from a pull connector into the store.
+"""Plain data of the store: pull targets, push sources, outbox batches, results.
 
-Nothing here touches SQLite or HTTP: connectors build these values from the wire,
-the store applies them, and tests build them by hand.
+The pull's items and pages are the connectors' neutral types
+(``replicad.connectors.pull_model``), re-exported here for the store's callers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-JSONObject = dict[str, Any]
+from replicad.connectors.pull_model import (
+    BadItem,
+    FailedObject,
+    JSONObject,
+    PageBatch,
+    RecordChange,
+)
 
-
-@dataclass(frozen=True, slots=True)
-class RecordChange:
-    """One structurally valid queue item: an upsert, or a delete (ids only)."""
-
-    type: str
-    id: int
-    revision: int
-    ack_key: str
-    deleted: bool
-    data: JSONObject = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class BadItem:
-    """A queue item that cannot be stored; it is quarantined with its raw JSON."""
-
-    raw: str
-    reason: str
-    ack_key: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class FailedObject:
-    """An object the server said it failed to include in a page."""
-
-    type: str
-    id: str
-
-
-@dataclass(frozen=True, slots=True)
-class PageBatch:
-    """Everything one page asks the replica to do, in one transaction."""
-
-    changes: list[RecordChange]
-    bad_items: list[BadItem] = field(default_factory=list)
-    failed_objects: list[FailedObject] = field(default_factory=list)
+__all__ = [
+    "ApplyResult",
+    "Association",
+    "BadItem",
+    "FailedObject",
+    "JSONObject",
+    "OutboxBatch",
+    "OutboxEntry",
+    "OutcomeCounts",
+    "PageBatch",
+    "PullTarget",
+    "PushSource",
+    "RecordChange",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from store.local_edits import open_columns, settle_pending_flag
-from store.model import OutboxBatch, OutboxEntry, Outcome, OutcomeCounts, PushSource
-from store.names import quote
-from store.schema import APPLICATION_ID
-from store.tables import TableCatalog, TableInfo
-from store.values import SQLValue, from_sql
+from replicad.store.local_edits import open_columns, settle_pending_flag
+from replicad.store.model import OutboxBatch, OutboxEntry, Outcome, OutcomeCounts, PushSource
+from replicad.store.names import quote
+from replicad.store.schema import APPLICATION_ID
+from replicad.store.tables import TableCatalog, TableInfo
+from replicad.store.values import SQLValue, from_sql
 
 
 def utcnow() -> str:

@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from store.model import RecordChange
-from store.values import SQLValue
+from replicad.store.model import RecordChange
+from replicad.store.values import SQLValue
 
 
 @dataclass(slots=True)

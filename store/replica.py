@@ -24,10 +24,10 @@ import aiosqlite
 import anyio
 import anyio.to_thread
 
-from store import outbox
-from store.apply import apply_page
-from store.lock import ReplicaLock
-from store.model import (
+from replicad.store import outbox
+from replicad.store.apply import apply_page
+from replicad.store.lock import ReplicaLock
+from replicad.store.model import (
     ApplyResult,
     OutboxBatch,
     Outcome,
@@ -36,9 +36,9 @@ from store.model import (
     PullTarget,
     PushSource,
 )
-from store.outbox import utcnow
-from store.schema import APPLICATION_ID, SCHEMA_VERSION, migrate
-from store.tables import TableCatalog
+from replicad.store.outbox import utcnow
+from replicad.store.schema import APPLICATION_ID, SCHEMA_VERSION, migrate
+from replicad.store.tables import TableCatalog
 
 BUSY_TIMEOUT_MS = 10_000
 T = TypeVar("T")

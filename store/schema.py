@@ -11,8 +11,8 @@ import json
 import sqlite3
 from collections.abc import Callable
 
-from store.names import quote
-from store.tables import rebuild
+from replicad.store.names import quote
+from replicad.store.tables import rebuild
 
 APPLICATION_ID = 0x52504C44  # "RPLD"
 

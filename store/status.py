@@ -6,9 +6,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from store.lock import is_held
-from store.names import quote
-from store.schema import APPLICATION_ID
+from replicad.store.lock import is_held
+from replicad.store.names import quote
+from replicad.store.schema import APPLICATION_ID
 
 
 def _local_edits(db: sqlite3.Connection, syncs: list[dict[str, Any]]) -> None:

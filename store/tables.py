@@ -22,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 
-from store.names import assign_columns, quote
+from replicad.store.names import assign_columns, quote
 
 _APPLYING = "EXISTS (SELECT 1 FROM _replicad_applying)"
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"

@@ -82,14 +82,6 @@ def to_sql_slow(value: Any) -> SQLValue:
     return _ENCODE(value)
 
 
-def dumps_raw(value: Any) -> str:
-    """Compact JSON for quarantined items; never fails on odd input."""
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    except (TypeError, ValueError):
-        return repr(value)
-
-
 def from_sql(value: SQLValue, kind: str | None) -> Any:
     """Decode a cell back to the JSON type its field came in (the inverse of to_sql).
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import service
-from daemon.service import (
+from replicad.daemon import service
+from replicad.daemon.service import (
     LABEL,
     TEMPLATES,
     Kind,

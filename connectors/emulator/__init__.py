@@ -4,10 +4,10 @@ It also serves the push destinations of docs/push-wire.md (Endgrate push API and
 CDM writes), which write into the same emulated account.
 
 ``create_app()`` builds the ASGI app; :mod:`connectors.emulator.server` serves it
-(``python -m connectors.emulator --records 2000 --port 8765``).
+(``python -m replicad.connectors.emulator --records 2000 --port 8765``).
 """
 
-from connectors.emulator.app import create_app
-from connectors.emulator.runtime import DEFAULT_TOKEN
+from replicad.connectors.emulator.app import create_app
+from replicad.connectors.emulator.runtime import DEFAULT_TOKEN
 
 __all__ = ["DEFAULT_TOKEN", "create_app"]

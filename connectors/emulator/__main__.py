@@ -1,18 +1,18 @@
-"""Command line: ``python -m connectors.emulator [--records N] [--seed S] [--port P] ...``."""
+"""Command line: ``python -m replicad.connectors.emulator [--records N] [--port P] ...``."""
 
 from __future__ import annotations
 
 import argparse
 
-from connectors.emulator.runtime import DEFAULT_TOKEN
-from connectors.emulator.server import serve
-from connectors.emulator.state import DEFAULT_PAGE_SIZE, DEFAULT_SESSION_TTL
+from replicad.connectors.emulator.runtime import DEFAULT_TOKEN
+from replicad.connectors.emulator.server import serve
+from replicad.connectors.emulator.state import DEFAULT_PAGE_SIZE, DEFAULT_SESSION_TTL
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments and serve until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
-        prog="python -m connectors.emulator", description="Emulated Zendesk Sell Sync API."
+        prog="python -m replicad.connectors.emulator", description="Emulated Zendesk Sell Sync API."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")

@@ -23,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from connectors.emulator.control import control_routes
-from connectors.emulator.faults import FaultRule, malformed_items
-from connectors.emulator.push_routes import push_routes
-from connectors.emulator.responses import (
+from replicad.connectors.emulator.control import control_routes
+from replicad.connectors.emulator.faults import FaultRule, malformed_items
+from replicad.connectors.emulator.push_routes import push_routes
+from replicad.connectors.emulator.responses import (
     JSON_MEDIA_TYPE,
     TruncatedResponse,
     dump_json,
@@ -34,8 +34,8 @@ from connectors.emulator.responses import (
     error_response,
     json_response,
 )
-from connectors.emulator.runtime import DEFAULT_TOKEN, Emulator, emulator_of, has_token
-from connectors.emulator.state import (
+from replicad.connectors.emulator.runtime import DEFAULT_TOKEN, Emulator, emulator_of, has_token
+from replicad.connectors.emulator.state import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_SESSION_TTL,
     Page,

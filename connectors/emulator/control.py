@@ -24,12 +24,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from connectors.emulator.dataset import TYPES
-from connectors.emulator.faults import FaultRuleError, parse_rules
-from connectors.emulator.mutations import MutationError, apply_mutations
-from connectors.emulator.records import RecordStore
-from connectors.emulator.responses import JSON_MEDIA_TYPE, dump_json, json_response
-from connectors.emulator.runtime import emulator_of
+from replicad.connectors.emulator.dataset import TYPES
+from replicad.connectors.emulator.faults import FaultRuleError, parse_rules
+from replicad.connectors.emulator.mutations import MutationError, apply_mutations
+from replicad.connectors.emulator.records import RecordStore
+from replicad.connectors.emulator.responses import JSON_MEDIA_TYPE, dump_json, json_response
+from replicad.connectors.emulator.runtime import emulator_of
 
 # Records serialized per json.dumps call while streaming the state: large
 # enough to amortize the call, small enough to keep memory flat at 1M records.

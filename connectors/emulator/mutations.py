@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 from typing import Any, Final
 
-from connectors.emulator.dataset import fake_record
-from connectors.emulator.records import Change, RecordError, check_type
-from connectors.emulator.state import SyncState
+from replicad.connectors.emulator.dataset import fake_record
+from replicad.connectors.emulator.records import Change, RecordError, check_type
+from replicad.connectors.emulator.state import SyncState
 
 _OPS: Final = ("create", "update", "delete")
 # Fields a random update may rewrite, per type, and fields it may add: replicas

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any, Final
 
-from connectors.emulator.records import RecordStore
+from replicad.connectors.emulator.records import RecordStore
 
 # Criteria in matching order, per pushed type; each is the fields that must all match.
 CRITERIA: Final[dict[str, tuple[tuple[str, ...], ...]]] = {

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from connectors.emulator.push_state import (
+from replicad.connectors.emulator.push_state import (
     NOT_COMPLETED,
     CdmError,
     Rejecter,
@@ -38,8 +38,8 @@ from connectors.emulator.push_state import (
     page_bounds,
     parse_transfer,
 )
-from connectors.emulator.responses import json_response
-from connectors.emulator.runtime import Emulator, emulator_of, has_token
+from replicad.connectors.emulator.responses import json_response
+from replicad.connectors.emulator.runtime import Emulator, emulator_of, has_token
 
 # Request headers worth keeping in the push log: how the client asked for the sync.
 LOGGED_HEADERS: Final = ("x-sync-data", "x-sync-sources")

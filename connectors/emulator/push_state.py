@@ -22,10 +22,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from connectors.emulator.dataset import TYPES
-from connectors.emulator.push_match import UpsertMatcher
-from connectors.emulator.records import RecordStore
-from connectors.emulator.state import SyncState
+from replicad.connectors.emulator.dataset import TYPES
+from replicad.connectors.emulator.push_match import UpsertMatcher
+from replicad.connectors.emulator.records import RecordStore
+from replicad.connectors.emulator.state import SyncState
 
 ENDGRATE_TYPES: Final = {
     "crm-contact": "contact",

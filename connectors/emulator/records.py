@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from connectors.emulator.dataset import TYPES, Dataset, index_of, locate
+from replicad.connectors.emulator.dataset import TYPES, Dataset, index_of, locate
 
 REVISION_BASE: Final = 1_000_000
 # Below this size the whole dataset is generated at start-up (about 13 µs and

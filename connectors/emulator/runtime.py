@@ -8,10 +8,10 @@ from typing import Any, Final
 
 from starlette.requests import Request
 
-from connectors.emulator.faults import SELL_ENDPOINTS, FaultPlan
-from connectors.emulator.push_state import PushState
-from connectors.emulator.records import RecordStore
-from connectors.emulator.state import DEFAULT_PAGE_SIZE, DEFAULT_SESSION_TTL, SyncState
+from replicad.connectors.emulator.faults import SELL_ENDPOINTS, FaultPlan
+from replicad.connectors.emulator.push_state import PushState
+from replicad.connectors.emulator.records import RecordStore
+from replicad.connectors.emulator.state import DEFAULT_PAGE_SIZE, DEFAULT_SESSION_TTL, SyncState
 
 # The real basecrm client rejects tokens that are not exactly 64 characters long.
 # Not a secret: the emulator only ever serves generated data on loopback.

@@ -13,10 +13,10 @@ from typing import Final
 import uvicorn
 from starlette.types import ASGIApp
 
-from connectors.emulator.app import create_app
-from connectors.emulator.responses import TruncatedBody
-from connectors.emulator.runtime import DEFAULT_TOKEN
-from connectors.emulator.state import DEFAULT_PAGE_SIZE, DEFAULT_SESSION_TTL
+from replicad.connectors.emulator.app import create_app
+from replicad.connectors.emulator.responses import TruncatedBody
+from replicad.connectors.emulator.runtime import DEFAULT_TOKEN
+from replicad.connectors.emulator.state import DEFAULT_PAGE_SIZE, DEFAULT_SESSION_TTL
 
 _STARTUP_TIMEOUT: Final = 30.0
 _SHUTDOWN_TIMEOUT: Final = 10.0

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from connectors.emulator.records import Change, Key, RecordStore
+from replicad.connectors.emulator.records import Change, Key, RecordStore
 
 DEFAULT_PAGE_SIZE: Final = 100
 DEFAULT_SESSION_TTL: Final = 300.0

@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.cdm import CdmClient, CdmSettings
-from connectors.cdm_protocol import CdmProtocolError, rejection, write_body
-from connectors.errors import AuthRefused, RemoteRefused, RemoteUnreachable
-from connectors.push_model import Op, PushBatch, PushConnector, PushItem
-from connectors.retry import RetryPolicy
+from replicad.connectors.cdm import CdmClient, CdmSettings
+from replicad.connectors.cdm_protocol import CdmProtocolError, rejection, write_body
+from replicad.connectors.errors import AuthRefused, RemoteRefused, RemoteUnreachable
+from replicad.connectors.push_model import Op, PushBatch, PushConnector, PushItem
+from replicad.connectors.retry import RetryPolicy
 
 TOKEN = "c" * 48
 FAST = RetryPolicy(max_retries=3, base=0.001, cap=0.002)

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from connectors.emulator.dataset import Dataset, generate, index_of, locate, type_counts
-from connectors.emulator.mutations import MutationError, apply_mutations, random_mutations
-from connectors.emulator.records import REVISION_BASE, RecordStore
-from connectors.emulator.state import (
+from replicad.connectors.emulator.dataset import Dataset, generate, index_of, locate, type_counts
+from replicad.connectors.emulator.mutations import MutationError, apply_mutations, random_mutations
+from replicad.connectors.emulator.records import REVISION_BASE, RecordStore
+from replicad.connectors.emulator.state import (
     Page,
     Session,
     SessionLimitError,

@@ -14,8 +14,8 @@ import basecrm
 import httpx
 import pytest
 
-from connectors.emulator import DEFAULT_TOKEN, create_app
-from connectors.emulator.server import run_in_thread
+from replicad.connectors.emulator import DEFAULT_TOKEN, create_app
+from replicad.connectors.emulator.server import run_in_thread
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,9 +106,9 @@ def test_truncate_over_socket_gives_incomplete_body() -> None:
 
 
 def test_cli_server_prints_listening_line_and_stops_on_sigterm() -> None:
-    """python -m connectors.emulator prints one listening line, serves, and exits on SIGTERM."""
+    """python -m replicad.connectors.emulator prints one listening line and stops on SIGTERM."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "connectors.emulator", "--records", "10"],
+        [sys.executable, "-m", "replicad.connectors.emulator", "--records", "10"],
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

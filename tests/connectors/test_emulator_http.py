@@ -13,8 +13,8 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from connectors.emulator import DEFAULT_TOKEN, create_app
-from connectors.emulator.faults import MALFORMED_ID_BASE
+from replicad.connectors.emulator import DEFAULT_TOKEN, create_app
+from replicad.connectors.emulator.faults import MALFORMED_ID_BASE
 
 RECORDS = 30
 PAGE_SIZE = 10

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from connectors.emulator import DEFAULT_TOKEN, create_app
-from connectors.emulator.push_match import UpsertMatcher
-from connectors.emulator.push_state import WireError, page_bounds, parse_transfer
-from connectors.emulator.records import RecordStore
+from replicad.connectors.emulator import DEFAULT_TOKEN, create_app
+from replicad.connectors.emulator.push_match import UpsertMatcher
+from replicad.connectors.emulator.push_state import WireError, page_bounds, parse_transfer
+from replicad.connectors.emulator.records import RecordStore
 
 RECORDS = 30  # 15 contacts, 8 leads, 7 deals
 CONTACTS = 15

@@ -10,17 +10,17 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.endgrate import EndgrateClient, EndgrateSettings
-from connectors.endgrate_protocol import (
+from replicad.connectors.endgrate import EndgrateClient, EndgrateSettings
+from replicad.connectors.endgrate_protocol import (
     DataPage,
     EndgrateProtocolError,
     ReturnedRow,
     next_offset,
     parse_errors,
 )
-from connectors.errors import AuthRefused, RemoteRefused, RemoteUnreachable
-from connectors.push_model import Associated, PushBatch, PushConnector, PushItem
-from connectors.retry import RetryPolicy
+from replicad.connectors.errors import AuthRefused, RemoteRefused, RemoteUnreachable
+from replicad.connectors.push_model import Associated, PushBatch, PushConnector, PushItem
+from replicad.connectors.retry import RetryPolicy
 
 TOKEN = "e" * 48
 FAST = RetryPolicy(max_retries=3, base=0.001, cap=0.002)

@@ -9,11 +9,11 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from connectors.errors import AuthRefused, RemoteRefused, RemoteUnreachable
-from connectors.ratelimit import Rate, TokenBucket
-from connectors.retry import RetryPolicy
-from connectors.sell import SellClient, SellSettings
-from connectors.sell_protocol import ProtocolError, decode_page
+from replicad.connectors.errors import AuthRefused, RemoteRefused, RemoteUnreachable
+from replicad.connectors.ratelimit import Rate, TokenBucket
+from replicad.connectors.retry import RetryPolicy
+from replicad.connectors.sell import SellClient, SellSettings
+from replicad.connectors.sell_protocol import ProtocolError, decode_page
 
 TOKEN = "t" * 64
 FAST = RetryPolicy(max_retries=3, base=0.001, cap=0.002)
@@ -203,7 +203,7 @@ def test_sell_default_budget_never_exceeds_an_hour() -> None:
     """With Sell's default, a burst runs at once and no hour admits over 36,000."""
     from bisect import bisect_right
 
-    from connectors.ratelimit import SELL_DEFAULT, parse_rate
+    from replicad.connectors.ratelimit import SELL_DEFAULT, parse_rate
 
     rate = parse_rate(SELL_DEFAULT)
     assert rate.capacity == 36000 and rate.per_second == 10.0
@@ -224,7 +224,7 @@ def test_budget_carries_across_a_restart_and_no_hour_exceeds_it() -> None:
     spanning both processes at most 36,000 go out."""
     from bisect import bisect_right
 
-    from connectors.ratelimit import SELL_DEFAULT, STATE_SLOT, parse_rate
+    from replicad.connectors.ratelimit import SELL_DEFAULT, STATE_SLOT, parse_rate
 
     rate = parse_rate(SELL_DEFAULT)
     first_clock, wall = [100.0], 1_000_000.0

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from connectors.emulator_control import EmulatorControl
-from store.status import edit_locally
-from store.values import to_sql
+from replicad.connectors.emulator_control import EmulatorControl
+from replicad.store.status import edit_locally
+from replicad.store.values import to_sql
 
 BIN = Path(sys.executable).parent
 REPLICAD = str(BIN / "replicad")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from store import PageBatch, PullTarget, RecordChange, Replica
+from replicad.store import PageBatch, PullTarget, RecordChange, Replica
 
 TARGET = PullTarget(sync="mirror", connection="crm")
 

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from store import BadItem, FailedObject, PageBatch, Replica
+from replicad.store import BadItem, FailedObject, PageBatch, Replica
 from tests.store.conftest import TARGET, gone, page, rows, up
 
 
@@ -157,7 +157,7 @@ async def test_a_page_left_open_by_a_failure_is_rolled_back(
         )
         raise OSError("disk I/O error")
 
-    monkeypatch.setattr("store.replica.apply_page", broken)
+    monkeypatch.setattr("replicad.store.replica.apply_page", broken)
     with pytest.raises(OSError):
         await replica.apply_page(TARGET, page(up("contact", 1, 1)))
     monkeypatch.undo()

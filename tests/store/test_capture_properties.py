@@ -34,8 +34,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from store import OutboxBatch, OutboxEntry, PushSource, RecordChange, Replica
-from store.values import SQLValue
+from replicad.store import OutboxBatch, OutboxEntry, PushSource, RecordChange, Replica
+from replicad.store.values import SQLValue
 from tests.store.conftest import TARGET, gone, page, up
 
 MAX_ID = 5

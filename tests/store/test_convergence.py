@@ -17,7 +17,7 @@ import anyio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store import PageBatch, RecordChange, Replica
+from replicad.store import PageBatch, RecordChange, Replica
 from tests.store.conftest import TARGET, gone, rows, up
 
 TYPES = ("contact", "deal")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from store import Replica, ReplicaBusy, ReplicaRefused
-from store.schema import APPLICATION_ID, SCHEMA_VERSION
+from replicad.store import Replica, ReplicaBusy, ReplicaRefused
+from replicad.store.schema import APPLICATION_ID, SCHEMA_VERSION
 
 
 async def test_fresh_replica_is_marked_and_in_wal(tmp_path: Path) -> None:
@@ -54,8 +54,8 @@ async def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
 
 async def test_v1_replica_migrates_keeping_rows(tmp_path: Path) -> None:
     """A schema-1 replica is migrated: rows kept, tables become writable push sources."""
-    from store import PushSource
-    from store.schema import MIGRATIONS
+    from replicad.store import PushSource
+    from replicad.store.schema import MIGRATIONS
 
     path = tmp_path / "r.db"
     db = sqlite3.connect(path, isolation_level=None)

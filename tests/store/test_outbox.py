@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from store import Association, PushSource, Replica
+from replicad.store import Association, PushSource, Replica
 from tests.store.conftest import TARGET, gone, page, up
 
 SOURCE = PushSource(sync="out", table="contact")

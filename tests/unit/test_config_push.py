@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from daemon.config import ConfigError, parse_config
+from replicad.daemon.config import ConfigError, parse_config
 
 BASE: dict[str, Any] = {
     "replica": {"path": "r.db"},

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.heartbeat import LoopState, Supervision
-from daemon.logs import JournalRenderer, under_journald
-from daemon.notify import Notifier
-from daemon.run import BACKOFF_CAP, backoff
+from replicad.daemon.heartbeat import LoopState, Supervision
+from replicad.daemon.logs import JournalRenderer, under_journald
+from replicad.daemon.notify import Notifier
+from replicad.daemon.run import BACKOFF_CAP, backoff
 
 
 def test_notifier_reaches_a_path_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

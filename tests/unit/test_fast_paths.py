@@ -15,9 +15,9 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from connectors.http import tls_verification
-from connectors.sell_protocol import _parse_odd_item, parse_item
-from store.values import _ENCODE, to_sql
+from replicad.connectors.http import tls_verification
+from replicad.connectors.sell_protocol import _parse_odd_item, parse_item
+from replicad.store.values import _ENCODE, to_sql
 
 json_scalars = (
     st.none()

@@ -13,8 +13,8 @@ from collections.abc import Set as AbstractSet
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from store.plan import merge_remote
-from store.values import SQLValue
+from replicad.store.plan import merge_remote
+from replicad.store.values import SQLValue
 
 COLUMNS = ("a", "b", "c", "d", "e")
 # Names a protected set may carry that the remote record does not have.

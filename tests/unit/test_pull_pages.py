@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from connectors.retry import RetryPolicy
-from connectors.sell import SellClient, SellSettings
-from connectors.sell_protocol import ProtocolError
-from daemon import pull
-from daemon.config import Connection, Sync
-from store import Replica
+from replicad.connectors.retry import RetryPolicy
+from replicad.connectors.sell import SellClient, SellSettings
+from replicad.connectors.sell_protocol import ProtocolError
+from replicad.daemon import pull
+from replicad.daemon.config import Connection, Sync
+from replicad.store import Replica
 
 CONN = Connection("crm", "sell", "https://sell.test", max_retries=2, ack_batch=1000)
 SYNC = Sync("mirror", "pull", "crm", max_sessions=2)
