@@ -14,7 +14,8 @@ from typing import Any, Literal, Protocol
 
 JSON = Any  # a value json.dumps can write: None, bool, int, float, str, list, dict
 
-Op = Literal["insert", "update"]
+# delete: for destinations that can delete (mirror pushes); no outbox entry has it yet.
+Op = Literal["insert", "update", "delete"]
 
 
 @dataclass(frozen=True, slots=True)

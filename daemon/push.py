@@ -11,20 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 import structlog
 
 from replicad.connectors.errors import ConnectorError, RemoteRefused
-from replicad.connectors.push_model import (
-    Associated,
-    Op,
-    PushBatch,
-    PushConnector,
-    PushItem,
-    PushOutcome,
-)
+from replicad.connectors.push_model import PushBatch, PushConnector, PushOutcome
 from replicad.daemon.config import Sync
 from replicad.daemon.cycle_status import recorded_cycle
 from replicad.store import Association, OutboxBatch, PushSource, Replica
@@ -54,19 +46,8 @@ def push_source(sync: Sync) -> PushSource:
 
 
 def to_wire(batch: OutboxBatch, obj: str) -> PushBatch:
-    """An outbox batch as the connectors take it."""
-    items = []
-    for e in batch.entries:
-        payload: dict[str, Any] = e.payload
-        op: Op = "insert" if e.op == "insert" else "update"
-        associated = tuple(
-            Associated(a["type"], a["internal_id"], a["data"], a.get("id"))
-            for a in payload.get("associations", [])
-        )
-        items.append(
-            PushItem(e.entry, e.internal_id, op, payload["data"], payload.get("id"), associated)
-        )
-    return PushBatch(batch.tracking_id, obj, tuple(items), batch.resend)
+    """An outbox batch as the connectors take it, for the destination type ``obj``."""
+    return PushBatch(batch.tracking_id, obj, batch.items, batch.resend)
 
 
 async def push_cycle(

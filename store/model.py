@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from replicad.connectors.push_model import PushItem
 from replicad.connectors.pull_model import (
     BadItem,
     FailedObject,
@@ -24,7 +25,6 @@ __all__ = [
     "FailedObject",
     "JSONObject",
     "OutboxBatch",
-    "OutboxEntry",
     "OutcomeCounts",
     "PageBatch",
     "PullTarget",
@@ -78,22 +78,13 @@ class PushSource:
 
 
 @dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    """One entry as sent: the payload is fixed at the first send, so a resend is
-    identical (``{"data": {...}, "id": str | None, "associations": [...]}``)."""
-
-    entry: int
-    internal_id: str
-    op: str
-    payload: JSONObject
-
-
-@dataclass(frozen=True, slots=True)
 class OutboxBatch:
-    """Entries taken from the outbox under one tracking id."""
+    """Entries taken from the outbox under one tracking id, as typed push items (the
+    connectors alone decide their wire shape). Each item's values are fixed at its
+    first send, so a resend is identical."""
 
     tracking_id: str
-    entries: list[OutboxEntry]
+    items: tuple[PushItem, ...]
     resend: bool
 
 

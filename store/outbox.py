@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from replicad.store.local_edits import open_columns, settle_pending_flag
-from replicad.store.model import OutboxBatch, OutboxEntry, Outcome, OutcomeCounts, PushSource
+from replicad.connectors.push_model import Associated, Op, PushItem
+from replicad.store.model import OutboxBatch, Outcome, OutcomeCounts, PushSource
 from replicad.store.names import quote
 from replicad.store.schema import APPLICATION_ID
 from replicad.store.tables import TableCatalog, TableInfo
@@ -77,8 +78,8 @@ def _in_flight(db: sqlite3.Connection, tbl: str, now: str) -> OutboxBatch | None
     if row is None:
         return None
     tracking = str(row[0])
-    entries = [
-        OutboxEntry(int(seq), str(iid), str(op), json.loads(payload))
+    items = [
+        _decode_item(int(seq), str(iid), str(op), str(payload))
         for seq, iid, op, payload in db.execute(
             "SELECT seq, internal_id, op, payload FROM _replicad_outbox "
             "WHERE state = 'in_flight' AND batch = ? ORDER BY seq",
@@ -90,7 +91,7 @@ def _in_flight(db: sqlite3.Connection, tbl: str, now: str) -> OutboxBatch | None
         "WHERE state = 'in_flight' AND batch = ?",
         (now, now, tracking),
     )
-    return OutboxBatch(tracking, entries, resend=True)
+    return OutboxBatch(tracking, tuple(items), resend=True)
 
 
 def _new_batch(
@@ -110,7 +111,7 @@ def _new_batch(
     if not pending:
         return None
     tracking = str(uuid.uuid4())
-    entries: list[OutboxEntry] = []
+    items: list[PushItem] = []
     for seq, iid, op, fields in pending:
         row = _row(db, tbl, info, str(iid))
         if row is None:
@@ -128,14 +129,16 @@ def _new_batch(
         else:
             changed = set(json.loads(fields or "[]"))
             data = {f: v for f, v in values.items() if info.columns[f] in changed}
-        payload: dict[str, Any] = {
-            "data": data,
-            "id": None if remote_id is None else str(remote_id),
-            "associations": _associations(db, catalog, source, info, values, data),
-        }
+        item = PushItem(
+            int(seq),
+            str(iid),
+            _op(str(op)),
+            data,
+            None if remote_id is None else str(remote_id),
+            _associations(db, catalog, source, info, values, data),
+        )
         try:
-            # allow_nan=False: httpx refuses ±Infinity too, so such a row could never go.
-            encoded = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+            encoded = _encode_item(item)
         except (TypeError, ValueError) as e:
             # A BLOB (or NaN) written by an app has no JSON form: refuse this entry
             # alone, visibly, rather than fail the whole batch on every attempt.
@@ -150,8 +153,49 @@ def _new_batch(
             "attempts = attempts + 1, sent_at = ?, updated_at = ? WHERE seq = ?",
             (tracking, encoded, now, now, seq),
         )
-        entries.append(OutboxEntry(int(seq), str(iid), str(op), payload))
-    return OutboxBatch(tracking, entries, resend=False) if entries else None
+        items.append(item)
+    return OutboxBatch(tracking, tuple(items), resend=False) if items else None
+
+
+def _op(op: str) -> Op:
+    if op == "insert":
+        return "insert"
+    if op == "delete":
+        return "delete"
+    return "update"
+
+
+def _encode_item(item: PushItem) -> str:
+    """The entry's values as kept in ``payload`` (also shown by ``replicad_outbox``):
+    ``{"data": {...}, "id": str | null, "associations": [...]}``.
+
+    allow_nan=False: httpx refuses ±Infinity too, so such a row could never go.
+    """
+    payload = {
+        "data": dict(item.data),
+        "id": item.id,
+        "associations": [
+            {"type": a.type, "internal_id": a.internal_id, "id": a.id, "data": dict(a.data)}
+            for a in item.associations
+        ],
+    }
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False)
+
+
+def _decode_item(seq: int, iid: str, op: str, payload: str) -> PushItem:
+    """The item a stored payload was encoded from (``_encode_item``'s inverse)."""
+    p = json.loads(payload)
+    return PushItem(
+        seq,
+        iid,
+        _op(op),
+        p["data"],
+        p.get("id"),
+        tuple(
+            Associated(a["type"], a["internal_id"], a["data"], a.get("id"))
+            for a in p.get("associations", [])
+        ),
+    )
 
 
 def _row(
@@ -179,10 +223,10 @@ def _associations(
     info: TableInfo,
     values: dict[str, Any],
     data: dict[str, Any],
-) -> list[dict[str, Any]]:
+) -> tuple[Associated, ...]:
     """Rows of other tables named by the association columns being sent."""
     by_col = {c: f for f, c in info.columns.items()}
-    out = []
+    out: list[Associated] = []
     for a in source.associations:
         field = by_col.get(a.column)
         ref = values.get(field) if field is not None and field in data else None
@@ -198,14 +242,14 @@ def _associations(
         row = _row(db, a.table, other, str(hit[0]))
         assert row is not None
         out.append(
-            {
-                "type": a.object,
-                "internal_id": str(hit[0]),
-                "id": None if row[0] is None else str(row[0]),
-                "data": {f: v for f, v in row[1].items() if v is not None},
-            }
+            Associated(
+                a.object,
+                str(hit[0]),
+                {f: v for f, v in row[1].items() if v is not None},
+                None if row[0] is None else str(row[0]),
+            )
         )
-    return out
+    return tuple(out)
 
 
 def record_outcomes(

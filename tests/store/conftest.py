@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from replicad.connectors.push_model import PushItem
 from replicad.store import PageBatch, PullTarget, RecordChange, Replica
 
 TARGET = PullTarget(sync="mirror", connection="crm")
@@ -50,3 +51,15 @@ async def rows(r: Replica, table: str) -> dict[int, dict[str, Any]]:
         rec.pop("_synced_at")
         out[rec["id"]] = rec
     return out
+
+
+def payload(item: PushItem) -> dict[str, Any]:
+    """An outbox item as its stored payload (``replicad_outbox.payload``) shows it."""
+    return {
+        "data": dict(item.data),
+        "id": item.id,
+        "associations": [
+            {"type": a.type, "internal_id": a.internal_id, "id": a.id, "data": dict(a.data)}
+            for a in item.associations
+        ],
+    }

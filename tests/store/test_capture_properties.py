@@ -34,9 +34,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from replicad.store import OutboxBatch, OutboxEntry, PushSource, RecordChange, Replica
+from replicad.connectors.push_model import PushItem
+from replicad.store import OutboxBatch, PushSource, RecordChange, Replica
 from replicad.store.values import SQLValue
-from tests.store.conftest import TARGET, gone, page, up
+from tests.store.conftest import TARGET, gone, page, payload, up
 
 MAX_ID = 5
 OPEN = ("pending", "in_flight", "rejected")
@@ -281,8 +282,8 @@ class CaptureMachine(RuleBasedStateMachine):
         del self.rows[id_]
         self.tombstones[id_] = row.revision
         if self.batch is not None:
-            rest = [e for e in self.batch.entries if e.internal_id != row.internal_id]
-            self.batch = OutboxBatch(self.batch.tracking_id, rest, True) if rest else None
+            rest = [e for e in self.batch.items if e.internal_id != row.internal_id]
+            self.batch = OutboxBatch(self.batch.tracking_id, tuple(rest), True) if rest else None
         if row.changed:
             event("edited row deleted remotely")
         return [
@@ -354,8 +355,8 @@ class CaptureMachine(RuleBasedStateMachine):
             assert batch is not None and batch.resend
             event("resend")
             assert batch.tracking_id == self.batch.tracking_id
-            assert [(e.entry, tag(e.payload)) for e in batch.entries] == [
-                (e.entry, tag(e.payload)) for e in self.batch.entries
+            assert [(e.entry, tag(payload(e))) for e in batch.items] == [
+                (e.entry, tag(payload(e))) for e in self.batch.items
             ]
             return
         waiting = {id_ for id_, row in self.rows.items() if row.pending()}
@@ -376,7 +377,7 @@ class CaptureMachine(RuleBasedStateMachine):
                 refused[id_] = str(state[0])
         assert set(refused) <= blobs, refused
         assert all(r.startswith("a value of the row cannot be sent") for r in refused.values())
-        entries = batch.entries if batch is not None else []
+        entries = batch.items if batch is not None else []
         assert batch is None or not batch.resend
         assert len(entries) + len(refused) == min(limit, len(waiting))
         if limit >= len(waiting):
@@ -393,9 +394,9 @@ class CaptureMachine(RuleBasedStateMachine):
             columns = frozenset(row.changed)
             data = {c: pushed(row.cells[c], self.kinds.get(c)) for c in columns}
             expected = {"data": data, "id": str(id_), "associations": []}
-            assert tag(e.payload) == tag(expected), (id_, e.payload, expected)
-            json.dumps(e.payload, allow_nan=False)  # strict JSON, as it goes on the wire
-            row.flight = Flight(e.entry, self.step, columns, e.payload)
+            assert tag(payload(e)) == tag(expected), (id_, payload(e), expected)
+            json.dumps(payload(e), allow_nan=False)  # strict JSON, as it goes on the wire
+            row.flight = Flight(e.entry, self.step, columns, payload(e))
         self.batch = batch
 
     @precondition(lambda self: self.batch is not None)
@@ -405,9 +406,9 @@ class CaptureMachine(RuleBasedStateMachine):
         self.step += 1
         assert self.batch is not None
         said: list[Said] = []
-        rest: list[OutboxEntry] = []
+        rest: list[PushItem] = []
         by_iid = {row.internal_id: id_ for id_, row in self.rows.items()}
-        for e in self.batch.entries:
+        for e in self.batch.items:
             what = data.draw(st.sampled_from(["confirm", "reject", "lost"]), label=f"{e.entry}")
             id_ = by_iid[e.internal_id]
             row = self.rows[id_]
@@ -432,7 +433,7 @@ class CaptureMachine(RuleBasedStateMachine):
         assert counts.confirmed == sum(s.rejected is None for s in said)
         assert counts.rejected == sum(s.rejected is not None for s in said)
         assert counts.merged == 0
-        self.batch = OutboxBatch(self.batch.tracking_id, rest, True) if rest else None
+        self.batch = OutboxBatch(self.batch.tracking_id, tuple(rest), True) if rest else None
 
     @precondition(lambda self: any(row.rejected for row in self.rows.values()))
     @rule()
@@ -590,8 +591,8 @@ async def _wide_run(edits: list[dict[int, SQLValue]]) -> None:
                 assert batch is None
                 return
             assert batch is not None
-            (entry,) = batch.entries
-            assert tag(entry.payload["data"]) == tag({c: cells[c] for c in changed})
+            (entry,) = batch.items
+            assert tag(payload(entry)["data"]) == tag({c: cells[c] for c in changed})
         finally:
             app.close()
             await replica.close()
@@ -632,9 +633,9 @@ async def test_unsendable_value_rejects_its_entry_alone(replica: Replica, value:
         app.execute("UPDATE contact SET score = 3 WHERE id = 2")
         batch = await replica.take_push_batch(source, 10)
         assert batch is not None
-        for e in batch.entries:
-            json.dumps(e.payload, allow_nan=False)  # what httpx sends
-        assert [e.payload["id"] for e in batch.entries] == ["2"]
+        for e in batch.items:
+            json.dumps(payload(e), allow_nan=False)  # what httpx sends
+        assert [payload(e)["id"] for e in batch.items] == ["2"]
         state = app.execute(
             "SELECT o.state FROM _replicad_outbox o JOIN contact c "
             "ON c._internal_id = o.internal_id WHERE c.id = 1"

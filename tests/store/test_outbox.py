@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from replicad.store import Association, PushSource, Replica
-from tests.store.conftest import TARGET, gone, page, up
+from tests.store.conftest import TARGET, gone, page, payload, up
 
 SOURCE = PushSource(sync="out", table="contact")
 
@@ -120,11 +120,11 @@ async def test_batch_payload_types_and_confirmation(
     app.execute("UPDATE contact SET vip = 0, tags = '[\"b\"]' WHERE id = 1")
     batch = await pushed.take_push_batch(SOURCE, 10)
     assert batch is not None and not batch.resend
-    insert, update = batch.entries
-    assert insert.payload == {
+    insert, update = batch.items
+    assert payload(insert) == {
         "data": {"name": "Cy", "vip": True, "tags": ["x"]}, "id": None, "associations": []
     }  # fmt: skip
-    assert update.payload["data"] == {"vip": False, "tags": ["b"]} and update.payload["id"] == "1"
+    assert payload(update)["data"] == {"vip": False, "tags": ["b"]} and payload(update)["id"] == "1"
     assert [e["state"] for e in outbox(app)] == ["in_flight", "in_flight"]
     counts = await pushed.record_push(
         "contact", [Said(insert.entry, id="77"), Said(update.entry, id="1")]
@@ -147,11 +147,11 @@ async def test_unconfirmed_batch_is_resent_identically(
     app.execute("UPDATE contact SET name = 'A3' WHERE id = 1")  # a new entry, not folded
     again = await pushed.take_push_batch(SOURCE, 10)
     assert first is not None and again is not None and again.resend
-    assert again.tracking_id == first.tracking_id and again.entries == first.entries
-    await pushed.record_push("contact", [Said(e.entry, id="1") for e in again.entries])
+    assert again.tracking_id == first.tracking_id and again.items == first.items
+    await pushed.record_push("contact", [Said(e.entry, id="1") for e in again.items])
     assert one(app, "SELECT _pending FROM contact WHERE id = 1") == 1
     newer = await pushed.take_push_batch(SOURCE, 10)
-    assert newer is not None and newer.entries[0].payload["data"] == {"name": "A3"}
+    assert newer is not None and payload(newer.items[0])["data"] == {"name": "A3"}
 
 
 async def test_rejection_keeps_edit_and_retry_requeues(
@@ -162,7 +162,7 @@ async def test_rejection_keeps_edit_and_retry_requeues(
     app.execute("UPDATE contact SET name = 'B2' WHERE id = 2")
     batch = await pushed.take_push_batch(SOURCE, 10)
     assert batch is not None
-    bad, good = batch.entries
+    bad, good = batch.items
     await pushed.record_push(
         "contact", [Said(bad.entry, rejected="email invalid"), Said(good.entry, id="2")]
     )
@@ -174,7 +174,7 @@ async def test_rejection_keeps_edit_and_retry_requeues(
     assert await pushed.take_push_batch(SOURCE, 10) is None
     assert await pushed.requeue_rejected(None) == 1
     again = await pushed.take_push_batch(SOURCE, 10)
-    assert again is not None and [e.entry for e in again.entries] == [bad.entry]
+    assert again is not None and [e.entry for e in again.items] == [bad.entry]
 
 
 async def test_pushed_create_pulled_first_merges_rows(
@@ -186,7 +186,7 @@ async def test_pushed_create_pulled_first_merges_rows(
     assert batch is not None
     await pushed.apply_page(TARGET, page(up("contact", 50, 3, name="Cy", email="cy@x", vip=False)))
     assert one(app, "SELECT count(*) FROM contact") == 4
-    counts = await pushed.record_push("contact", [Said(batch.entries[0].entry, id="50")])
+    counts = await pushed.record_push("contact", [Said(batch.items[0].entry, id="50")])
     assert counts.merged == 1
     rows = app.execute(
         "SELECT _internal_id, id, _revision, vip, _pending FROM contact WHERE id = 50"
@@ -267,7 +267,7 @@ async def test_associations_carry_the_other_row(replica: Replica) -> None:
     db.close()
     batch = await replica.take_push_batch(src, 10)
     assert batch is not None
-    (assoc,) = batch.entries[0].payload["associations"]
+    (assoc,) = payload(batch.items[0])["associations"]
     assert assoc["type"] == "crm-company" and assoc["id"] == "5"
     assert assoc["data"] == {"name": "Acme"} and len(assoc["internal_id"]) > 0
 
@@ -281,10 +281,10 @@ async def test_merge_keeps_edits_made_on_the_pulled_duplicate(
     assert batch is not None
     await pushed.apply_page(TARGET, page(up("contact", 77, 3, name="Cy", email="cy@x")))
     app.execute("UPDATE contact SET email = 'new@x' WHERE id = 77")
-    await pushed.record_push("contact", [Said(batch.entries[0].entry, id="77")])
+    await pushed.record_push("contact", [Said(batch.items[0].entry, id="77")])
     assert app.execute(
         "SELECT _internal_id, email, _pending FROM contact WHERE id = 77"
     ).fetchall() == [("local", "new@x", 1)]
     again = await pushed.take_push_batch(SOURCE, 10)
-    assert again is not None and again.entries[0].payload["data"] == {"email": "new@x"}
-    assert again.entries[0].payload["id"] == "77"
+    assert again is not None and payload(again.items[0])["data"] == {"email": "new@x"}
+    assert payload(again.items[0])["id"] == "77"
