@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from replicad.connectors.push_model import PushItem
 from replicad.connectors.pull_model import (
     BadItem,
     FailedObject,
@@ -17,6 +16,7 @@ from replicad.connectors.pull_model import (
     PageBatch,
     RecordChange,
 )
+from replicad.connectors.push_model import PushItem
 
 __all__ = [
     "ApplyResult",

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from replicad.store.local_edits import open_columns, settle_pending_flag
 from replicad.connectors.push_model import Associated, Op, PushItem
+from replicad.store.local_edits import open_columns, settle_pending_flag
 from replicad.store.model import OutboxBatch, Outcome, OutcomeCounts, PushSource
 from replicad.store.names import quote
 from replicad.store.schema import APPLICATION_ID
