@@ -495,14 +495,14 @@ class CaptureMachine(RuleBasedStateMachine):
         """(a) one open entry per row, (b) open fields = unconfirmed changes, states as modeled."""
         by_iid = {row.internal_id: row for row in self.rows.values()}
         seen: dict[str, dict[str, list[tuple[set[str], Any]]]] = {}
-        for _, tbl, iid, op, state, fields, payload, _ in self._outbox():
+        for _, tbl, iid, op, state, fields, stored, _ in self._outbox():
             assert tbl == "contact" and op == "update"
             if iid not in by_iid or state == "cancelled":
                 # Deleted remotely, or the remote won: no entry of it stays open.
                 assert state in ("confirmed", "cancelled"), (iid, state)
                 continue
             cols = set(json.loads(fields))
-            seen.setdefault(iid, {}).setdefault(state, []).append((cols, payload))
+            seen.setdefault(iid, {}).setdefault(state, []).append((cols, stored))
         for iid, row in by_iid.items():
             states = seen.get(iid, {})
             open_ = len(states.get("pending", [])) + len(states.get("rejected", []))
@@ -516,9 +516,9 @@ class CaptureMachine(RuleBasedStateMachine):
             if row.flight is None:
                 assert not flights
             else:
-                ((cols, payload),) = flights
+                ((cols, stored),) = flights
                 assert cols == set(row.flight.columns)
-                assert tag(json.loads(payload)) == tag(row.flight.payload)
+                assert tag(json.loads(stored)) == tag(row.flight.payload)
             waiting = states.get("rejected" if row.rejected else "pending", [])
             if row.rejected or row.pending():
                 assert [c for c, _ in waiting] == [row.waiting()]
