@@ -15,9 +15,17 @@ from urllib.parse import quote
 from replicad.connectors.errors import ConnectorError
 from replicad.connectors.push_model import PushBatch, PushItem, PushOutcome
 
-# Statuses that reject one record: retrying the same body will not help, and the next
-# item of the batch may still go through.
-REJECT_STATUS = frozenset({400, 404, 422})
+# 4xx answers to a write that refuse the record: retrying the same body will not help,
+# and the next item of the batch may still go through. 401/403 stop the batch (the
+# token), and 408/425/429 are retried.
+REJECT_STATUS = frozenset(range(400, 500)) - {401, 403, 408, 425, 429}
+
+# Answers to a lookup that say this server cannot list records by a field.
+NO_LOOKUP_STATUS = frozenset({404, 405})
+
+# Where a body may carry the tracking id's echo (the seed says only that it is
+# "reflected back in any API responses").
+ECHO_KEYS = ("tracking_id", "trackingId", "X-Tracking-ID")
 
 RETRY_HINT = "run `replicad retry` to post again"
 
@@ -68,6 +76,15 @@ def write_headers(
     return headers
 
 
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a 2xx answer to a write says: the outcome, and whether it echoed our
+    tracking id (False: no echo at all, which is legal but worth a warning)."""
+
+    outcome: PushOutcome
+    echoed: bool
+
+
 def parse_written(
     status: int,
     body: Any,
@@ -76,28 +93,41 @@ def parse_written(
     tracking_id: str,
     echoed: str | None,
     sync_id: str | None,
-) -> PushOutcome:
-    """A 200/201 answer: the record's id, checked against the echoed tracking id.
+) -> Written:
+    """A 2xx answer to a write: the destination accepted the record.
 
-    An answer whose ``X-Tracking-ID`` is not ours may belong to another request (a
-    confused proxy or cache): its id must not be recorded against this entry.
+    200/201 with the record give its id. A 202 or 204, a body that cannot be read or
+    a record without an id still mean accepted: the entry is confirmed without a
+    remote id (the pull, or the natural-key lookup, brings it later), and never sent
+    again, since CDM writes carry no idempotency key. The tracking echo may come as
+    the ``X-Tracking-ID`` header or in the body; one that names another request
+    means the answer is not ours (a confused proxy or cache): a protocol error.
     """
-    if status not in (200, 201):
+    if not 200 <= status < 300:
         raise CdmProtocolError(f"unexpected status {status} from a write")
-    if echoed != tracking_id:
-        got = "no X-Tracking-ID" if echoed is None else f"X-Tracking-ID {echoed[:80]!r}"
-        raise CdmProtocolError(f"write of {tracking_id} answered with {got}")
-    data = body.get("data") if isinstance(body, dict) else None
-    if not isinstance(data, dict):
-        raise CdmProtocolError(f"write of {tracking_id} answered without a data object")
-    rid = record_id(data.get("id"))
-    if rid is None:
-        raise CdmProtocolError(f"write of {tracking_id} answered without a record id")
-    return PushOutcome(entry, id=rid, sync_id=sync_id or None)
+    echo = echoed if echoed is not None else _body_echo(body)
+    if echo is not None and echo != tracking_id:
+        raise CdmProtocolError(f"write of {tracking_id} answered with X-Tracking-ID {echo[:80]!r}")
+    rid = None
+    if isinstance(body, dict):
+        data = body.get("data")
+        rid = record_id((data if isinstance(data, dict) else body).get("id"))
+    return Written(PushOutcome(entry, id=rid, sync_id=sync_id or None), echo is not None)
+
+
+def _body_echo(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return None
+    for where in (body, body.get("meta")):
+        if isinstance(where, dict):
+            for key in ECHO_KEYS:
+                if isinstance(where.get(key), str):
+                    return str(where[key])
+    return None
 
 
 def rejection(status: int, body: Any) -> str:
-    """The reason kept in the outbox for a 400/404/422 answer."""
+    """The reason kept in the outbox for a 4xx answer that refuses a record."""
     message = ""
     if isinstance(body, dict):
         if isinstance(body.get("message"), str):
@@ -113,14 +143,6 @@ def rejection(status: int, body: Any) -> str:
     if status == 422 and message:
         return message
     return f"HTTP {status}" + (f": {message}" if message else "")
-
-
-def error_message(status: int, body: Any) -> str:
-    """One line for an error that stops the batch (never echoes request headers)."""
-    detail = ""
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        detail = " ".join(body["message"].split())[:300]
-    return f"HTTP {status}" + (f" ({detail})" if detail else "")
 
 
 def natural_key(item: PushItem, field_name: str | None) -> NaturalKey | str:

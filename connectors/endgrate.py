@@ -1,21 +1,25 @@
-"""The Endgrate push client: one transfer per batch, then its returned data and errors.
+"""The Endgrate push client: one transfer per batch, then its returned data.
 
 A batch becomes one ``POST api/push/transfer`` whose ``transfer_data[i]`` is
 ``batch.items[i]``; the client then pages through ``api/push/data`` (polling while the
-transfer runs) and reads ``api/errors``, and maps both back to one outcome per item.
-Endgrate keys every record by ``internal_id`` within a session, so posting a transfer
-again — after a lost answer, or when the batch is resent — updates the same records
-and never duplicates them: every request here may simply be retried.
+transfer runs) and maps the rows back to one outcome per item, reading ``api/errors``
+only when some row has no id. Endgrate keys every record by ``internal_id`` within a
+session, so posting a transfer again (after a lost answer, or when the batch is
+resent) updates the same records and never duplicates them: every request here may
+simply be retried.
 
-Parsing lives in ``connectors.endgrate_protocol``; this module moves bytes, decides on
-retries, and never touches SQLite.
+Accepted is never rejected (``docs/push-wire.md``): only a 4xx answer to the transfer
+itself, or an error naming the item, rejects an entry. A failing follow-up read leaves
+the batch in flight, to be resent.
+
+Parsing lives in ``connectors.endgrate_protocol``; this module moves bytes through the
+shared exchange and never touches SQLite.
 """
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -27,40 +31,47 @@ from replicad.connectors.endgrate_protocol import (
     EndgrateProtocolError,
     ReturnedRow,
     TransferError,
+    accepted_without_data,
     data_params,
-    error_message,
     is_pending,
     next_offset,
     outcomes,
     parse_data_page,
     parse_errors,
     parse_transfer,
+    rows_all_have_ids,
     transfer_body,
 )
-from replicad.connectors.errors import AuthRefused, ConnectorError, RemoteRefused, RemoteUnreachable
-from replicad.connectors.http import HttpConnector, async_client
-from replicad.connectors.push_model import PushBatch, PushResult
+from replicad.connectors.errors import (
+    ConnectorError,
+    RemoteRefused,
+    RemoteUnreachable,
+    plain_message,
+)
+from replicad.connectors.exchange import Answer, ConnectorSettings, Exchange, HttpConnector
+from replicad.connectors.push_model import PushBatch, PushOutcome, PushResult
 from replicad.connectors.ratelimit import TokenBucket, parse_rate
-from replicad.connectors.retry import RETRYABLE_STATUS, RetryPolicy, checked_retry_after, next_wait
+
+# Statuses of api/errors that mean the server has no errors list (the seed names none;
+# Endgrate itself offers an error webhook).
+NO_ERRORS_LIST = (404, 405)
 
 log = structlog.get_logger("replicad.endgrate")
 
 
 @dataclass(slots=True)
-class EndgrateSettings:
+class EndgrateSettings(ConnectorSettings):
     """What an Endgrate push connection needs (built by the daemon from the config)."""
 
-    base_url: str
-    token: str = field(repr=False)
-    session_id: str
+    session_id: str = ""
     disable_upsert: bool = False
     sample_data: bool = False
     synchronous: bool = True
     page_limit: int = 100  # rows per api/push/data page (Endgrate allows 1..1000)
-    timeout: float = 30.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    rate_limit: str | None = None  # e.g. "600/m"; None sends without a client-side budget
     poll_interval: float = 0.5  # seconds between polls of a transfer still running
+    # Re-reads of the returned data while some row has no id and no error names it;
+    # after them such rows are confirmed without an id (they were accepted).
+    id_rereads: int = 2
 
     def __post_init__(self) -> None:
         if not 1 <= self.page_limit <= MAX_PAGE_LIMIT:
@@ -97,33 +108,82 @@ class EndgrateClient(HttpConnector):
         self.settings = settings
         self.bucket = TokenBucket(parse_rate(settings.rate_limit)) if settings.rate_limit else None
         self.stats = EndgrateStats()
-        self._rng = rng or random.Random()
-        self._http = async_client(settings.base_url, settings.token, settings.timeout, transport)
+        self._exchange = Exchange(
+            settings,
+            self.stats,
+            transport=transport,
+            bucket=self.bucket,
+            rng=rng,
+            auth_hint="token rejected or not allowed to push",
+        )
 
     async def push(self, batch: PushBatch) -> PushResult:
-        """Send a batch as one transfer; remote failures go to ``PushResult.error``.
-
-        Outcomes come all at once or not at all: until both the returned data and the
-        errors have been read, no item is known to be written, so all stay in flight.
-        """
+        """Send a batch as one transfer; remote failures go to ``PushResult.error``."""
         if not batch.items:
             return PushResult()
         try:
-            transfer_id = await self._transfer(batch)
-            rows = await self._returned_rows(batch, transfer_id)
-            errors = await self._errors(batch, transfer_id)
-            result = outcomes(
-                batch, transfer_id, rows, errors, sample_data=self.settings.sample_data
+            answer = await self._request("POST", "/api/push/transfer", "push/transfer", batch,
+                                         json_body=self._transfer_body(batch))  # fmt: skip
+        except RemoteRefused as e:
+            # A 4xx to the transfer itself: the destination refused these items.
+            reason = f"refused by the destination: {e}"
+            return self._done(
+                batch, None, [PushOutcome(i.entry, rejected=reason) for i in batch.items]
             )
         except ConnectorError as e:
-            log.warning(
-                "push.failed",
-                tracking_id=batch.tracking_id,
-                error=type(e).__name__,
-                message=str(e),
+            return self._failed(batch, e)
+        transfer_id = parse_transfer(answer.status, answer.json())
+        if transfer_id is None:
+            log.warning("push.no_transfer_id", tracking_id=batch.tracking_id, status=answer.status)
+            return self._done(batch, None, accepted_without_data(batch))
+        try:
+            result = await self._outcomes(batch, transfer_id)
+        except ConnectorError as e:
+            return self._failed(batch, e)
+        return self._done(batch, transfer_id, result)
+
+    def _transfer_body(self, batch: PushBatch) -> dict[str, Any]:
+        s = self.settings
+        self.stats.transfer += 1
+        return transfer_body(
+            batch,
+            session_id=s.session_id,
+            synchronous=s.synchronous,
+            disable_upsert=s.disable_upsert,
+            sample_data=s.sample_data,
+        )
+
+    async def _outcomes(self, batch: PushBatch, transfer_id: str) -> list[PushOutcome]:
+        """Read the transfer's results until every item has an outcome.
+
+        The errors list is read only when some row has no id. Rows without an id that
+        no error names are read again a bounded number of times, then confirmed without
+        an id, with a warning: the transfer was accepted, and the pull (or a later
+        read) brings the id.
+        """
+        s = self.settings
+        for attempt in range(s.id_rereads + 1):
+            rows = await self._returned_rows(batch, transfer_id)
+            if rows_all_have_ids(rows, len(batch.items)):
+                return outcomes(
+                    batch, transfer_id, rows, (), sample_data=False, final=True
+                ).outcomes
+            errors = await self._errors(batch, transfer_id)
+            final = attempt == s.id_rereads
+            done = outcomes(
+                batch, transfer_id, rows, errors, sample_data=s.sample_data, final=final
             )
-            return PushResult(error=e)
+            if not done.unresolved:
+                return done.outcomes
+            log.info("push.ids_pending", tracking_id=batch.tracking_id, rows=len(done.unresolved))
+            await anyio.sleep(s.poll_interval * 2**attempt)
+        raise AssertionError("unreachable: the last re-read is final")  # pragma: no cover
+
+    def _done(
+        self, batch: PushBatch, transfer_id: str | None, result: list[PushOutcome]
+    ) -> PushResult:
         rejected = sum(1 for o in result if not o.confirmed)
+        without_id = sum(1 for o in result if o.confirmed and o.id is None)
         log.info(
             "push.done",
             tracking_id=batch.tracking_id,
@@ -131,22 +191,23 @@ class EndgrateClient(HttpConnector):
             items=len(result),
             rejected=rejected,
         )
+        if without_id and not self.settings.sample_data:
+            log.warning(
+                "push.confirmed_without_id",
+                tracking_id=batch.tracking_id,
+                transfer_id=transfer_id,
+                items=without_id,
+            )
         return PushResult(result)
 
-    async def _transfer(self, batch: PushBatch) -> str:
-        s = self.settings
-        body = transfer_body(
-            batch,
-            session_id=s.session_id,
-            synchronous=s.synchronous,
-            disable_upsert=s.disable_upsert,
-            sample_data=s.sample_data,
+    def _failed(self, batch: PushBatch, error: ConnectorError) -> PushResult:
+        log.warning(
+            "push.failed",
+            tracking_id=batch.tracking_id,
+            error=type(error).__name__,
+            message=str(error),
         )
-        self.stats.transfer += 1
-        status, answer = await self._request(
-            "POST", "/api/push/transfer", "push/transfer", batch.tracking_id, json_body=body
-        )
-        return parse_transfer(status, answer)
+        return PushResult(error=error)
 
     async def _returned_rows(self, batch: PushBatch, transfer_id: str) -> list[ReturnedRow]:
         """Page through api/push/data, polling while the transfer has not completed.
@@ -162,15 +223,17 @@ class EndgrateClient(HttpConnector):
         deadline = anyio.current_time() + s.retry.max_retry_after
         while offset is not None:
             self.stats.data += 1
-            status, body = await self._request(
+            answer = await self._request(
                 "GET",
                 "/api/push/data",
                 "push/data",
-                batch.tracking_id,
+                batch,
                 params=data_params(transfer_id, s.page_limit, offset),
-                passthrough=(400,),
+                accept=(400,),
+                json_required=True,
             )
-            if is_pending(status, body):
+            body = answer.json()
+            if is_pending(answer.status, body):
                 if rows:
                     raise EndgrateProtocolError("push/data went back to pending mid-way")
                 if anyio.current_time() + s.poll_interval > deadline:
@@ -181,93 +244,54 @@ class EndgrateClient(HttpConnector):
                 log.debug("push.pending", tracking_id=batch.tracking_id, transfer_id=transfer_id)
                 await anyio.sleep(s.poll_interval)
                 continue
-            if status == 400:
-                raise RemoteRefused(f"push/data: {error_message(status, body)}")
-            page = parse_data_page(status, body)
+            if answer.status == 400:
+                raise RemoteRefused(
+                    self._exchange.redact(f"push/data: {plain_message(answer.status, body)}")
+                )
+            page = parse_data_page(answer.status, body)
             next_at = next_offset(page, expected=expected, offset=offset)
             rows.extend(page.rows)
             offset = next_at
         return rows
 
-    async def _errors(self, batch: PushBatch, transfer_id: str) -> list[TransferError]:
+    async def _errors(self, batch: PushBatch, transfer_id: str) -> list[TransferError] | None:
+        """The transfer's errors; None when the server has no errors list."""
         self.stats.errors += 1
-        status, body = await self._request(
-            "GET", "/api/errors", "errors", batch.tracking_id, params={"transfer_id": transfer_id}
+        answer = await self._request(
+            "GET",
+            "/api/errors",
+            "errors",
+            batch,
+            params={"transfer_id": transfer_id},
+            accept=NO_ERRORS_LIST,
+            json_required=True,
         )
-        return parse_errors(status, body)
+        if answer.status in NO_ERRORS_LIST:
+            return None
+        return parse_errors(answer.status, answer.json())
 
     async def _request(
         self,
         method: str,
         path: str,
         what: str,
-        tracking_id: str,
+        batch: PushBatch,
         *,
         json_body: Any = None,
         params: dict[str, str | int] | None = None,
-        passthrough: tuple[int, ...] = (),
-    ) -> tuple[int, Any]:
-        """One request with bounded retries; 2xx and ``passthrough`` statuses return.
+        accept: tuple[int, ...] = (),
+        json_required: bool = False,
+    ) -> Answer:
+        """One request through the exchange, with the batch's tracking id.
 
         Every Endgrate request is idempotent (a transfer is keyed by internal_id), so
         an answer lost after the request may have arrived is simply retried.
         """
-        policy = self.settings.retry
-        headers = {"X-Tracking-ID": tracking_id}
-        attempt = 0
-        while True:
-            if self.bucket is not None:
-                await self.bucket.acquire()
-            delay: float | None = None
-            try:
-                resp = await self._http.request(
-                    method, path, json=json_body, params=params, headers=headers
-                )
-                content = resp.content
-            except (httpx.TransportError, httpx.DecodingError) as e:
-                reason = type(e).__name__
-            else:
-                status = resp.status_code
-                body = _decode(content)
-                if status in (401, 403):
-                    raise AuthRefused(
-                        self._safe(
-                            f"{what}: token rejected or not allowed to push "
-                            f"({error_message(status, body)})"
-                        )
-                    )
-                if status < 300 or status in passthrough:
-                    if status < 300 and body is None:
-                        raise EndgrateProtocolError(f"{what} answered HTTP {status} without JSON")
-                    return status, body
-                if status not in RETRYABLE_STATUS:
-                    raise RemoteRefused(self._safe(f"{what}: {error_message(status, body)}"))
-                reason = f"HTTP {status}"
-                delay = checked_retry_after(resp.headers.get("Retry-After"), policy, what)
-            attempt += 1
-            wait = next_wait(policy, attempt, delay, self._rng, what, reason)
-            self.stats.retries += 1
-            log.warning(
-                "push.retry",
-                request=what,
-                tracking_id=tracking_id,
-                reason=reason,
-                attempt=attempt,
-                wait=wait,
-            )
-            await anyio.sleep(wait)
-
-    def _safe(self, message: str) -> str:
-        # Server messages are echoed into errors; a server that echoes the
-        # Authorization header must not get the token into logs or the status page.
-        return message.replace(self.settings.token, "***") if self.settings.token else message
-
-
-def _decode(content: bytes) -> Any:
-    try:
-        return json.loads(content) if content else None
-    except ValueError:
-        return None
+        request = self._exchange.http.build_request(
+            method, path, json=json_body, params=params,
+            headers={"X-Tracking-ID": batch.tracking_id},
+        )  # fmt: skip
+        return await self._exchange.send(request, what, accept=accept, json_required=json_required)
 
 
 __all__ = ["EndgrateClient", "EndgrateProtocolError", "EndgrateSettings", "EndgrateStats"]

@@ -36,7 +36,7 @@ class ReturnedRow:
 class DataPage:
     """One 200 answer of ``api/push/data``."""
 
-    count: int  # the total number of rows of the transfer
+    count: int | None  # the total number of rows of the transfer, when given
     rows: tuple[ReturnedRow, ...]
     has_next: bool
 
@@ -107,14 +107,6 @@ def data_params(transfer_id: str, limit: int, offset: int) -> dict[str, str | in
 # --- answers --------------------------------------------------------------------------
 
 
-def error_message(status: int, body: Any) -> str:
-    """One line from Endgrate's ``{"success": false, "message": …}`` envelope."""
-    detail = ""
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        detail = " ".join(body["message"].split())[:300]
-    return f"HTTP {status}" + (f" ({detail})" if detail else "")
-
-
 def is_pending(status: int, body: Any) -> bool:
     """Whether ``api/push/data`` says the transfer is still running (poll again)."""
     if status != 400 or not isinstance(body, dict):
@@ -123,54 +115,67 @@ def is_pending(status: int, body: Any) -> bool:
     return isinstance(message, str) and NOT_COMPLETED in message.lower()
 
 
-def parse_transfer(status: int, body: Any) -> str:
-    """The transfer id of a successful ``POST api/push/transfer``."""
-    _expect_success(status, body, "push/transfer")
-    tid = body.get("transfer_id")
-    if not isinstance(tid, str) or not tid.strip():
-        raise EndgrateProtocolError("push/transfer answered without a transfer_id")
-    return tid
+def parse_transfer(status: int, body: Any) -> str | None:
+    """The transfer id of an accepted ``POST api/push/transfer``, if the answer names one.
+
+    Any 2xx is an accepted transfer (the seed fixes neither the status nor the body):
+    without a transfer id there is simply no returned data to read.
+    """
+    if not 200 <= status < 300:
+        raise EndgrateProtocolError(f"unexpected status {status} from push/transfer")
+    tid = body.get("transfer_id") if isinstance(body, dict) else None
+    if _is_int(tid):
+        return str(tid)
+    return tid if isinstance(tid, str) and tid.strip() else None
 
 
 def parse_data_page(status: int, body: Any) -> DataPage:
-    """One page of returned data; every row must carry an ``id`` (possibly null)."""
+    """One page of returned data: ``transfer_data`` rows in push order.
+
+    Tolerant where the seed is silent: any 2xx; ``success`` may be absent (but not
+    false); ``meta`` and ``meta.count`` may be absent; ``meta.next`` may be a link, a
+    number (an offset) or null; a row without ``id`` has none.
+    """
     _expect_success(status, body, "push/data")
     meta = body.get("meta")
+    if meta is None:
+        meta = {}
     if not isinstance(meta, dict):
-        raise EndgrateProtocolError("push/data answered without meta")
+        raise EndgrateProtocolError("push/data meta is not an object")
     count = meta.get("count")
-    if not _is_int(count) or count < 0:
+    if count is not None and (not _is_int(count) or count < 0):
         raise EndgrateProtocolError("push/data meta.count is not a count")
     nxt = meta.get("next")
-    if nxt is not None and not isinstance(nxt, str):
-        raise EndgrateProtocolError("push/data meta.next is neither a link nor null")
+    if nxt is not None and not (isinstance(nxt, str) or _is_int(nxt)):
+        raise EndgrateProtocolError("push/data meta.next is neither a link, a number nor null")
     raw = body.get("transfer_data")
     if not isinstance(raw, list):
         raise EndgrateProtocolError("push/data answered without a transfer_data array")
     rows: list[ReturnedRow] = []
     for n, row in enumerate(raw):
-        if not isinstance(row, dict) or "id" not in row:
-            raise EndgrateProtocolError(f"push/data row {n} has no id")
-        if "data" in row and not isinstance(row["data"], dict):
+        if not isinstance(row, dict):
+            raise EndgrateProtocolError(f"push/data row {n} is not an object")
+        if "data" in row and row["data"] is not None and not isinstance(row["data"], dict):
             raise EndgrateProtocolError(f"push/data row {n} data is not an object")
-        rows.append(ReturnedRow(_remote_id(row["id"], f"push/data row {n}")))
-    return DataPage(count, tuple(rows), nxt is not None)
+        rows.append(ReturnedRow(_remote_id(row.get("id"), f"push/data row {n}")))
+    return DataPage(count, tuple(rows), nxt is not None and nxt != "")
 
 
 def next_offset(page: DataPage, *, expected: int, offset: int) -> int | None:
     """Where the next page starts (None after the last), checking the paging adds up.
 
     Offsets are computed here rather than taken from ``meta.next``: following a link
-    the server chose could send the Bearer token to another host.
+    the server chose could send the Bearer token to another host, and a number may be
+    an offset or a page number.
     """
-    if page.count != expected:
+    if page.count is not None and page.count != expected:
         raise EndgrateProtocolError(
             f"push/data reports {page.count} rows for a transfer of {expected} items"
         )
     end = offset + len(page.rows)
     if end > expected:
         raise EndgrateProtocolError("push/data returned more rows than were pushed")
-    if not page.has_next:
+    if not page.has_next or end == expected:
         if end != expected:
             raise EndgrateProtocolError(
                 f"push/data ended after {end} rows for a transfer of {expected} items"
@@ -210,40 +215,68 @@ def parse_errors(status: int, body: Any) -> list[TransferError]:
     return out
 
 
+def rows_all_have_ids(rows: Sequence[ReturnedRow], expected: int) -> bool:
+    """Whether every pushed item came back with its remote id: then each was written,
+    and the errors list need not be read."""
+    return len(rows) == expected and all(row.id is not None for row in rows)
+
+
+@dataclass(slots=True)
+class Outcomes:
+    """The outcomes of a transfer, and the items still without an answer.
+
+    ``unresolved`` lists positions whose row has no id and that no error names: the
+    destination accepted them (the transfer did), but their id may come on a re-read.
+    """
+
+    outcomes: list[PushOutcome]
+    unresolved: list[int]
+
+
 def outcomes(
     batch: PushBatch,
     transfer_id: str,
     rows: Sequence[ReturnedRow],
-    errors: Sequence[TransferError],
+    errors: Sequence[TransferError] | None,
     *,
     sample_data: bool,
-) -> list[PushOutcome]:
-    """One outcome per item, in push order: rejected if listed in errors, else confirmed."""
+    final: bool,
+) -> Outcomes:
+    """One outcome per item, in push order.
+
+    An item is rejected only when the errors list names it: that is the only explicit
+    refusal of an item. Every other item was accepted: confirmed with its id, or (no
+    id: the destination returns none, or ``errors`` is None because the server has no
+    errors list) confirmed without one once ``final``, and left unresolved before.
+    """
     items = batch.items
     if len(rows) != len(items):
         raise EndgrateProtocolError(
             f"push/data returned {len(rows)} rows for a transfer of {len(items)} items"
         )
     reasons: dict[int, list[str]] = {}
-    for err in errors:
+    for err in errors or ():
         for i in _error_positions(items, err):
             reasons.setdefault(i, []).append(err.reason)
     out: list[PushOutcome] = []
+    unresolved: list[int] = []
     for i, (item, row) in enumerate(zip(items, rows, strict=True)):
         if i in reasons:
             out.append(
                 PushOutcome(item.entry, rejected="; ".join(reasons[i]), transfer_id=transfer_id)
             )
-        elif row.id is None and not sample_data:
-            # A failed row is listed by api/errors; a null id with no error would be
-            # confirmed without ever having been written. Leave it in flight instead.
-            raise EndgrateProtocolError(
-                f"push/data row {i} has no id and api/errors does not list it"
-            )
-        else:
+        elif sample_data or row.id is not None or final:
             rid = None if sample_data else row.id
             out.append(PushOutcome(item.entry, id=rid, transfer_id=transfer_id))
-    return out
+        else:
+            unresolved.append(i)
+    return Outcomes(out, unresolved)
+
+
+def accepted_without_data(batch: PushBatch) -> list[PushOutcome]:
+    """Outcomes of a transfer accepted without a transfer id: every item confirmed,
+    without a remote id (the pull brings the records)."""
+    return [PushOutcome(item.entry) for item in batch.items]
 
 
 def _error_positions(items: Sequence[PushItem], err: TransferError) -> list[int]:
@@ -273,10 +306,12 @@ def _ids_of(item: PushItem) -> set[str]:
 
 
 def _expect_success(status: int, body: Any, what: str) -> None:
-    if status != 200:
+    if not 200 <= status < 300:
         raise EndgrateProtocolError(f"unexpected status {status} from {what}")
-    if not isinstance(body, dict) or body.get("success") is not True:
-        raise EndgrateProtocolError(f"{what} answered without success: true")
+    if not isinstance(body, dict):
+        raise EndgrateProtocolError(f"{what} answered without a JSON object")
+    if body.get("success") is False:
+        raise EndgrateProtocolError(f"{what} answered success: false")
 
 
 def _is_int(value: Any) -> TypeGuard[int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ConnectorError(RuntimeError):
     """A remote exchange failed; the message is one line, safe to show."""
@@ -17,3 +19,11 @@ class RemoteRefused(ConnectorError):
 
 class RemoteUnreachable(ConnectorError):
     """Network errors or server failures outlasted the bounded retries."""
+
+
+def plain_message(status: int, body: Any) -> str:
+    """One line from a ``{"message": …}`` error body (the push destinations' envelope)."""
+    detail = ""
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        detail = " ".join(body["message"].split())[:300]
+    return f"HTTP {status}" + (f" ({detail})" if detail else "")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ssl
-from types import TracebackType
-from typing import Self
 
 import httpx
 
@@ -45,24 +43,3 @@ def async_client(
         verify=tls_verification(base_url),
         follow_redirects=False,
     )
-
-
-class HttpConnector:
-    """Base of the clients: an async context manager closing its ``_http`` pool."""
-
-    _http: httpx.AsyncClient
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()

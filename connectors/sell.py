@@ -7,19 +7,15 @@ budget, bounded retries with jittered backoff and ``Retry-After``. Parsing lives
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import httpx
 import structlog
 
-from replicad.connectors.errors import AuthRefused, RemoteRefused
-from replicad.connectors.http import HttpConnector, async_client
+from replicad.connectors.exchange import Answer, ConnectorSettings, Exchange, HttpConnector
 from replicad.connectors.ratelimit import SELL_DEFAULT, TokenBucket, parse_rate
-from replicad.connectors.retry import RETRYABLE_STATUS, RetryPolicy, checked_retry_after, next_wait
 from replicad.connectors.sell_protocol import (
     ProtocolError,
     SyncSession,
@@ -32,15 +28,11 @@ log = structlog.get_logger("replicad.sell")
 
 
 @dataclass(slots=True)
-class SellSettings:
+class SellSettings(ConnectorSettings):
     """What a Sell connection needs (built by the daemon from the config)."""
 
-    base_url: str
-    token: str = field(repr=False)
-    device_uuid: str
-    rate_limit: str = SELL_DEFAULT
-    timeout: float = 30.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    device_uuid: str = ""
+    rate_limit: str | None = SELL_DEFAULT
 
 
 @dataclass(slots=True)
@@ -70,27 +62,30 @@ class SellClient(HttpConnector):
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
-        self.bucket = bucket or TokenBucket(parse_rate(settings.rate_limit))
+        self.bucket = bucket or TokenBucket(parse_rate(settings.rate_limit or SELL_DEFAULT))
         self.stats = RequestStats()
-        self._rng = rng or random.Random()
         self._queue_request: tuple[str, httpx.Request] | None = None
-        self._http = async_client(
-            settings.base_url.rstrip("/") + "/v2",
-            settings.token,
-            settings.timeout,
-            transport,
-            {"X-Basecrm-Device-UUID": settings.device_uuid},
+        self._exchange = Exchange(
+            settings,
+            self.stats,
+            path="/v2",
+            headers={"X-Basecrm-Device-UUID": settings.device_uuid},
+            transport=transport,
+            bucket=self.bucket,
+            rng=rng,
+            describe=error_message,
+            auth_hint="token rejected or missing the sync scope",
         )
 
     async def check_credentials(self) -> None:
         """Ask who the token belongs to (read-only); raises AuthRefused if refused."""
-        await self._request("GET", "/users/self", "credentials check")
+        await self._send("GET", "/users/self", "credentials check")
 
     async def start(self) -> SyncSession | None:
         """Start a session; None when there is nothing new (204)."""
         self.stats.start += 1
-        status, body, _ = await self._request("POST", "/sync/start", "start")
-        return parse_start(status, body)
+        answer = await self._send("POST", "/sync/start", "start", json_required=True)
+        return parse_start(answer.status, answer.json())
 
     async def fetch(self, session_id: str) -> tuple[bytes | None, bool]:
         """Next page of the main queue as its undecoded body, None at the end (204).
@@ -105,82 +100,33 @@ class SellClient(HttpConnector):
             # The same GET for every page of a session: built once, because building
             # (URL parsing, header merging) costs about as much as a third of sending.
             # It carries no cookies set later; the Sync API authenticates by token.
-            request = self._http.build_request("GET", f"/sync/{session_id}/queues/main")
+            request = self._exchange.http.build_request("GET", f"/sync/{session_id}/queues/main")
             self._queue_request = (session_id, request)
         self.stats.fetch += 1
-        status, content, lossy = await self._send(self._queue_request[1], "fetch", decode=False)
-        if status == 204:
-            return None, lossy
-        if status != 200:
-            raise ProtocolError(f"unexpected status {status} from the main queue")
-        return content, lossy
+        answer = await self._exchange.send(self._queue_request[1], "fetch")
+        if answer.status == 204:
+            return None, answer.lossy
+        if answer.status != 200:
+            raise ProtocolError(f"unexpected status {answer.status} from the main queue")
+        return answer.content, answer.lossy
 
     async def ack(self, keys: list[str]) -> None:
-        """Acknowledge committed items."""
+        """Acknowledge committed items: any 2xx is success, whatever its body (the
+        reference shows none)."""
         self.stats.ack += 1
-        await self._request("POST", "/sync/ack", "ack", json_body=ack_body(keys))
-
-    async def _request(
-        self, method: str, path: str, what: str, json_body: Any = None
-    ) -> tuple[int, Any, bool]:
-        return await self._send(self._http.build_request(method, path, json=json_body), what)
+        await self._send("POST", "/sync/ack", "ack", json_body=ack_body(keys))
 
     async def _send(
-        self, request: httpx.Request, what: str, *, decode: bool = True
-    ) -> tuple[int, Any, bool]:
-        """Send with the rate limit, retries and backoff; (status, body decoded from
-        JSON (or its bytes, with ``decode=False``), whether a retry followed a failure
-        that may have reached the server)."""
-        policy = self.settings.retry
-        attempt = 0
-        lossy = False
-        while True:
-            await self.bucket.acquire()
-            delay: float | None = None
-            reason = ""
-            try:
-                resp = await self._http.send(request)
-                content = resp.content
-            except (httpx.TransportError, httpx.DecodingError) as e:
-                # The request may have reached the server: for a queue fetch, the page
-                # it asked for may be gone from this session.
-                lossy = True
-                reason = type(e).__name__
-            else:
-                status = resp.status_code
-                if status in (401, 403):
-                    raise AuthRefused(
-                        f"{what}: token rejected or missing the sync scope "
-                        f"({error_message(status, _decode(content))})"
-                    )
-                if status < 300:
-                    if not decode:
-                        return status, content, lossy
-                    if status == 204 or not content:
-                        return status, None, lossy
-                    try:
-                        return status, json.loads(content), lossy
-                    except ValueError:
-                        lossy = True
-                        reason = "malformed JSON body"
-                elif status in RETRYABLE_STATUS:
-                    lossy = lossy or status >= 500
-                    reason = f"HTTP {status}"
-                    delay = checked_retry_after(resp.headers.get("Retry-After"), policy, what)
-                else:
-                    raise RemoteRefused(f"{what}: {error_message(status, _decode(content))}")
-            attempt += 1
-            wait = next_wait(policy, attempt, delay, self._rng, what, reason)
-            self.stats.retries += 1
-            log.warning("http.retry", request=what, reason=reason, attempt=attempt, wait=wait)
-            await anyio.sleep(wait)
-
-
-def _decode(content: bytes) -> Any:
-    try:
-        return json.loads(content)
-    except ValueError:
-        return None
+        self,
+        method: str,
+        path: str,
+        what: str,
+        json_body: Any = None,
+        *,
+        json_required: bool = False,
+    ) -> Answer:
+        request = self._exchange.http.build_request(method, path, json=json_body)
+        return await self._exchange.send(request, what, json_required=json_required)
 
 
 __all__ = ["ProtocolError", "SellClient", "SellSettings", "SyncSession"]

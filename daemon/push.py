@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import anyio
 import structlog
 
-from replicad.connectors.errors import ConnectorError, RemoteRefused
-from replicad.connectors.push_model import PushBatch, PushConnector, PushOutcome
+from replicad.connectors.errors import ConnectorError
+from replicad.connectors.push_model import PushBatch, PushConnector
 from replicad.daemon.config import Sync
 from replicad.daemon.cycle_status import recorded_cycle
 from replicad.store import Association, OutboxBatch, PushSource, Replica
@@ -59,7 +59,9 @@ async def push_cycle(
     """Push the sync's outbox until it is empty; raises the destination's failure.
 
     Outcomes received before a failure are recorded first: a rejection or a
-    confirmation is never lost to a later error.
+    confirmation is never lost to a later error. Only the connector rejects entries
+    (an explicit refusal of the item); a failure without outcomes leaves the batch in
+    flight, to be resent with the same tracking id and internal ids.
     """
     report = PushReport()
     source = push_source(sync)
@@ -68,16 +70,6 @@ async def push_cycle(
         while (batch := await replica.take_push_batch(source, sync.batch_size)) is not None:
             wire = to_wire(batch, sync.object)
             result = await connector.push(wire)
-            if isinstance(result.error, RemoteRefused):
-                # The destination refused the request as a whole (a 4xx): sending the
-                # same batch again cannot help, and it would block every entry behind.
-                answered = {o.entry for o in result.outcomes}
-                reason = f"refused by the destination: {result.error}"
-                result.outcomes.extend(
-                    PushOutcome(item.entry, rejected=reason)
-                    for item in wire.items
-                    if item.entry not in answered
-                )
             # Outcomes received are recorded even if the daemon is stopping: dropping a
             # confirmation would resend (and for CDM, re-check) an entry that arrived.
             with anyio.CancelScope(shield=True):

@@ -12,7 +12,7 @@ import pytest
 
 from replicad.connectors.cdm import CdmClient, CdmSettings
 from replicad.connectors.cdm_protocol import CdmProtocolError, rejection, write_body
-from replicad.connectors.errors import AuthRefused, RemoteRefused, RemoteUnreachable
+from replicad.connectors.errors import AuthRefused, RemoteUnreachable
 from replicad.connectors.push_model import Op, PushBatch, PushConnector, PushItem
 from replicad.connectors.retry import RetryPolicy
 
@@ -326,13 +326,14 @@ async def test_auth_refused_keeps_outcomes_so_far(status: int) -> None:
     assert TOKEN not in repr(settings)
 
 
-async def test_other_4xx_stops_the_batch() -> None:
-    """A 409 is neither a per-record rejection nor retryable: RemoteRefused stops the batch."""
+async def test_any_4xx_to_a_write_rejects_that_record_only() -> None:
+    """A 4xx answer to the write itself (here a 409) refuses that record; the next item
+    still goes."""
     server = FakeCdm(faults=[409])
     async with make(server) as c:
         result = await c.push(batch(item(1), item(2)))
-    assert isinstance(result.error, RemoteRefused) and result.outcomes == []
-    assert "busy" in str(result.error) and len(server.requests) == 1
+    assert result.error is None
+    assert result.outcomes[0].rejected == "HTTP 409: busy" and result.outcomes[1].confirmed
 
 
 @pytest.mark.parametrize(
@@ -340,11 +341,56 @@ async def test_other_4xx_stops_the_batch() -> None:
     [
         httpx.Response(201, headers={"X-Tracking-ID": "trk-9.1"}, json={"data": {"name": "x"}}),
         httpx.Response(201, headers={"X-Tracking-ID": "trk-9.1"}, content=b"{"),
-        httpx.Response(201, json={"data": {"id": 1}}),
+        httpx.Response(202),
+        httpx.Response(204),
+        httpx.Response(202, json={"status": "queued"}),
     ],
 )
-async def test_malformed_write_answer_is_an_error(answer: httpx.Response) -> None:
-    """A 2xx without a record id or without the tracking echo stops with a protocol error."""
+async def test_accepted_write_without_record_is_confirmed_without_id(
+    answer: httpx.Response,
+) -> None:
+    """202/204, or a 2xx whose body cannot be read or has no id, mean accepted: the
+    entry is confirmed without a remote id and never posted again."""
+    requests: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        requests.append(req)
+        return answer
+
+    settings = CdmSettings("https://cdm.test", TOKEN, retry=FAST)
+    async with CdmClient(settings, transport=httpx.MockTransport(handler)) as c:
+        result = await c.push(batch(item(1)))
+    assert result.error is None and len(requests) == 1
+    assert [(o.confirmed, o.id) for o in result.outcomes] == [(True, None)]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(201, json={"data": {"id": 7}}),
+        httpx.Response(201, json={"data": {"id": 7}, "tracking_id": "trk-9.1"}),
+        httpx.Response(200, json={"id": 7, "meta": {"tracking_id": "trk-9.1"}}),
+    ],
+)
+async def test_tracking_echo_may_be_absent_or_in_the_body(answer: httpx.Response) -> None:
+    """The echo may come as a header or in the body; without one the write still counts
+    (a warning is logged once per connection)."""
+    settings = CdmSettings("https://cdm.test", TOKEN, retry=FAST)
+    async with CdmClient(settings, transport=httpx.MockTransport(lambda r: answer)) as c:
+        result = await c.push(batch(item(1)))
+    assert result.error is None and [o.id for o in result.outcomes] == ["7"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(201, headers={"X-Tracking-ID": "other.1"}, json={"data": {"id": 1}}),
+        httpx.Response(201, json={"data": {"id": 1}, "tracking_id": "other.1"}),
+    ],
+)
+async def test_echo_of_another_tracking_id_is_a_protocol_error(answer: httpx.Response) -> None:
+    """An answer echoing another request's tracking id is not ours: a protocol error,
+    the entry stays in flight."""
     settings = CdmSettings("https://cdm.test", TOKEN, retry=FAST)
     async with CdmClient(settings, transport=httpx.MockTransport(lambda r: answer)) as c:
         result = await c.push(batch(item(1)))

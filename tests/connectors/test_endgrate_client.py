@@ -18,7 +18,7 @@ from replicad.connectors.endgrate_protocol import (
     next_offset,
     parse_errors,
 )
-from replicad.connectors.errors import AuthRefused, RemoteRefused, RemoteUnreachable
+from replicad.connectors.errors import AuthRefused, RemoteUnreachable
 from replicad.connectors.push_model import Associated, PushBatch, PushConnector, PushItem
 from replicad.connectors.retry import RetryPolicy
 
@@ -121,7 +121,8 @@ async def test_transfer_shape_and_headers_on_every_request() -> None:
     async with make(server, disable_upsert=True) as c:
         result = await c.push(batch(item(1, associations=assocs), item(2, rid="1000042")))
     assert result.error is None
-    assert server.paths() == ["/api/push/transfer", "/api/push/data", "/api/errors"]
+    # Every row came back with an id: the errors list is not read.
+    assert server.paths() == ["/api/push/transfer", "/api/push/data"]
     for req in server.requests:
         assert req.headers["Authorization"] == f"Bearer {TOKEN}"
         assert req.headers["X-Tracking-ID"] == "trk-1"
@@ -199,7 +200,7 @@ async def test_errors_become_rejections_by_index() -> None:
 
 async def test_errors_by_internal_id_of_an_association() -> None:
     """An error naming an associated record's internal_id rejects the item carrying it."""
-    server = FakeEndgrate(error_by="internal_id")
+    server = FakeEndgrate(error_by="internal_id", invalid={"int-2"})
     assoc = Associated("crm-company", "co-9", {"name": "X"})
     errors = {
         "success": True,
@@ -232,7 +233,7 @@ async def test_429_retry_after_then_success() -> None:
     server = FakeEndgrate(faults=[httpx.Response(429, headers={"Retry-After": "0"})])
     async with make(server) as c:
         result = await c.push(batch(item(1)))
-        assert c.stats.retries == 1 and c.stats.transfer == 1 and c.stats.total == 4
+        assert c.stats.retries == 1 and c.stats.transfer == 1 and c.stats.total == 3
     assert result.error is None and result.outcomes[0].confirmed
     assert server.paths()[:2] == ["/api/push/transfer", "/api/push/transfer"]
 
@@ -285,39 +286,58 @@ async def test_auth_refused_without_token(status: int) -> None:
     assert TOKEN not in repr(c.settings)
 
 
-async def test_transfer_400_is_refused() -> None:
-    """A 400 on the transfer (e.g. an unknown type) is RemoteRefused with its message."""
+async def test_transfer_4xx_rejects_its_items() -> None:
+    """A 4xx answer to the transfer itself (e.g. an unknown type) rejects every item with
+    the destination's message: that is an explicit refusal of the write."""
     bad = httpx.Response(400, json={"success": False, "message": "unknown endgrate_type"})
     server = FakeEndgrate(faults=[bad])
     async with make(server) as c:
-        result = await c.push(batch(item(1)))
-    assert isinstance(result.error, RemoteRefused)
-    assert "unknown endgrate_type" in str(result.error) and len(server.requests) == 1
+        result = await c.push(batch(item(1), item(2)))
+    assert result.error is None and len(server.requests) == 1
+    assert all("unknown endgrate_type" in (o.rejected or "") for o in result.outcomes)
+    assert [o.entry for o in result.outcomes] == [1, 2]
 
 
 @pytest.mark.parametrize(
     "answer",
     [
-        {"success": True},
-        {"success": False, "transfer_id": "x"},
-        {"success": True, "transfer_id": ""},
-        ["not", "an", "object"],
+        httpx.Response(200, json={"success": True}),
+        httpx.Response(200, json={"success": True, "transfer_id": ""}),
+        httpx.Response(201, json=["not", "an", "object"]),
+        httpx.Response(202, content=b'{"success": tr'),
+        httpx.Response(204),
     ],
 )
-async def test_malformed_transfer_answer_is_an_error(answer: Any) -> None:
-    """A transfer answer without success and a transfer_id is a protocol error."""
-    server = FakeEndgrate(faults=[httpx.Response(200, json=answer)])
+async def test_accepted_transfer_without_transfer_id_confirms_without_ids(
+    answer: httpx.Response,
+) -> None:
+    """Any 2xx to a transfer is an accepted transfer; without a transfer_id there is no
+    returned data to read, so its items are confirmed without remote ids."""
+    server = FakeEndgrate(faults=[answer])
     async with make(server) as c:
-        result = await c.push(batch(item(1)))
-    assert isinstance(result.error, EndgrateProtocolError) and result.outcomes == []
+        result = await c.push(batch(item(1), item(2)))
+    assert result.error is None and len(server.requests) == 1
+    assert [(o.entry, o.confirmed, o.id) for o in result.outcomes] == [
+        (1, True, None),
+        (2, True, None),
+    ]
 
 
-async def test_truncated_json_is_an_error() -> None:
-    """A 200 whose body is not JSON is a protocol error, not a crash."""
-    server = FakeEndgrate(faults=[httpx.Response(200, content=b'{"success": tr')])
-    async with make(server) as c:
+@pytest.mark.parametrize("status", [201, 202])
+async def test_transfer_answered_201_or_202_reads_returned_data(status: int) -> None:
+    """A 201 or 202 with a transfer_id is as good as a 200: the ids are read back."""
+    server = FakeEndgrate()
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        resp = server(req)
+        if req.url.path == "/api/push/transfer":
+            return httpx.Response(status, json=json.loads(resp.content))
+        return resp
+
+    settings = EndgrateSettings("https://endgrate.test", TOKEN, "s", retry=FAST)
+    async with EndgrateClient(settings, transport=httpx.MockTransport(handler)) as c:
         result = await c.push(batch(item(1)))
-    assert isinstance(result.error, EndgrateProtocolError)
+    assert result.error is None and result.outcomes[0].id == "1000"
 
 
 async def test_count_mismatch_is_an_error() -> None:
@@ -338,19 +358,97 @@ async def test_count_mismatch_is_an_error() -> None:
     assert "1 rows for a transfer of 2" in str(result.error)
 
 
-async def test_null_id_without_error_is_an_error() -> None:
-    """A row with a null id that api/errors does not list is never confirmed."""
+@pytest.mark.parametrize("errors", [404, 405, "empty"])
+async def test_row_without_id_is_confirmed_without_one_after_rereads(errors: Any) -> None:
+    """A row with no id that no error names was accepted: it is read again a bounded
+    number of times, then confirmed without a remote id, never rejected. A 404/405 from
+    api/errors means this server has no errors list; rows with ids are confirmed."""
     server = FakeEndgrate(invalid={"int-1"})
 
     def handler(req: httpx.Request) -> httpx.Response:
         if req.url.path == "/api/errors":
-            return httpx.Response(200, json={"success": True, "errors": []})
+            server.requests.append(req)
+            if errors == "empty":
+                return httpx.Response(200, json={"success": True, "errors": []})
+            return httpx.Response(errors, json={"message": "Not Found"})
+        return server(req)
+
+    settings = EndgrateSettings(
+        "https://endgrate.test", TOKEN, "s", retry=FAST, poll_interval=0.001, id_rereads=2
+    )
+    async with EndgrateClient(settings, transport=httpx.MockTransport(handler)) as c:
+        result = await c.push(batch(item(1), item(2)))
+    assert result.error is None
+    assert [(o.entry, o.confirmed, o.id) for o in result.outcomes] == [
+        (1, True, None),
+        (2, True, "1000"),
+    ]
+    assert server.paths().count("/api/push/data") == 3
+    assert server.paths().count("/api/errors") == 3
+
+
+async def test_listed_error_still_rejects_when_some_rows_lack_ids() -> None:
+    """The errors list, when the server has one, names the items it refused."""
+    server = FakeEndgrate(invalid={"int-2"})
+    async with make(server) as c:
+        result = await c.push(batch(item(1), item(2)))
+    assert [(o.confirmed, o.id) for o in result.outcomes] == [(True, "1000"), (False, None)]
+    assert result.outcomes[1].rejected == "validation: email must contain @"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        [httpx.Response(404, json={"message": "no such route"})],
+        [httpx.Response(500)] * 10,
+        [httpx.Response(200, json={"success": True, "meta": {}})],
+        [httpx.Response(200, content=b"{trunc")] * 10,
+    ],
+)
+async def test_failing_returned_data_read_leaves_the_batch_in_flight(
+    fault: list[httpx.Response],
+) -> None:
+    """A failing follow-up read never rejects: the accepted transfer's items get no
+    outcome (they stay in flight and are resent, which Endgrate makes idempotent)."""
+    server = FakeEndgrate()
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/api/push/data" and fault:
+            server.requests.append(req)
+            return fault.pop(0)
         return server(req)
 
     settings = EndgrateSettings("https://endgrate.test", TOKEN, "s", retry=FAST)
     async with EndgrateClient(settings, transport=httpx.MockTransport(handler)) as c:
         result = await c.push(batch(item(1)))
-    assert isinstance(result.error, EndgrateProtocolError) and result.outcomes == []
+    assert result.error is not None and result.outcomes == []
+
+
+@pytest.mark.parametrize("style", ["link", "number", "absent-count"])
+async def test_meta_next_may_be_a_link_a_number_or_null(style: str) -> None:
+    """meta.next as a link or as a number (an offset) pages on; offsets are computed
+    from the rows, never taken from a link; meta.count may be absent."""
+    server = FakeEndgrate()
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        resp = server(req)
+        if req.url.path != "/api/push/data":
+            return resp
+        body = json.loads(resp.content)
+        nxt = body["meta"]["next"]
+        if style == "number" and nxt is not None:
+            body["meta"]["next"] = int(req.url.params["offset"]) + 1
+        if style == "link" and nxt is not None:
+            body["meta"]["next"] = "https://elsewhere.example/steal?offset=1"
+        if style == "absent-count":
+            del body["meta"]["count"]
+        return httpx.Response(200, json=body)
+
+    settings = EndgrateSettings("https://endgrate.test", TOKEN, "s", retry=FAST, page_limit=1)
+    async with EndgrateClient(settings, transport=httpx.MockTransport(handler)) as c:
+        result = await c.push(batch(item(1), item(2), item(3)))
+    assert [o.id for o in result.outcomes] == ["1000", "1001", "1002"]
+    assert {r.url.host for r in server.requests} == {"endgrate.test"}
 
 
 async def test_resend_posts_again_under_the_same_tracking_id() -> None:
@@ -360,7 +458,7 @@ async def test_resend_posts_again_under_the_same_tracking_id() -> None:
         first = await c.push(batch(item(1)))
         again = await c.push(batch(item(1), resend=True))
     assert first.outcomes[0].id == again.outcomes[0].id == "1000"
-    assert [r.headers["X-Tracking-ID"] for r in server.requests] == ["trk-1"] * 6
+    assert [r.headers["X-Tracking-ID"] for r in server.requests] == ["trk-1"] * 4
 
 
 async def test_empty_batch_sends_nothing() -> None:

@@ -295,3 +295,43 @@ async def test_retried_ack_resends_the_same_body() -> None:
         await c.ack(["a"])
     assert len(bodies) == 2 and bodies[0] == bodies[1]
     assert json.loads(bodies[1]) == {"data": {"ack_keys": ["a"]}}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, content=b"OK"),
+        httpx.Response(202, content=b"<html>accepted</html>"),
+        httpx.Response(204),
+        httpx.Response(200, content=b'{"data": {'),
+    ],
+)
+async def test_any_2xx_to_an_ack_is_success(answer: httpx.Response) -> None:
+    """An ack answered with any 2xx succeeds at once, whatever its body."""
+    calls: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        calls.append(req)
+        return answer
+
+    async with client(handler) as c:
+        await c.ack(["k"])
+        assert c.stats.retries == 0
+    assert len(calls) == 1
+
+
+async def test_truncated_start_answer_is_retried() -> None:
+    """A 2xx start whose body is cut short is sent again, not taken as a session."""
+    answers = [httpx.Response(201, content=b'{"data": {"id"'), httpx.Response(204)]
+    async with client(lambda r: answers.pop(0)) as c:
+        assert await c.start() is None
+        assert c.stats.retries == 1
+
+
+async def test_server_echo_of_the_token_is_redacted() -> None:
+    """A refusal whose message echoes the Authorization header never carries the token."""
+    body = {"errors": [{"error": {"code": "x", "message": f"bad header Bearer {TOKEN}"}}]}
+    async with client(lambda r: httpx.Response(422, json=body)) as c:
+        with pytest.raises(RemoteRefused) as caught:
+            await c.ack(["k"])
+    assert TOKEN not in str(caught.value) and "bad header Bearer ***" in str(caught.value)
