@@ -267,7 +267,9 @@ def outcomes(
             )
         elif sample_data or row.id is not None or final:
             rid = None if sample_data else row.id
-            out.append(PushOutcome(item.entry, id=rid, transfer_id=transfer_id))
+            out.append(
+                PushOutcome(item.entry, id=rid, transfer_id=transfer_id, written=not sample_data)
+            )
         else:
             unresolved.append(i)
     return Outcomes(out, unresolved)

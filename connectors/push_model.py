@@ -64,6 +64,9 @@ class PushOutcome:
     rejected: str | None = None  # the destination's reason, for the outbox
     sync_id: str | None = None  # CDM ``X-Sync-ID`` of the asynchronous push to sources
     transfer_id: str | None = None  # Endgrate transfer that carried it
+    # False when the destination wrote nothing (Endgrate sample_data): no record will
+    # ever come back through the pull for a create confirmed without an id.
+    written: bool = True
 
     @property
     def confirmed(self) -> bool:

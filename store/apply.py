@@ -28,6 +28,7 @@ from replicad.store.local_edits import (
 )
 from replicad.store.model import ApplyResult, BadItem, PageBatch, PullTarget, RecordChange
 from replicad.store.names import UnstorableName, quote, table_name
+from replicad.store.outbox import adopt_pulled_creates
 from replicad.store.plan import TablePlan, merge_remote, plan_table, split_runs
 from replicad.store.tables import TableCatalog
 from replicad.store.values import SQLValue, to_sql
@@ -229,6 +230,9 @@ def _apply_table(
             [(tbl, i, rev, now) for i, rev in plan.deletes],
         )
         result.deleted += len(plan.deletes)
+    pulled = [c.id for c in plan.inserts] + [c.id for c in plan.updates]
+    if pulled:
+        adopt_pulled_creates(db, catalog, tbl, pulled, now)
 
 
 def _apply_to_edited_rows(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from replicad.store.model import OutboxBatch, Outcome, OutcomeCounts, PushSource
 from replicad.store.names import quote
 from replicad.store.schema import APPLICATION_ID
 from replicad.store.tables import TableCatalog, TableInfo
-from replicad.store.values import SQLValue, from_sql
+from replicad.store.values import SQLValue, from_sql, to_sql
 
 
 def utcnow() -> str:
@@ -261,6 +261,7 @@ def record_outcomes(
 ) -> OutcomeCounts:
     """Record confirmations (remote ids onto rows) and rejections, in one transaction."""
     counts = OutcomeCounts()
+    awaiting = False
     db.execute("BEGIN IMMEDIATE")
     try:
         # Writing ids onto rows (and merging duplicates) must not look like app edits.
@@ -287,10 +288,20 @@ def record_outcomes(
                     db, catalog, tbl, iid, outcome.id, sent, now
                 ):
                     counts.merged += 1
+                elif outcome.id is None and row[1] == "insert" and outcome.written:
+                    # Accepted without naming the record: the pull brings it.
+                    db.execute(
+                        "UPDATE _replicad_outbox SET awaiting_id = 1 WHERE seq = ?",
+                        (outcome.entry,),
+                    )
+                    awaiting = True
             else:
                 _reject(db, tbl, outcome.entry, iid, str(row[1]), row[2], outcome.rejected, now)
                 counts.rejected += 1
             settle_pending_flag(db, tbl, iid)
+        if awaiting:
+            # The pull may have brought the record before its create was confirmed.
+            counts.merged += adopt_pulled_creates(db, catalog, tbl, None, now)
         db.execute(
             "DELETE FROM _replicad_outbox WHERE state IN ('confirmed', 'cancelled') "
             "AND finished_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?)",
@@ -440,6 +451,66 @@ def _learn_id(
         return True
     db.execute(f"UPDATE {q} SET id = ? WHERE _internal_id = ?", (rid, iid))
     return False
+
+
+def adopt_pulled_creates(
+    db: sqlite3.Connection,
+    catalog: TableCatalog,
+    tbl: str,
+    ids: Sequence[int] | None,
+    now: str,
+) -> int:
+    """Creates confirmed without a remote id take the record the pull brought; how many.
+
+    A destination may accept a create without naming the record (a 202 or 204, a
+    transfer without returned data). The local row then has no id, and the record,
+    when the pull brings it, would become a second row. A pulled row (among ``ids``;
+    with None, any row synced since the create was sent) whose values equal every
+    field the create sent is taken to be that record and merges into the local row,
+    as a confirmed id would (``_learn_id``). Runs inside the caller's transaction.
+    """
+    waiting = db.execute(
+        "SELECT seq, internal_id, payload, sent_at FROM _replicad_outbox "
+        "WHERE awaiting_id = 1 AND tbl = ? ORDER BY seq",
+        (tbl,),
+    ).fetchall()
+    if not waiting:
+        return 0
+    info = catalog.tables[tbl]
+    q = quote(tbl)
+    merged = 0
+    for seq, iid, payload, sent_at in waiting:
+        own = db.execute(f"SELECT id FROM {q} WHERE _internal_id = ?", (iid,)).fetchone()
+        if own is None or own[0] is not None:
+            # The row is gone, or learned its id another way: nothing to wait for.
+            db.execute(
+                "UPDATE _replicad_outbox SET awaiting_id = 0, remote_id = ? WHERE seq = ?",
+                (None if own is None else str(own[0]), seq),
+            )
+            continue
+        data: dict[str, Any] = json.loads(payload or "{}").get("data", {})
+        if not data or any(f not in info.columns for f in data):
+            continue
+        same = " AND ".join(f"{quote(info.columns[f])} IS ?" for f in data)
+        if ids is None:
+            scope, head = "_synced_at >= ?", [sent_at]
+        else:
+            scope, head = f"id IN ({','.join('?' * len(ids))})", list(ids)
+        hit = db.execute(
+            f"SELECT id FROM {q} WHERE id IS NOT NULL AND _internal_id != ? AND {scope} "
+            f"AND {same} ORDER BY _synced_at LIMIT 1",
+            (iid, *head, *(to_sql(v) for v in data.values())),
+        ).fetchone()
+        if hit is None:
+            continue
+        _learn_id(db, catalog, tbl, str(iid), str(hit[0]), list(data), now)
+        db.execute(
+            "UPDATE _replicad_outbox SET awaiting_id = 0, remote_id = ?, updated_at = ? "
+            "WHERE seq = ?",
+            (str(hit[0]), now, seq),
+        )
+        merged += 1
+    return merged
 
 
 def requeue_at(path: Path, entry: int | None) -> int:

@@ -181,6 +181,21 @@ MIGRATIONS: list[str] = [
     SELECT seq, tbl AS "table", internal_id, id, field, local_value, remote_value,
            revision, resolution, at FROM _replicad_conflicts;
     """,
+    """
+    -- A create the destination accepted without naming the record's id (a 202, a
+    -- transfer without returned data): confirmed, and waiting for the pull to bring
+    -- the record, which then lands on the same row instead of a second one.
+    ALTER TABLE _replicad_outbox ADD COLUMN awaiting_id INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX _replicad_outbox_awaiting ON _replicad_outbox (tbl) WHERE awaiting_id = 1;
+
+    DROP VIEW replicad_outbox;
+    CREATE VIEW replicad_outbox AS
+    SELECT o.seq AS entry, o.tbl AS "table", o.internal_id, o.op, o.state, o.fields,
+           o.attempts, o.created_at, o.sent_at, o.finished_at, o.remote_id,
+           o.batch AS tracking_id, o.transfer_id, o.sync_id, o.reason, o.payload,
+           p.sync, o.awaiting_id
+    FROM _replicad_outbox o LEFT JOIN _replicad_push p ON p.tbl = o.tbl;
+    """,
 ]
 
 # Python steps run after a migration's script, in the same transaction.

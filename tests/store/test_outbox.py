@@ -25,6 +25,7 @@ class Said:
     rejected: str | None = None
     sync_id: str | None = None
     transfer_id: str | None = None
+    written: bool = True
 
 
 @pytest.fixture
@@ -288,3 +289,69 @@ async def test_merge_keeps_edits_made_on_the_pulled_duplicate(
     again = await pushed.take_push_batch(SOURCE, 10)
     assert again is not None and payload(again.items[0])["data"] == {"email": "new@x"}
     assert payload(again.items[0])["id"] == "77"
+
+
+async def test_create_confirmed_without_id_takes_the_record_the_pull_brings(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """A create accepted without a remote id waits for the pull: the pulled record whose
+    values equal what was sent lands on the local row, not on a second row."""
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'loc')")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    await pushed.record_push("contact", [Said(batch.items[0].entry)])
+    (entry,) = [e for e in outbox(app) if e["internal_id"] == "loc"]
+    assert entry["state"] == "confirmed" and entry["awaiting_id"] == 1
+    await pushed.apply_page(
+        TARGET,
+        page(
+            up("contact", 70, 3, name="Other", email="o@x"),
+            up("contact", 77, 3, name="Cy", email="cy@x", phone="1"),
+        ),
+    )
+    rows = app.execute("SELECT id, _internal_id, phone FROM contact WHERE name = 'Cy'").fetchall()
+    assert rows == [(77, "loc", "1")]
+    (entry,) = [e for e in outbox(app) if e["internal_id"] == "loc"]
+    assert entry["awaiting_id"] == 0 and entry["remote_id"] == "77"
+    # Later pulls of the record update that same row.
+    await pushed.apply_page(TARGET, page(up("contact", 77, 4, name="Cy2", email="cy@x")))
+    assert app.execute(
+        "SELECT count(*), max(_internal_id) FROM contact WHERE id = 77"
+    ).fetchone() == (
+        1,
+        "loc",
+    )
+
+
+async def test_create_confirmed_without_id_after_the_pull_brought_it(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """The record may arrive before the confirmation: it is adopted at confirmation."""
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'loc')")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    await pushed.apply_page(TARGET, page(up("contact", 77, 3, name="Cy", email="cy@x")))
+    counts = await pushed.record_push("contact", [Said(batch.items[0].entry)])
+    assert counts.merged == 1
+    assert app.execute("SELECT id, _internal_id FROM contact WHERE name = 'Cy'").fetchall() == [
+        (77, "loc")
+    ]
+
+
+async def test_unmatched_or_unwritten_creates_are_not_adopted(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """A pulled record with other values is not taken for the create; a create the
+    destination did not write (sample data) waits for nothing."""
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'a')")
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Di', 'di@x', 'b')")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    first, second = batch.items
+    await pushed.record_push("contact", [Said(first.entry), Said(second.entry, written=False)])
+    await pushed.apply_page(TARGET, page(up("contact", 77, 3, name="Cy", email="cy@other")))
+    rows = app.execute(
+        "SELECT id, _internal_id FROM contact WHERE id = 77 OR _internal_id IN ('a', 'b') ORDER BY _internal_id"
+    ).fetchall()
+    assert (None, "a") in rows and (None, "b") in rows and len(rows) == 3
+    assert {e["internal_id"]: e["awaiting_id"] for e in outbox(app)} == {"a": 1, "b": 0}
