@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records", type=int, default=2000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--page-size", type=int, default=100)
+    p.add_argument(
+        "--profile",
+        choices=("standard", "variant"),
+        default="standard",
+        help="variant: answer in the other legal ways (docs/push-wire.md)",
+    )
     p.set_defaults(func=cmd_emulator)
 
     p = sub.add_parser("demo", help="a self-contained demo against the built-in emulator")
@@ -187,6 +193,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         seed=args.seed,
         token=os.environ.get("REPLICAD_EMULATOR_TOKEN") or None,
         page_size=args.page_size,
+        profile=args.profile,
     )
     return exits.OK
 

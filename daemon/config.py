@@ -18,11 +18,10 @@ from urllib.parse import urlsplit
 
 from replicad.connectors.ratelimit import parse_rate
 from replicad.daemon.durations import parse_duration
+from replicad.daemon.kinds import KINDS, kind_only_keys, kinds_for
 from replicad.store.names import valid_prefix
 
-CONNECTION_KINDS = ("sell", "endgrate", "cdm", "rest")
 PULL_OPERATIONS = ("mirror", "upsert")
-PUSH_KINDS = ("endgrate", "cdm")
 CONFLICT_RULES = ("merge", "remote")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -161,8 +160,14 @@ def _connection(name: str, c: dict[str, Any], base: Path) -> Connection:
         },
     )  # fmt: skip
     kind = _req(c, "kind", str, f"{k}.kind")
-    if kind not in CONNECTION_KINDS:
-        raise ConfigError(f"{k}.kind: {kind!r} is not one of {', '.join(CONNECTION_KINDS)}")
+    if kind not in KINDS:
+        raise ConfigError(f"{k}.kind: {kind!r} is not one of {', '.join(KINDS)}")
+    spec = KINDS[kind]
+    others = frozenset().union(*(x.connection_keys for x in KINDS.values())) - spec.connection_keys
+    for key in sorted(others & c.keys()):
+        raise ConfigError(f"{k}.{key}: not used by {kind} connections")
+    for key in sorted(spec.required_keys - c.keys()):
+        raise ConfigError(f"{k}.{key}: required for {kind} connections")
     base_url = _req(c, "base_url", str, f"{k}.base_url")
     url = urlsplit(base_url)
     if url.scheme not in ("http", "https") or not url.hostname:
@@ -177,10 +182,8 @@ def _connection(name: str, c: dict[str, Any], base: Path) -> Connection:
     if not token_env and not token_file and not _credential_path(name):
         raise ConfigError(f"{k}: set token_env or token_file")
     session_id = _opt(c, "session_id", str, f"{k}.session_id")
-    if kind == "endgrate" and not session_id:
-        raise ConfigError(f"{k}.session_id: required for endgrate connections")
-    if session_id and kind != "endgrate":
-        raise ConfigError(f"{k}.session_id: only endgrate connections take a session_id")
+    if "session_id" in c and not session_id:
+        raise ConfigError(f"{k}.session_id: must not be empty")
     # Unset: Sell's documented budget for sell connections, none for the others.
     rate = _opt(c, "rate_limit", str, f"{k}.rate_limit")
     try:
@@ -210,8 +213,6 @@ _PULL_KEYS = {"direction", "connection", "operation", "interval", "prefix", "pau
 _PUSH_KEYS = {"direction", "connection", "operation", "interval", "paused", "source", "object",
               "batch_size", "conflict", "disable_upsert", "sample_data", "associations",
               "push_to_source", "sources", "natural_key"}  # fmt: skip
-_ENDGRATE_ONLY = ("disable_upsert", "sample_data", "associations", "batch_size")
-_CDM_ONLY = ("push_to_source", "sources", "natural_key")
 
 
 def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection]) -> Sync:
@@ -225,8 +226,9 @@ def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection]) -> 
         raise ConfigError(f"{k}.connection: no connection named {conn!r} in [connections]")
     if direction == "push":
         return _push_sync(label, s, connections[conn])
-    if connections[conn].kind != "sell":
-        raise ConfigError(f"{k}.connection: pull syncs need a 'sell' connection")
+    if KINDS[connections[conn].kind].direction != "pull":
+        names = " or ".join(repr(n) for n in kinds_for("pull"))
+        raise ConfigError(f"{k}.connection: pull syncs need a {names} connection")
     operation = _opt(s, "operation", str, f"{k}.operation") or "mirror"
     if operation not in PULL_OPERATIONS:
         raise ConfigError(
@@ -250,14 +252,14 @@ def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection]) -> 
 
 def _push_sync(label: str, s: dict[str, Any], conn: Connection) -> Sync:
     k = f"syncs.{label}"
-    if conn.kind not in PUSH_KINDS:
+    spec = KINDS[conn.kind]
+    if spec.direction != "push":
         raise ConfigError(
-            f"{k}.connection: push syncs need an {' or '.join(PUSH_KINDS)} connection, "
+            f"{k}.connection: push syncs need an {' or '.join(kinds_for('push'))} connection, "
             f"{conn.name!r} is {conn.kind!r}"
         )
-    for key in _ENDGRATE_ONLY if conn.kind == "cdm" else _CDM_ONLY:
-        if key in s:
-            raise ConfigError(f"{k}.{key}: not used by {conn.kind} connections")
+    for key in sorted((kind_only_keys() - spec.sync_keys) & s.keys()):
+        raise ConfigError(f"{k}.{key}: not used by {conn.kind} connections")
     operation = _opt(s, "operation", str, f"{k}.operation") or "upsert"
     if operation != "upsert":
         raise ConfigError(
@@ -285,9 +287,9 @@ def _push_sync(label: str, s: dict[str, Any], conn: Connection) -> Sync:
         paused=bool(_opt(s, "paused", bool, f"{k}.paused")),
         source=source,
         object=obj,
-        # A CDM write carries one record, and its answer is the only proof it arrived:
-        # one entry per batch, so an entry is never in flight without having been sent.
-        batch_size=_count(s, "batch_size", 100, k, minimum=1) if conn.kind == "endgrate" else 1,
+        # A kind that writes one record per request (CDM: its answer is the only proof
+        # it arrived) takes one entry per batch, so an entry is never in flight unsent.
+        batch_size=_count(s, "batch_size", 100, k, minimum=1) if spec.batches else 1,
         conflict=conflict,
         disable_upsert=bool(_opt(s, "disable_upsert", bool, f"{k}.disable_upsert")),
         sample_data=bool(_opt(s, "sample_data", bool, f"{k}.sample_data")),

@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
-from replicad.connectors.ratelimit import SELL_DEFAULT
 from replicad.connectors.retry import RetryPolicy
-from replicad.connectors.sell import SellClient, SellSettings
 from replicad.daemon.config import Config, Connection, Sync, read_token
+from replicad.daemon.kinds import KINDS
 from replicad.daemon.logs import register_secret
 from replicad.daemon.pull import PullOutcome, PullProgress, pull_cycle
 from replicad.daemon.push import PushReport, push_cycle, push_source
@@ -23,6 +22,7 @@ from replicad.store import Replica
 
 if TYPE_CHECKING:
     from replicad.connectors.push_model import PushConnector
+    from replicad.connectors.sell import SellClient
 
 log = structlog.get_logger("replicad.engine")
 
@@ -31,59 +31,30 @@ def _budget_key(connection: str) -> str:
     return f"rate_budget.{connection}"
 
 
-def sell_settings(conn: Connection, device_uuid: str) -> SellSettings:
-    """A Sell client's settings from a connection's config; reads the token now."""
+def retry_policy(conn: Connection) -> RetryPolicy:
+    """A connection's bounded retries, from its config."""
+    return RetryPolicy(conn.max_retries, conn.retry_backoff, conn.retry_backoff_max)
+
+
+def connection_token(conn: Connection) -> str:
+    """A connection's token, read now and registered for redaction from the logs."""
     token = read_token(conn)
     register_secret(token)
-    return SellSettings(
-        base_url=conn.base_url,
-        token=token,
-        device_uuid=device_uuid,
-        rate_limit=conn.rate_limit or SELL_DEFAULT,
-        timeout=conn.timeout,
-        retry=_retry(conn),
-    )
+    return token
 
 
-def _retry(conn: Connection) -> RetryPolicy:
-    return RetryPolicy(conn.max_retries, conn.retry_backoff, conn.retry_backoff_max)
+def pull_client(conn: Connection, device_uuid: str, retry: RetryPolicy | None = None) -> SellClient:
+    """The client a pull connection reads with (its kind's factory); reads the token now."""
+    factory = KINDS[conn.kind].pull_client
+    assert factory is not None  # config checks that pull syncs name a pull kind
+    return factory(conn, device_uuid, connection_token(conn), retry or retry_policy(conn))
 
 
 def push_connector(conn: Connection, sync: Sync) -> PushConnector:
     """The client a push sync sends with (settings are per sync); reads the token now."""
-    # Imported here: a replica that only pulls never loads the push clients, which
-    # keeps start-up (and so every `sync --once`) shorter.
-    from replicad.connectors.cdm import CdmClient, CdmSettings
-    from replicad.connectors.endgrate import EndgrateClient, EndgrateSettings
-
-    token = read_token(conn)
-    register_secret(token)
-    if conn.kind == "endgrate":
-        assert conn.session_id is not None
-        return EndgrateClient(
-            EndgrateSettings(
-                base_url=conn.base_url,
-                token=token,
-                session_id=conn.session_id,
-                disable_upsert=sync.disable_upsert,
-                sample_data=sync.sample_data,
-                timeout=conn.timeout,
-                retry=_retry(conn),
-                rate_limit=conn.rate_limit,
-            )
-        )
-    return CdmClient(
-        CdmSettings(
-            base_url=conn.base_url,
-            token=token,
-            push_to_source=sync.push_to_source,
-            sources=sync.sources,
-            natural_key=sync.natural_key,
-            timeout=conn.timeout,
-            retry=_retry(conn),
-            rate_limit=conn.rate_limit,
-        )
-    )
+    factory = KINDS[conn.kind].push_client
+    assert factory is not None  # config checks that push syncs name a push kind
+    return factory(conn, sync, connection_token(conn), retry_policy(conn))
 
 
 @dataclass(slots=True)
@@ -100,7 +71,7 @@ class Engine:
         previous client or process (see ``save_budget``)."""
         if conn.name not in self.clients:
             device = await self.replica.device_uuid(conn.name, conn.device_uuid)
-            client = SellClient(sell_settings(conn, device))
+            client = pull_client(conn, device)
             saved = await self.replica.meta(_budget_key(conn.name))
             if saved is not None:
                 try:

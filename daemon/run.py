@@ -248,8 +248,9 @@ class Supervisor:
             now = time.monotonic()
             summary = self.state.summary()
             self.notifier.status(summary)
-            if interval and now - last_dog >= interval and self.state.healthy(now):
-                self.notifier.watchdog()
+            due = interval and now - last_dog >= interval and self.state.healthy(now)
+            # A ping that could not go (a full socket) is tried again next tick.
+            if due and self.notifier.watchdog():
                 last_dog = now
             if now - last_file >= HEARTBEAT_EVERY:
                 try:

@@ -13,10 +13,10 @@ from dataclasses import replace
 
 from replicad.connectors.errors import AuthRefused, ConnectorError
 from replicad.connectors.retry import RetryPolicy
-from replicad.connectors.sell import SellClient
 from replicad.daemon import exits
 from replicad.daemon.config import Config
-from replicad.daemon.engine import sell_settings
+from replicad.daemon.engine import connection_token, pull_client
+from replicad.daemon.kinds import KINDS
 
 
 async def validate(config: Config) -> int:
@@ -28,18 +28,17 @@ async def validate(config: Config) -> int:
     print(f"replica {config.replica_path}")
     code = exits.OK
     for conn in config.connections.values():
-        # The device UUID is irrelevant to the read-only check; the replica stays closed.
-        settings = sell_settings(conn, conn.device_uuid or str(uuid.UUID(int=0)))
-        if conn.kind != "sell":
+        if KINDS[conn.kind].pull_client is None:
+            connection_token(conn)  # a missing or unreadable token is a config error
             print(f"connection {conn.name}: token found ({conn.kind}: not checked remotely)")
             continue
-        # A quick answer matters more here than riding out an outage.
-        settings = replace(
-            settings,
-            timeout=min(conn.timeout, 10.0),
-            retry=RetryPolicy(max_retries=1, base=0.2, cap=1.0),
-        )
-        async with SellClient(settings) as client:
+        # A quick answer matters more here than riding out an outage. The device UUID
+        # is irrelevant to the read-only check; the replica stays closed.
+        quick = replace(conn, timeout=min(conn.timeout, 10.0))
+        device = conn.device_uuid or str(uuid.UUID(int=0))
+        async with pull_client(
+            quick, device, RetryPolicy(max_retries=1, base=0.2, cap=1.0)
+        ) as client:
             try:
                 await client.check_credentials()
             except AuthRefused as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from replicad.connectors.emulator.runtime import DEFAULT_TOKEN
+from replicad.connectors.emulator.runtime import DEFAULT_TOKEN, PROFILES
 from replicad.connectors.emulator.server import serve
 from replicad.connectors.emulator.state import DEFAULT_PAGE_SIZE, DEFAULT_SESSION_TTL
 
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", default=DEFAULT_TOKEN, help="bearer token to accept")
     parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE)
     parser.add_argument("--session-ttl", type=float, default=DEFAULT_SESSION_TTL)
+    parser.add_argument("--profile", choices=PROFILES, default="standard")
     args = parser.parse_args(argv)
     serve(
         host=args.host,
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         token=args.token,
         page_size=args.page_size,
         session_ttl=args.session_ttl,
+        profile=args.profile,
     )
 
 

@@ -244,6 +244,8 @@ async def acknowledge(request: Request) -> Response:
         )
     emulator.stats.acked_keys += len(keys)
     emulator.stats.ack_keys_applied += emulator.state.ack(device, keys)
+    if emulator.variant:
+        return Response(b"OK", 200, media_type="text/plain")
     # The basecrm client unwraps every JSON answer's "data" member, so a bare {}
     # would crash it; an empty data object is the smallest body it accepts.
     return json_response({"data": {}}, 202)
@@ -275,6 +277,7 @@ def create_app(
     token: str = DEFAULT_TOKEN,
     page_size: int = DEFAULT_PAGE_SIZE,
     session_ttl: float = DEFAULT_SESSION_TTL,
+    profile: str = "standard",
 ) -> Starlette:
     """An emulated Sell account of ``records`` seeded records, as an ASGI app.
 
@@ -282,7 +285,12 @@ def create_app(
     ``app.state.emulator`` for in-process tests.
     """
     emulator = Emulator.build(
-        records=records, seed=seed, token=token, page_size=page_size, session_ttl=session_ttl
+        records=records,
+        seed=seed,
+        token=token,
+        page_size=page_size,
+        session_ttl=session_ttl,
+        profile=profile,
     )
     routes = [
         Route("/v2/sync/start", start_session, methods=["POST"]),

@@ -113,7 +113,7 @@ def push_route(endpoint: str, handler: Handler) -> Callable[[Request], Awaitable
         body = await _json_body(request) if request.method == "POST" else None
         answer = await _serve(request, emulator, endpoint, handler, body)
         tracking_id = request.headers.get("x-tracking-id")
-        if tracking_id is not None:
+        if tracking_id is not None and not emulator.variant:
             answer.response.headers["X-Tracking-ID"] = tracking_id
         emulator.pushes.log.add(
             endpoint=endpoint,
@@ -140,6 +140,10 @@ async def transfer(request: Request, emulator: Emulator, endpoint: str, body: ob
     except WireError as exc:
         return Answer(push_error(400, str(exc)))
     done = emulator.pushes.transfer(push, _rejecter(emulator, endpoint))
+    if emulator.variant:
+        # 201 and 202 in turn, without the "success" member.
+        status = 201 if emulator.stats.requests.get("transfer", 0) % 2 else 202
+        return Answer(json_response({"transfer_id": done.id}, status), applied=done.written)
     return Answer(json_response({"success": True, "transfer_id": done.id}), applied=done.written)
 
 
@@ -170,17 +174,27 @@ async def push_data(request: Request, emulator: Emulator, endpoint: str, body: o
     def link(at: int) -> str:
         return str(request.url.include_query_params(limit=limit, offset=at))
 
+    page = found.page(limit, offset)
+    more = offset + limit < count
+    if emulator.variant:
+        # meta.next as the next page's offset, no count, no "success".
+        variant_meta = {"next": offset + limit if more else None}
+        return Answer(json_response({"meta": variant_meta, "transfer_data": page}))
     meta = {
         "count": count,
         "previous": link(max(0, offset - limit)) if offset > 0 else None,
-        "next": link(offset + limit) if offset + limit < count else None,
+        "next": link(offset + limit) if more else None,
     }
-    page = found.page(limit, offset)
     return Answer(json_response({"success": True, "meta": meta, "transfer_data": page}))
 
 
 async def push_errors(request: Request, emulator: Emulator, endpoint: str, body: object) -> Answer:
-    """``GET /api/errors``: the failed items of a transfer (known as soon as it is posted)."""
+    """``GET /api/errors``: the failed items of a transfer (known as soon as it is posted).
+
+    The variant profile has no errors list (Endgrate's own document offers a webhook).
+    """
+    if emulator.variant:
+        return Answer(push_error(404, "Not Found"))
     found = _transfer_of(request, emulator)
     if isinstance(found, Response):
         return Answer(found)
@@ -206,6 +220,10 @@ async def cdm_post(request: Request, emulator: Emulator, endpoint: str, body: ob
         # Names the asynchronous push to the source systems, which the emulator
         # does not model beyond handing out its id.
         headers = {"X-Sync-ID": str(uuid.uuid4())}
+    if emulator.variant:
+        # Accepted without a body: 202 for a create, 204 for an update.
+        status = 202 if written.created else 204
+        return Answer(Response(status_code=status, headers=headers), applied=True)
     status = 201 if written.created else 200
     return Answer(json_response({"data": written.data}, status, headers), applied=True)
 

@@ -13,6 +13,12 @@ from replicad.connectors.emulator.push_state import PushState
 from replicad.connectors.emulator.records import RecordStore
 from replicad.connectors.emulator.state import DEFAULT_PAGE_SIZE, DEFAULT_SESSION_TTL, SyncState
 
+# How the emulator answers where the seeds leave the wire open (docs/push-wire.md):
+# "standard" is the reading the docs fix; "variant" answers in the other legal ways
+# (201/202 transfers without "success", no errors list, numeric meta.next, CDM writes
+# answered 202/204 without body or tracking echo, acks answered with plain text).
+PROFILES: Final = ("standard", "variant")
+
 # The real basecrm client rejects tokens that are not exactly 64 characters long.
 # Not a secret: the emulator only ever serves generated data on loopback.
 DEFAULT_TOKEN: Final = "replicad-emulator-access-token-e93da5ac2b8ef2e5b68e4bed8cfd24aac"  # noqa: S105
@@ -53,6 +59,7 @@ class Emulator:
 
     state: SyncState
     token: str
+    profile: str = "standard"
     faults: FaultPlan = field(default_factory=FaultPlan)
     stats: Stats = field(default_factory=Stats)
     pushes: PushState = field(init=False)
@@ -70,13 +77,21 @@ class Emulator:
         token: str,
         page_size: int = DEFAULT_PAGE_SIZE,
         session_ttl: float = DEFAULT_SESSION_TTL,
+        profile: str = "standard",
     ) -> Emulator:
         """A fresh account of ``records`` seeded records."""
         if not token or any(ch.isspace() for ch in token):
             raise ValueError("token must be non-empty and contain no whitespace")
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}")
         store = RecordStore(records, seed)
         state = SyncState(store, page_size=page_size, session_ttl=session_ttl)
-        return cls(state=state, token=token)
+        return cls(state=state, token=token, profile=profile)
+
+    @property
+    def variant(self) -> bool:
+        """Whether the emulator answers in the variant profile's ways."""
+        return self.profile == "variant"
 
     def stats_json(self) -> dict[str, Any]:
         """The body of ``GET /_emulator/stats``."""

@@ -68,6 +68,7 @@ def serve(
     token: str | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
     session_ttl: float = DEFAULT_SESSION_TTL,
+    profile: str = "standard",
 ) -> None:
     """Serve an emulated account until SIGINT or SIGTERM.
 
@@ -82,6 +83,7 @@ def serve(
         token=DEFAULT_TOKEN if token is None else token,
         page_size=page_size,
         session_ttl=session_ttl,
+        profile=profile,
     )
     server = _make_server(app, host, port, _AnnouncingServer)
     # uvicorn handles SIGINT/SIGTERM itself, shuts down gracefully, then
@@ -101,6 +103,7 @@ def run_in_thread(
     token: str = DEFAULT_TOKEN,
     page_size: int = DEFAULT_PAGE_SIZE,
     session_ttl: float = DEFAULT_SESSION_TTL,
+    profile: str = "standard",
 ) -> Iterator[str]:
     """Serve ``app`` (or a new :func:`create_app` from the keywords) on an ephemeral port.
 
@@ -109,7 +112,12 @@ def run_in_thread(
     """
     if app is None:
         app = create_app(
-            records=records, seed=seed, token=token, page_size=page_size, session_ttl=session_ttl
+            records=records,
+            seed=seed,
+            token=token,
+            page_size=page_size,
+            session_ttl=session_ttl,
+            profile=profile,
         )
     server = _make_server(app, host, 0)
     thread = threading.Thread(target=server.run, name="replicad-emulator", daemon=True)

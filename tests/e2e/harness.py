@@ -25,6 +25,9 @@ from replicad.store.values import to_sql
 BIN = Path(sys.executable).parent
 REPLICAD = str(BIN / "replicad")
 TOKEN = "e2e-" + "s3cr3t" * 10  # 64 characters, easy to grep for
+# The emulator's ways of answering where the seeds leave the wire open: the round
+# trips run against both (docs/push-wire.md).
+PROFILES = ("standard", "variant")
 
 
 @dataclass
@@ -37,12 +40,14 @@ class Emulator:
 
 
 @contextmanager
-def emulator(records: int = 1000, seed: int = 1, page_size: int = 100) -> Iterator[Emulator]:
+def emulator(
+    records: int = 1000, seed: int = 1, page_size: int = 100, profile: str = "standard"
+) -> Iterator[Emulator]:
     """Start ``replicad emulator --port 0`` and wait for its listening line."""
     env = {**os.environ, "REPLICAD_EMULATOR_TOKEN": TOKEN}
     proc = subprocess.Popen(
         [REPLICAD, "emulator", "--port", "0", "--records", str(records), "--seed", str(seed),
-         "--page-size", str(page_size)],
+         "--page-size", str(page_size), "--profile", profile],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:

@@ -7,7 +7,10 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.harness import (
+    PROFILES,
     TOKEN,
     assert_replica_matches,
     emulator,
@@ -25,9 +28,10 @@ def _queued(emu_stats: dict[str, object]) -> int:
     return sum(d["queued"] for d in devices.values())
 
 
-def test_initial_sync_equals_emulator_and_acks_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", PROFILES)
+def test_initial_sync_equals_emulator_and_acks_everything(tmp_path: Path, profile: str) -> None:
     """An initial sync copies every record field by field and leaves nothing unacked."""
-    with emulator(records=1500) as emu:
+    with emulator(records=1500, profile=profile) as emu:
         cfg = write_config(tmp_path, emu.url)
         done = replicad("sync", "--once", "--config", str(cfg))
         assert done.returncode == 0, done.stderr

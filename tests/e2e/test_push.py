@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import (
+    PROFILES,
     TOKEN,
     app_write,
     assert_replica_matches,
@@ -39,11 +40,12 @@ def sync(cfg: Path, expect: int = 0) -> str:
     return done.stderr
 
 
-def test_insert_and_update_round_trip(tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", PROFILES)
+def test_insert_and_update_round_trip(tmp_path: Path, profile: str) -> None:
     """An inserted row becomes one remote record and gets its id; an update reaches the
     remote; after the pull each is still one local row, matching the remote."""
     db = tmp_path / "replica.db"
-    with emulator(records=200) as emu:
+    with emulator(records=200, profile=profile) as emu:
         cfg = write_config(tmp_path, emu.url, push=ENDGRATE)
         sync(cfg)
         (first,) = query(db, "SELECT id FROM contact ORDER BY id LIMIT 1")[0]
@@ -67,10 +69,41 @@ def test_insert_and_update_round_trip(tmp_path: Path) -> None:
         assert_replica_matches(db, emu)
 
 
-def test_lost_response_creates_one_remote_record(tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", PROFILES)
+def test_cdm_insert_and_update_round_trip(tmp_path: Path, profile: str) -> None:
+    """CDM writes: an insert becomes one remote record and one local row with its id,
+    also when the destination accepts it with a 202 and no body (the pull brings the
+    id); an update reaches the remote; the replica matches the remote."""
+    db = tmp_path / "replica.db"
+    push = {"source": "contact", "object": "contact", "interval": "200ms"}
+    with emulator(records=100, profile=profile) as emu:
+        cfg = write_config(tmp_path, emu.url, push=push, kind="cdm")
+        sync(cfg)
+        (first,) = query(db, "SELECT id FROM contact ORDER BY id LIMIT 1")[0]
+        app_write(
+            db,
+            "INSERT INTO contact (first_name, last_name, email, _internal_id) "
+            "VALUES ('Cy', 'Cdm', 'cy@example.org', 'cy-1')",
+            f"UPDATE contact SET last_name = 'Edited' WHERE id = {first}",
+        )
+        sync(cfg)
+        state = emu.control.state()
+        (remote_id,) = contacts_with(state, "email", "cy@example.org")
+        assert state["records"]["contact"][str(first)]["last_name"] == "Edited"
+        assert query(db, "SELECT id, _pending FROM contact WHERE email = 'cy@example.org'") == [
+            (remote_id, 0)
+        ]
+        assert query(db, "SELECT _internal_id FROM contact WHERE id = ?", remote_id) == [("cy-1",)]
+        writes = [p["status"] for p in emu.control.pushes() if p["endpoint"] == "cdm_write"]
+        assert sorted(writes) == ([202, 204] if profile == "variant" else [200, 201])
+        assert_replica_matches(db, emu)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_lost_response_creates_one_remote_record(tmp_path: Path, profile: str) -> None:
     """A transfer applied but answered 502, then retried, leaves exactly one record."""
     db = tmp_path / "replica.db"
-    with emulator(records=100) as emu:
+    with emulator(records=100, profile=profile) as emu:
         cfg = write_config(tmp_path, emu.url, push={**ENDGRATE, "disable_upsert": True})
         sync(cfg)
         emu.control.faults({"endpoint": "transfer", "action": "lost_response", "times": 2})
@@ -82,13 +115,14 @@ def test_lost_response_creates_one_remote_record(tmp_path: Path) -> None:
         assert query(db, "SELECT count(*) FROM contact WHERE _pending = 1") == [(0,)]
 
 
-def test_kill_9_while_pushing_inserts_then_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", PROFILES)
+def test_kill_9_while_pushing_inserts_then_resume(tmp_path: Path, profile: str) -> None:
     """kill -9 at random moments of a 400-insert push: each exists once remotely, and
     after a resume no row stays pending."""
     rng = random.Random(7)
     db = tmp_path / "replica.db"
     push = {**ENDGRATE, "disable_upsert": True, "batch_size": 20}
-    with emulator(records=100) as emu:
+    with emulator(records=100, profile=profile) as emu:
         cfg = write_config(tmp_path, emu.url, push=push)
         sync(cfg)
         app_write(

@@ -73,3 +73,29 @@ def test_endgrate_connection_needs_session_id() -> None:
     del raw["connections"]["out"]["session_id"]
     with pytest.raises(ConfigError, match="session_id: required"):
         parse_config(raw, Path("/x/config.toml"))
+
+
+@pytest.mark.parametrize(
+    ("conn", "key", "value"),
+    [("cdm", "session_id", "s"), ("out", "device_uuid", "d"), ("cdm", "ack_batch", 5)],
+)
+def test_connection_keys_of_another_kind_are_refused(conn: str, key: str, value: Any) -> None:
+    """A connection key that only another kind takes is an error naming it and the kind."""
+    raw = {**BASE, "connections": {**BASE["connections"]}}
+    raw["connections"][conn] = {**BASE["connections"][conn], key: value}
+    with pytest.raises(ConfigError, match=rf"connections\.{conn}\.{key}: not used by"):
+        parse_config({**raw, "syncs": {}}, Path("/c.toml"))
+
+
+def test_registry_decides_directions_and_batching() -> None:
+    """The kinds registry says which kinds pull or push and which send batches."""
+    from replicad.daemon.kinds import KINDS, kinds_for
+
+    assert kinds_for("pull") == ["sell"] and kinds_for("push") == ["endgrate", "cdm"]
+    assert KINDS["endgrate"].batches and not KINDS["cdm"].batches
+    cfg = config(
+        a={"direction": "push", "connection": "cdm", "source": "contact", "object": "contact"}
+    )
+    assert cfg.syncs["a"].batch_size == 1
+    with pytest.raises(ConfigError, match="pull syncs need a 'sell' connection"):
+        config(p={"direction": "pull", "connection": "cdm"})

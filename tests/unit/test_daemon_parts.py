@@ -6,6 +6,7 @@ import json
 import os
 import random
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,41 @@ def test_notifier_reaches_a_path_socket(tmp_path: Path, monkeypatch: pytest.Monk
     n.status("idle")  # unchanged: not sent again
     n.watchdog()
     assert server.recv(100) == b"READY=1\nSTATUS=idle"
+    assert server.recv(100) == b"WATCHDOG=1"
+    n.close()
+    server.close()
+
+
+def test_a_receiver_that_never_reads_cannot_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a socket nobody reads, sends return at once: STATUS lines are dropped, a
+    WATCHDOG=1 that could not go says so (retried next tick), and a held STOPPING=1
+    goes out first once the receiver reads again."""
+    path = str(tmp_path / "n")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    server.bind(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    n = Notifier.from_env()
+    started = time.monotonic()
+    sent = [n.watchdog() for _ in range(5000)]
+    for i in range(2000):
+        n.status(f"busy {i}")
+    n.stopping()
+    assert time.monotonic() - started < 5  # a blocking socket would never return
+    assert sent[0] and not sent[-1]
+    server.setblocking(False)
+    drained = 0
+    while True:
+        try:
+            server.recv(100)
+            drained += 1
+        except BlockingIOError:
+            break
+    assert drained == sent.count(True)
+    assert n.watchdog()
+    assert server.recv(100) == b"STOPPING=1"
     assert server.recv(100) == b"WATCHDOG=1"
     n.close()
     server.close()

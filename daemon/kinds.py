@@ -1,0 +1,130 @@
+"""The registry of connection kinds: what each is for, what it takes, how it is built.
+
+Config validation, the engine, ``validate`` and the supervisor consult this table and
+nothing else about a kind. Adding a kind touches this registry and the kind's own
+connector module. Client modules are imported only when a client is built, so a
+command that never talks to a push destination never loads its code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from replicad.connectors.ratelimit import SELL_DEFAULT
+from replicad.connectors.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from replicad.connectors.push_model import PushConnector
+    from replicad.connectors.sell import SellClient
+    from replicad.daemon.config import Connection, Sync
+
+PushFactory = Callable[["Connection", "Sync", str, RetryPolicy], "PushConnector"]
+PullFactory = Callable[["Connection", str, str, RetryPolicy], "SellClient"]
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One kind of connection."""
+
+    name: str
+    direction: str | None  # "pull" or "push"; None: reserved, not usable yet
+    # Connection keys only this kind takes, and those among them it requires.
+    connection_keys: frozenset[str] = frozenset()
+    required_keys: frozenset[str] = frozenset()
+    # Sync keys only this kind takes.
+    sync_keys: frozenset[str] = frozenset()
+    # Whether a push sends several entries per request (else one per batch: a write
+    # whose answer is the only proof it arrived must never be in flight unsent).
+    batches: bool = False
+    default_rate_limit: str | None = None
+    pull_client: PullFactory | None = None
+    push_client: PushFactory | None = None
+
+
+def _sell_client(conn: Connection, device_uuid: str, token: str, retry: RetryPolicy) -> SellClient:
+    from replicad.connectors.sell import SellClient, SellSettings
+
+    return SellClient(
+        SellSettings(
+            base_url=conn.base_url,
+            token=token,
+            device_uuid=device_uuid,
+            rate_limit=conn.rate_limit or SELL.default_rate_limit,
+            timeout=conn.timeout,
+            retry=retry,
+        )
+    )
+
+
+def _endgrate_client(conn: Connection, sync: Sync, token: str, retry: RetryPolicy) -> PushConnector:
+    from replicad.connectors.endgrate import EndgrateClient, EndgrateSettings
+
+    assert conn.session_id is not None  # required_keys
+    return EndgrateClient(
+        EndgrateSettings(
+            base_url=conn.base_url,
+            token=token,
+            session_id=conn.session_id,
+            disable_upsert=sync.disable_upsert,
+            sample_data=sync.sample_data,
+            timeout=conn.timeout,
+            retry=retry,
+            rate_limit=conn.rate_limit,
+        )
+    )
+
+
+def _cdm_client(conn: Connection, sync: Sync, token: str, retry: RetryPolicy) -> PushConnector:
+    from replicad.connectors.cdm import CdmClient, CdmSettings
+
+    return CdmClient(
+        CdmSettings(
+            base_url=conn.base_url,
+            token=token,
+            push_to_source=sync.push_to_source,
+            sources=sync.sources,
+            natural_key=sync.natural_key,
+            timeout=conn.timeout,
+            retry=retry,
+            rate_limit=conn.rate_limit,
+        )
+    )
+
+
+SELL = Kind(
+    "sell",
+    "pull",
+    connection_keys=frozenset({"device_uuid", "ack_batch"}),
+    default_rate_limit=SELL_DEFAULT,  # Sell's documented budget per token
+    pull_client=_sell_client,
+)
+ENDGRATE = Kind(
+    "endgrate",
+    "push",
+    connection_keys=frozenset({"session_id"}),
+    required_keys=frozenset({"session_id"}),
+    sync_keys=frozenset({"disable_upsert", "sample_data", "associations", "batch_size"}),
+    batches=True,
+    push_client=_endgrate_client,
+)
+CDM = Kind(
+    "cdm",
+    "push",
+    sync_keys=frozenset({"push_to_source", "sources", "natural_key"}),
+    push_client=_cdm_client,
+)
+REST = Kind("rest", None)
+
+KINDS: dict[str, Kind] = {k.name: k for k in (SELL, ENDGRATE, CDM, REST)}
+
+
+def kinds_for(direction: str) -> list[str]:
+    """Names of the kinds a sync of ``direction`` can use."""
+    return [k.name for k in KINDS.values() if k.direction == direction]
+
+
+def kind_only_keys() -> frozenset[str]:
+    """Sync keys that belong to some kind (checked against the sync's kind)."""
+    return frozenset().union(*(k.sync_keys for k in KINDS.values()))
