@@ -21,8 +21,8 @@ from replicad.daemon import exits
 from replicad.daemon.config import load_config
 from replicad.daemon.oneshot import sync_once
 from replicad.daemon.status_view import render_status, status_report
+from replicad.store.app_sql import edit_locally, read_row
 from replicad.store.lock import is_held
-from replicad.store.status import edit_locally, local_row
 
 # Only these are removed when the demo starts over; anything else in the folder stays.
 DEMO_FILES = ("config.toml", "token", "replica.db", "replica.db-wal", "replica.db-shm")
@@ -121,7 +121,9 @@ def run_demo(folder: Path, records: int) -> int:
             for i, data in remote.state()["records"]["contact"].items()
             if data.get("email") == DEMO_EMAIL
         ]
-        local = local_row(replica, DEMO_EMAIL)
+        local = read_row(
+            replica, "SELECT id, _pending FROM contact WHERE email = ?", (DEMO_EMAIL,)
+        ) or (None, None)
         _say(f"   Upstream: contact {remote_ids} has email {DEMO_EMAIL}; locally the row "
              f"now has id {local[0]} and _pending = {local[1]}.")  # fmt: skip
     _say("5. Status:\n")

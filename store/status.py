@@ -1,4 +1,4 @@
-"""Reading the replica from outside the daemon (no lock needed): status, demo edits."""
+"""Reading the replica from outside the daemon (no lock needed): the status report."""
 
 from __future__ import annotations
 
@@ -61,25 +61,3 @@ def read_status(path: Path) -> dict[str, Any]:
     finally:
         db.close()
     return report
-
-
-def edit_locally(path: Path, statements: tuple[str, ...]) -> None:
-    """Run statements as a local app would (``BEGIN IMMEDIATE``, busy timeout); demo use."""
-    db = sqlite3.connect(path, timeout=10, isolation_level=None)
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        for sql in statements:
-            db.execute(sql)
-        db.execute("COMMIT")
-    finally:
-        db.close()
-
-
-def local_row(path: Path, email: str) -> tuple[Any, ...]:
-    """(id, _pending) of the contact with this email; demo use."""
-    db = sqlite3.connect(path, timeout=10)
-    try:
-        row = db.execute("SELECT id, _pending FROM contact WHERE email = ?", (email,)).fetchone()
-        return tuple(row) if row else (None, None)
-    finally:
-        db.close()

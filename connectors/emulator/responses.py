@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, Final
 
-import httpx
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -84,14 +83,14 @@ def error_response(
     return json_response(body, status_code, headers)
 
 
-class TruncatedBody(httpx.RemoteProtocolError):
+class TruncatedBody(ConnectionAbortedError):
     """Raised by :class:`TruncatedResponse` after sending half of its body.
 
     Under uvicorn an exception after the response started makes the server
     close the connection, so the client sees a body shorter than its declared
-    Content-Length.  Deriving from ``httpx.RemoteProtocolError`` makes tests
-    that call the app in-process through ``httpx.ASGITransport`` (which simply
-    re-raises app exceptions) observe the same error class as over a socket.
+    Content-Length (``httpx.RemoteProtocolError``). In-process, through
+    ``httpx.ASGITransport``, the exception itself reaches the caller. The server
+    side uses no client library's error classes.
     """
 
 

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from replicad.connectors.emulator import DEFAULT_TOKEN, create_app
 from replicad.connectors.emulator.faults import MALFORMED_ID_BASE
+from replicad.connectors.emulator.responses import TruncatedBody
 
 RECORDS = 30
 PAGE_SIZE = 10
@@ -335,7 +336,7 @@ async def test_truncate_consumes_page(client: httpx.AsyncClient, device: str) ->
     """truncate raises a protocol error in the client but the page counts as served."""
     sid = await session_id(client, device)
     await add_faults(client, {"endpoint": "fetch", "action": "truncate"})
-    with pytest.raises(httpx.RemoteProtocolError):
+    with pytest.raises(TruncatedBody):
         await fetch(client, device, sid)
     after = (await fetch(client, device, sid)).json()
     assert after["meta"]["count_left"] == RECORDS - 2 * PAGE_SIZE

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from replicad.connectors.emulator_control import EmulatorControl
-from replicad.store.status import edit_locally
+from replicad.store.app_sql import edit_locally
 from replicad.store.values import to_sql
 
 BIN = Path(sys.executable).parent
