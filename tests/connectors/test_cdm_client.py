@@ -409,3 +409,23 @@ def test_satisfies_push_connector() -> None:
     """CdmClient is a PushConnector and builds a token bucket when a rate limit is set."""
     connector: PushConnector = make(FakeCdm(), rate_limit="600/m")
     assert isinstance(connector, CdmClient) and connector.bucket is not None
+
+
+@pytest.mark.parametrize("status", [404, 405])
+async def test_lost_create_on_a_server_without_lookup_is_rejected_with_a_hint(status: int) -> None:
+    """A server that cannot list records by a field (404/405) cannot tell whether a lost
+    create arrived: the entry is rejected with the retry hint, never posted blindly."""
+    server = FakeCdm(faults=["lost"])
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.method == "GET":
+            server.requests.append(req)
+            return httpx.Response(status, json={"message": "no listing"})
+        return server(req)
+
+    settings = CdmSettings("https://cdm.test", TOKEN, retry=FAST, natural_key="email")
+    async with CdmClient(settings, transport=httpx.MockTransport(handler)) as c:
+        result = await c.push(batch(item(1)))
+    assert len(server.writes()) == 1 and result.error is None
+    (outcome,) = result.outcomes
+    assert outcome.rejected is not None and "replicad retry" in outcome.rejected
