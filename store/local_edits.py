@@ -99,7 +99,7 @@ def journal(
     db: sqlite3.Connection,
     tbl: str,
     internal_id: str,
-    id_: int | None,
+    id_: int | str | None,
     conflicts: Iterable[tuple[str, SQLValue, SQLValue]],
     revision: int | None,
     resolution: str,

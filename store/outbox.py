@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from replicad.connectors.push_model import Associated, Op, PushItem
-from replicad.store.local_edits import open_columns, settle_pending_flag
+from replicad.store.local_edits import journal, open_columns, settle_pending_flag
 from replicad.store.model import OutboxBatch, Outcome, OutcomeCounts, PushSource
 from replicad.store.names import quote
 from replicad.store.schema import APPLICATION_ID
@@ -441,6 +441,8 @@ def _learn_id(
             for c, v in remote_values.items()
             if (theirs is None or c in theirs) or (mine is not None and c not in mine)
         }
+        # Before its entries move: was the other row an app's insert, not a pull?
+        both_local = _created_locally(db, tbl, dup_iid)
         _adopt_entries(db, tbl, dup_iid, iid, now)
         db.execute(f"DELETE FROM {q} WHERE id = ?", (rid,))
         sets = "".join(f", {quote(c)} = ?" for c in take)
@@ -448,6 +450,15 @@ def _learn_id(
             f"UPDATE {q} SET id = ?, _revision = ?, _synced_at = ?{sets} WHERE _internal_id = ?",
             (rid, dup[1], dup[2], *take.values(), iid),
         )
+        if both_local:
+            # Two local rows the destination made one record (Endgrate's upsert by
+            # email, phone or name): the row that goes keeps its values in the journal.
+            kept = _values_of(db, tbl, cols, iid)
+            lost = [("_internal_id", dup_iid, iid)] + [
+                (c, v, kept[c]) for c, v in remote_values.items() if v != kept[c]
+            ]
+            resolution = f"merged by the destination into row {iid}"
+            journal(db, tbl, dup_iid, rid, lost, dup[1], resolution, now)
         return True
     db.execute(f"UPDATE {q} SET id = ? WHERE _internal_id = ?", (rid, iid))
     return False
@@ -511,6 +522,25 @@ def adopt_pulled_creates(
         )
         merged += 1
     return merged
+
+
+def _values_of(db: sqlite3.Connection, tbl: str, cols: list[str], iid: str) -> dict[str, SQLValue]:
+    if not cols:
+        return {}
+    select = ", ".join(quote(c) for c in cols)
+    row = db.execute(f"SELECT {select} FROM {quote(tbl)} WHERE _internal_id = ?", (iid,)).fetchone()
+    return dict(zip(cols, row, strict=True))
+
+
+def _created_locally(db: sqlite3.Connection, tbl: str, iid: str) -> bool:
+    """Whether the row was inserted by an app (pushed as a create), not pulled."""
+    return (
+        db.execute(
+            "SELECT 1 FROM _replicad_outbox WHERE tbl = ? AND internal_id = ? AND op = 'insert'",
+            (tbl, iid),
+        ).fetchone()
+        is not None
+    )
 
 
 def requeue_at(path: Path, entry: int | None) -> int:

@@ -267,3 +267,35 @@ def test_token_never_in_replica_or_output(tmp_path: Path) -> None:
             if f.is_file():
                 assert TOKEN.encode() not in f.read_bytes(), f.name
         assert os.path.exists(db)
+
+
+def test_local_inserts_the_destination_merges_lose_nothing(tmp_path: Path) -> None:
+    """Two local inserts that Endgrate's upsert matches to one record (same phone) end
+    as one row, and the other row's values are kept in replicad_conflicts."""
+    db = tmp_path / "replica.db"
+    with emulator(records=50) as emu:
+        cfg = write_config(tmp_path, emu.url, push=ENDGRATE)
+        sync(cfg)
+        app_write(
+            db,
+            "INSERT INTO contact (first_name, last_name, email, phone, _internal_id) "
+            "VALUES ('Pat', 'One', 'p1@example.org', '+1 555 0101', 'p1')",
+            "INSERT INTO contact (first_name, last_name, email, phone, _internal_id) "
+            "VALUES ('Pat', 'Two', 'p2@example.org', '+1 555 0101', 'p2')",
+        )
+        sync(cfg)
+        (remote_id,) = contacts_with(emu.control.state(), "phone", "+1 555 0101")
+        rows = query(db, "SELECT id, _internal_id FROM contact WHERE phone = '+1 555 0101'")
+        assert len(rows) == 1 and rows[0][0] == remote_id
+        (kept,) = [iid for _, iid in rows]
+        gone = "p1" if kept == "p2" else "p2"
+        journal = dict(
+            query(
+                db,
+                "SELECT field, local_value FROM replicad_conflicts WHERE internal_id = ?",
+                gone,
+            )
+        )
+        assert journal["_internal_id"] == gone
+        assert journal.get("email") == f"{gone}@example.org"
+        assert_replica_matches(db, emu)

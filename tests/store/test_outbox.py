@@ -355,3 +355,43 @@ async def test_unmatched_or_unwritten_creates_are_not_adopted(
     ).fetchall()
     assert (None, "a") in rows and (None, "b") in rows and len(rows) == 3
     assert {e["internal_id"]: e["awaiting_id"] for e in outbox(app)} == {"a": 1, "b": 0}
+
+
+async def test_two_local_creates_merged_by_the_destination_keep_both_in_view(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """Two local inserts the destination confirms as one record (upsert by phone) keep
+    one row; the other row's values go to replicad_conflicts, nothing vanishes."""
+    app.execute("INSERT INTO contact (name, email, vip, _internal_id) VALUES ('A', 'a@x', 1, 'a')")
+    app.execute("INSERT INTO contact (name, email, vip, _internal_id) VALUES ('B', 'b@x', 1, 'b')")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    first, second = batch.items
+    counts = await pushed.record_push(
+        "contact", [Said(first.entry, id="90"), Said(second.entry, id="90")]
+    )
+    assert counts.confirmed == 2
+    assert app.execute(
+        "SELECT _internal_id, name, email FROM contact WHERE id = 90 OR id IS NULL"
+    ).fetchall() == [("b", "B", "b@x")]
+    journal = app.execute(
+        "SELECT internal_id, id, field, local_value, remote_value, resolution FROM replicad_conflicts"
+    ).fetchall()
+    fields = {f: (lv, rv) for _, _, f, lv, rv, _ in journal}
+    assert fields["_internal_id"] == ("a", "b")
+    assert fields["name"] == ("A", "B") and fields["email"] == ("a@x", "b@x")
+    assert {(i, rid, r) for i, rid, _, _, _, r in journal} == {
+        ("a", 90, "merged by the destination into row b")
+    }
+
+
+async def test_pushed_create_meeting_its_pulled_copy_journals_nothing(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """The usual race (the pull brought the pushed record first) merges silently."""
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'loc')")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    await pushed.apply_page(TARGET, page(up("contact", 77, 3, name="Cy", email="cy@x")))
+    await pushed.record_push("contact", [Said(batch.items[0].entry, id="77")])
+    assert app.execute("SELECT count(*) FROM replicad_conflicts").fetchone() == (0,)
