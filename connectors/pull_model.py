@@ -15,11 +15,17 @@ JSONObject = dict[str, Any]
 
 
 def dumps_raw(value: Any) -> str:
-    """Compact JSON for quarantined items; never fails on odd input."""
+    """Compact JSON for quarantined items; never fails on odd input, and always
+    storable as text (lone surrogates are written as \\u escapes)."""
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError):
-        return repr(value)
+        return repr(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"))
+    return text
 
 
 @dataclass(frozen=True, slots=True)

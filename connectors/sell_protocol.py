@@ -18,6 +18,10 @@ from replicad.connectors.pull_model import (
     RecordChange,
     dumps_raw,
 )
+from replicad.connectors.salvage import NotAPage, ack_key_in, split_page, storable
+
+# SQLite stores integers in 64 bits: an id or revision outside cannot be stored.
+_INT64 = 2**63
 
 
 class ProtocolError(ConnectorError):
@@ -68,17 +72,21 @@ def parse_page(status: int, body: Any) -> QueuePage | None:
         raise ProtocolError(f"unexpected status {status} from the main queue")
     if not isinstance(body, dict) or not isinstance(body.get("items"), list):
         raise ProtocolError("queue page without an items array")
-    meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
+    return _page([parse_item(item) for item in body["items"]], body.get("meta"))
+
+
+def _page(parsed: list[RecordChange | BadItem], meta: Any) -> QueuePage:
+    if not isinstance(meta, dict):
+        meta = {}
     if not isinstance(meta.get("failed_objects") or [], list):
         raise ProtocolError("queue page whose meta.failed_objects is not an array")
     changes: list[RecordChange] = []
     bad: list[BadItem] = []
-    for item in body["items"]:
-        parsed = parse_item(item)
-        if isinstance(parsed, RecordChange):
-            changes.append(parsed)
+    for p in parsed:
+        if isinstance(p, RecordChange):
+            changes.append(p)
         else:
-            bad.append(parsed)
+            bad.append(p)
     failed = [
         FailedObject(str(f.get("type")), str(f.get("id")))
         for f in meta.get("failed_objects") or []
@@ -87,22 +95,84 @@ def parse_page(status: int, body: Any) -> QueuePage | None:
     count_left = meta.get("count_left")
     return QueuePage(
         PageBatch(changes, bad, failed),
-        count=len(body["items"]),
-        count_left=count_left if isinstance(count_left, int) else None,
+        count=len(parsed),
+        count_left=count_left if type(count_left) is int else None,
     )
 
 
 def decode_page(content: bytes) -> QueuePage:
-    """The body of a 200 queue answer as a page; ProtocolError if it is not JSON or
-    not a page. Pure CPU work, run wherever it is cheapest (the pull runs it on the
-    replica's writer thread, next to applying the page)."""
+    """The body of a 200 queue answer as a page; ProtocolError if it is not a page.
+
+    Quarantine is per item, never per page: a body that does not decode as a whole
+    (an item nested too deeply, invalid UTF-8, a broken item) is split into its items,
+    each decoded on its own; only a body that is not structurally a page (cut short)
+    is a lost page. Items whose text cannot be stored (lone surrogates) are
+    quarantined. Pure CPU work, run wherever it is cheapest (the pull runs it on the
+    replica's writer thread, next to applying the page).
+    """
     try:
         body = json.loads(content)
     except (ValueError, RecursionError):  # RecursionError: nesting too deep to decode
-        raise ProtocolError("malformed JSON body") from None
+        return _salvaged(content)
     page = parse_page(200, body)
     assert page is not None  # only a 204 ends a session
+    if b"\\ud" in content or b"\\uD" in content:
+        # Only a \uD8xx-style escape decodes to a surrogate: check the items then.
+        page = _without_lone_surrogates(page)
     return page
+
+
+def _salvaged(content: bytes) -> QueuePage:
+    """The items of a body that did not decode as a whole, each decoded on its own."""
+    text = content.decode("utf-8", "surrogateescape")
+    try:
+        texts, meta_text = split_page(text)
+    except NotAPage:
+        raise ProtocolError("malformed JSON body") from None
+    parsed: list[RecordChange | BadItem] = []
+    for t in texts:
+        try:
+            parsed.append(parse_item(json.loads(t)))
+        except RecursionError:
+            parsed.append(BadItem(storable(t), "item nested too deeply to decode", ack_key_in(t)))
+        except ValueError:
+            parsed.append(BadItem(storable(t), "item is not valid JSON", ack_key_in(t)))
+    meta: Any = None
+    if meta_text is not None:
+        try:
+            meta = json.loads(meta_text)
+        except (ValueError, RecursionError):
+            meta = None
+    return _without_lone_surrogates(_page(parsed, meta))
+
+
+def _without_lone_surrogates(page: QueuePage) -> QueuePage:
+    """Items with a lone surrogate (from invalid UTF-8 or a \\uD8xx escape) in a value
+    or a field name cannot be stored as text: they move to quarantine."""
+    keep: list[RecordChange] = []
+    bad = list(page.batch.bad_items)
+    for change in page.batch.changes:
+        if _has_lone_surrogate(change.type) or _has_lone_surrogate(change.data):
+            raw = {"data": change.data, "meta": {"type": change.type}}
+            bad.append(BadItem(dumps_raw(raw), "item text is not valid Unicode", change.ack_key))
+        else:
+            keep.append(change)
+    batch = PageBatch(keep, bad, page.batch.failed_objects)
+    return QueuePage(batch, page.count, page.count_left)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def parse_item(item: Any) -> RecordChange | BadItem:
@@ -124,6 +194,8 @@ def parse_item(item: Any) -> RecordChange | BadItem:
             and type(type_) is str
             and type(data) is dict
             and type(rid) is int
+            and -_INT64 <= rid < _INT64
+            and -_INT64 <= revision < _INT64
             and type(item) is dict
             and type(meta) is dict
             and type(sync) is dict
@@ -154,6 +226,10 @@ def _parse_odd_item(item: Any) -> RecordChange | BadItem:
         reason = "item data has no integer id"
     elif not isinstance(revision, int) or isinstance(revision, bool):
         reason = "item has no integer meta.sync.revision"
+    elif not -_INT64 <= data["id"] < _INT64:
+        reason = "item id does not fit a 64-bit integer"
+    elif not -_INT64 <= revision < _INT64:
+        reason = "item revision does not fit a 64-bit integer"
     if reason is not None:
         return BadItem(dumps_raw(item), reason, ack_key)
     assert isinstance(type_, str) and isinstance(data, dict) and isinstance(revision, int)

@@ -375,7 +375,8 @@ async def test_two_local_creates_merged_by_the_destination_keep_both_in_view(
         "SELECT _internal_id, name, email FROM contact WHERE id = 90 OR id IS NULL"
     ).fetchall() == [("b", "B", "b@x")]
     journal = app.execute(
-        "SELECT internal_id, id, field, local_value, remote_value, resolution FROM replicad_conflicts"
+        "SELECT internal_id, id, field, local_value, remote_value, resolution "
+        "FROM replicad_conflicts"
     ).fetchall()
     fields = {f: (lv, rv) for _, _, f, lv, rv, _ in journal}
     assert fields["_internal_id"] == ("a", "b")
