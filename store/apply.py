@@ -56,7 +56,7 @@ def apply_page(
 ) -> ApplyResult:
     """Apply a page; everything or nothing is committed."""
     result = ApplyResult()
-    routed, bad = _route(catalog, target, batch.changes)
+    routed, bad = _route(db, catalog, target, batch.changes)
     bad.extend(batch.bad_items)
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -105,12 +105,27 @@ def apply_page(
     return result
 
 
+# SQLite's default limit is 2000 columns per table; five are the replica's own.
+MAX_FIELDS = 1990
+
+
 def _route(
-    catalog: TableCatalog, target: PullTarget, changes: Iterable[RecordChange]
+    db: sqlite3.Connection,
+    catalog: TableCatalog,
+    target: PullTarget,
+    changes: Iterable[RecordChange],
 ) -> tuple[list[tuple[str, RecordChange]], list[BadItem]]:
-    """Pair each change with its table; changes that cannot be stored become BadItems."""
+    """Pair each change with its table; changes that cannot be stored become BadItems.
+
+    Checked here, before the page's transaction, so that one such item is quarantined
+    instead of failing the page on every attempt: a name that is no identifier, a
+    table of another sync, a new type whose name differs only in case from an existing
+    table (SQLite's names are case-insensitive) or names an app's own table, and a
+    type that would pass SQLite's column limit.
+    """
     routed: list[tuple[str, RecordChange]] = []
     bad: list[BadItem] = []
+    known: dict[str, set[str]] = {}  # fields per table, with those this page adds
     for change in changes:
         try:
             tbl = table_name(target.prefix, change.type)
@@ -118,12 +133,41 @@ def _route(
             bad.append(BadItem(_raw(change), str(e), change.ack_key))
             continue
         owner = catalog.tables.get(tbl)
+        reason = None
         if owner is not None and owner.sync != target.sync:
             reason = f"table {tbl} belongs to sync {owner.sync!r}"
+        elif owner is None and tbl not in known:
+            reason = _name_taken(db, catalog, tbl)
+        if reason is None:
+            fields = known.get(tbl)
+            if fields is None:
+                fields = known[tbl] = {"id", *(owner.columns if owner is not None else ())}
+            if not fields.issuperset(change.data):  # the usual case costs one C call
+                new = [f for f in change.data if f not in fields]
+                # fields holds "id", which has no column of its own.
+                if len(fields) - 1 + len(new) > MAX_FIELDS:
+                    reason = f"type {change.type} would have more than {MAX_FIELDS} fields"
+                else:
+                    fields.update(new)
+        if reason is not None:
             bad.append(BadItem(_raw(change), reason, change.ack_key))
             continue
         routed.append((tbl, change))
     return routed, bad
+
+
+def _name_taken(db: sqlite3.Connection, catalog: TableCatalog, tbl: str) -> str | None:
+    """Why a new type's table name cannot be used, if it cannot."""
+    lower = tbl.lower()
+    for name in catalog.tables:
+        if name.lower() == lower:
+            return f"type name differs only in case from table {name}"
+    row = db.execute(
+        "SELECT name FROM sqlite_master WHERE lower(name) = ? LIMIT 1", (lower,)
+    ).fetchone()
+    if row is not None:
+        return f"table name {tbl} is taken by {row[0]}, which replicad does not manage"
+    return None
 
 
 def _kind(value: object) -> str:

@@ -199,3 +199,42 @@ async def test_device_uuid_is_stable(replica: Replica) -> None:
     first = await replica.device_uuid("crm")
     assert await replica.device_uuid("crm") == first
     assert await replica.device_uuid("other") != first
+
+
+async def test_types_that_cannot_have_a_table_are_quarantined_alone(replica: Replica) -> None:
+    """A type differing only in case from a table, or naming an app's own table, is
+    quarantined (and acknowledged); the items around it are applied."""
+    await replica.apply_page(TARGET, page(up("contact", 1, 1, name="a")))
+    await replica.db.execute("CREATE TABLE invoices (n INTEGER)")
+    await replica.db.commit()
+    result = await replica.apply_page(
+        TARGET,
+        page(
+            up("Contact", 2, 1, name="b"),
+            up("INVOICES", 3, 1, total=5),
+            up("contact", 4, 1, name="c"),
+        ),
+    )
+    assert result.quarantined == 2 and result.ack_keys == 3
+    assert sorted(await rows(replica, "contact")) == [1, 4]
+    reasons = await replica.db.execute_fetchall("SELECT reason FROM _replicad_quarantine")
+    assert [r[0] for r in reasons] == [
+        "type name differs only in case from table contact",
+        "table name INVOICES is taken by invoices, which replicad does not manage",
+    ]
+
+
+async def test_a_type_past_the_column_limit_is_quarantined_item_by_item(
+    replica: Replica,
+) -> None:
+    """Items that would take a type past SQLite's column limit are quarantined; the
+    type's other items, and its fields so far, are kept."""
+    wide = {f"f{i}": i for i in range(1985)}
+    await replica.apply_page(TARGET, page(up("wide", 1, 1, **wide)))
+    more = {f"g{i}": i for i in range(10)}
+    result = await replica.apply_page(
+        TARGET, page(up("wide", 2, 1, **more), up("wide", 3, 1, f0=7, f1=8))
+    )
+    assert result.quarantined == 1 and result.ack_keys == 2
+    got = await rows(replica, "wide")
+    assert sorted(got) == [1, 3] and got[3]["f0"] == 7
