@@ -106,6 +106,7 @@ class Engine:
         try:
             outcome = await pull_cycle(self.replica, sync, conn, client, progress)
         finally:
+            log_repairs(self.replica)
             with anyio.CancelScope(shield=True):
                 await self.save_budget(conn.name)
         log.info(
@@ -153,6 +154,13 @@ class Engine:
         self.pushers.clear()
 
 
+def log_repairs(replica: Replica) -> None:
+    """Log what the store put back of the schema an app had changed."""
+    for what in replica.repairs:
+        log.warning("replica.repaired", what=what)
+    replica.repairs.clear()
+
+
 async def register(replica: Replica, config: Config) -> None:
     """Make the configured syncs visible in status, and their push tables writable."""
     for sync in config.syncs.values():
@@ -167,6 +175,7 @@ async def register(replica: Replica, config: Config) -> None:
 async def open_engine(config: Config) -> AsyncIterator[Engine]:
     """Open (and lock) the replica, register the configured syncs, yield an Engine."""
     replica = await Replica.open(config.replica_path)
+    log_repairs(replica)
     engine = Engine(config, replica)
     try:
         await register(replica, config)

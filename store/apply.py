@@ -29,7 +29,13 @@ from replicad.store.local_edits import (
 from replicad.store.model import ApplyResult, BadItem, PageBatch, PullTarget, RecordChange
 from replicad.store.names import UnstorableName, quote, table_name
 from replicad.store.outbox import adopt_pulled_creates
-from replicad.store.plan import TablePlan, merge_remote, plan_table, split_runs
+from replicad.store.plan import (
+    UNKNOWN_REVISION,
+    TablePlan,
+    merge_remote,
+    plan_table,
+    split_runs,
+)
 from replicad.store.tables import TableCatalog
 from replicad.store.values import SQLValue, to_sql
 
@@ -274,6 +280,12 @@ def _apply_table(
             [(tbl, i, rev, now) for i, rev in plan.deletes],
         )
         result.deleted += len(plan.deletes)
+    if plan.unseen_deletes:
+        db.executemany(
+            "INSERT OR IGNORE INTO _replicad_tombstones (tbl, id, revision, deleted_at) "
+            "VALUES (?, ?, ?, ?)",
+            [(tbl, i, UNKNOWN_REVISION, now) for i in plan.unseen_deletes],
+        )
     pulled = [c.id for c in plan.inserts] + [c.id for c in plan.updates]
     if pulled:
         adopt_pulled_creates(db, catalog, tbl, pulled, now)

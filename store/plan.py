@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from replicad.store.model import RecordChange
 from replicad.store.values import SQLValue
 
+# The revision of a tombstone left by a delete of a record the replica never had: its
+# real last revision is unknown, and Sell does not bring deleted records back, so no
+# later item may revive it.
+UNKNOWN_REVISION = 2**63 - 1
+
 
 @dataclass(slots=True)
 class TablePlan:
@@ -24,6 +29,9 @@ class TablePlan:
     deletes: list[tuple[int, int]] = field(default_factory=list)
     # Tombstones superseded by a genuinely newer revision of the record.
     revived: list[int] = field(default_factory=list)
+    # Ids deleted before the replica ever had them: remembered as deleted at an unknown
+    # revision, so that an older create delivered late cannot bring the record back.
+    unseen_deletes: list[int] = field(default_factory=list)
     stale: int = 0
 
 
@@ -63,7 +71,9 @@ def plan_table(
     ``existing`` maps id → revision of live rows, ``tombstones`` id → last known
     revision of deleted ones. An upsert wins only with a strictly higher revision;
     a delete (revision 0 on the wire) removes a live row and keeps its revision as
-    the tombstone; a delete of a record never seen, or already deleted, does nothing.
+    the tombstone; a delete of a record never seen leaves a tombstone at an unknown
+    revision (``UNKNOWN_REVISION``: no later item revives it); a delete of a record
+    already deleted does nothing.
     """
     plan = TablePlan()
     for c in changes:
@@ -71,6 +81,8 @@ def plan_table(
             if apply_deletes and c.id in existing:
                 plan.deletes.append((c.id, existing[c.id]))
             else:
+                if apply_deletes and c.id not in tombstones:
+                    plan.unseen_deletes.append(c.id)
                 plan.stale += 1
         elif c.id in existing:
             if c.revision > existing[c.id]:

@@ -37,6 +37,7 @@ from replicad.store.model import (
     PushSource,
 )
 from replicad.store.outbox import utcnow
+from replicad.store.reconcile import reconcile
 from replicad.store.schema import APPLICATION_ID, SCHEMA_VERSION, migrate
 from replicad.store.tables import TableCatalog
 
@@ -50,6 +51,11 @@ class AckBatch:
 
     seqs: list[int] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
+
+
+def _missing_column(e: sqlite3.OperationalError) -> bool:
+    text = str(e)
+    return "no such column" in text or "has no column named" in text
 
 
 class ReplicaRefused(RuntimeError):
@@ -70,6 +76,8 @@ class Replica:
         # Whether pages may have been committed without an fsync since the last one.
         # True at start: a previous process may have left such pages behind.
         self._unsynced_pages = True
+        # What reconcile repaired of the schema since the daemon last logged it.
+        self.repairs: list[str] = []
 
     @classmethod
     async def open(cls, path: Path) -> Replica:
@@ -143,6 +151,7 @@ class Replica:
         # A larger page cache keeps the indexes of big tables in memory while applying.
         self._writer.execute("PRAGMA cache_size = -65536")
         self.catalog.load(self._writer)
+        self.repairs += await anyio.to_thread.run_sync(reconcile, self._writer, self.catalog)
 
     async def _pragma(self, name: str) -> int:
         rows = await self.db.execute_fetchall(f"PRAGMA {name}")
@@ -220,7 +229,17 @@ class Replica:
         # always ends its own.
         writer.execute("PRAGMA synchronous = NORMAL")
         try:
-            result = apply_page(writer, self.catalog, target, batch, utcnow())
+            try:
+                result = apply_page(writer, self.catalog, target, batch, utcnow())
+            except sqlite3.OperationalError as e:
+                if not _missing_column(e):
+                    raise
+                # An app renamed or dropped a column while the daemon ran: put the
+                # schema back in order, then apply the page once more.
+                if writer.in_transaction:
+                    writer.execute("ROLLBACK")
+                self.repairs += reconcile(writer, self.catalog)
+                result = apply_page(writer, self.catalog, target, batch, utcnow())
         except BaseException:
             # A rolled-back ALTER must not linger in the cached catalog.
             self.catalog.load(writer)

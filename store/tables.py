@@ -149,8 +149,8 @@ def triggers(tbl: str, sync: str, columns: list[str]) -> list[str]:
         "destination cannot delete records); the row was kept and nothing changed"
     )
     identity = literal(
-        f"replicad: id and _internal_id of table {tbl} are managed by replicad and "
-        "cannot be changed; the edit was refused"
+        f"replicad: id, _internal_id, _revision, _synced_at and _pending of table {tbl} "
+        "are managed by replicad and cannot be changed; the edit was refused"
     )
     out = [
         f"CREATE TRIGGER {quote(f'_replicad_guard_{op.lower()}_{tbl}')} BEFORE {op} ON {q} "
@@ -165,19 +165,26 @@ def triggers(tbl: str, sync: str, columns: list[str]) -> list[str]:
         f"BEGIN SELECT RAISE(ABORT, {no_delete}); END"
     )
     reinsert = literal(
-        f"replicad: an INSERT into table {tbl} may not set id or reuse the _internal_id of "
-        "an existing row (that would replace a synced record); use UPDATE"
+        f"replicad: an INSERT into table {tbl} may not set id, _revision, _synced_at or "
+        "_pending, nor reuse the _internal_id of an existing row (that would replace a "
+        "synced record); use UPDATE"
     )
     out.append(
         f"CREATE TRIGGER {quote(f'_replicad_insert_identity_{tbl}')} BEFORE INSERT ON {q} "
-        f"WHEN NOT {_APPLYING} AND (NEW.id IS NOT NULL OR EXISTS "
+        f"WHEN NOT {_APPLYING} AND (NEW.id IS NOT NULL OR NEW._revision IS NOT 0 "
+        "OR NEW._synced_at IS NOT NULL OR NEW._pending IS NOT 1 OR EXISTS "
         f"(SELECT 1 FROM {q} WHERE _internal_id = NEW._internal_id)) "
         f"BEGIN SELECT RAISE(ABORT, {reinsert}); END"
     )
+    # The bookkeeping columns decide what the pull overwrites (_revision) and what is
+    # shown as unsent (_pending): an app setting them would silently break the sync.
+    # The capture triggers' own "SET _pending = 1" stays allowed.
     out.append(
-        f"CREATE TRIGGER {quote(f'_replicad_identity_{tbl}')} BEFORE UPDATE OF id, _internal_id "
-        f"ON {q} WHEN NOT {_APPLYING} AND (NEW.id IS NOT OLD.id "
-        "OR NEW._internal_id IS NOT OLD._internal_id) "
+        f"CREATE TRIGGER {quote(f'_replicad_identity_{tbl}')} BEFORE UPDATE OF id, _internal_id, "
+        f"_revision, _synced_at, _pending ON {q} WHEN NOT {_APPLYING} AND (NEW.id IS NOT OLD.id "
+        "OR NEW._internal_id IS NOT OLD._internal_id OR NEW._revision IS NOT OLD._revision "
+        "OR NEW._synced_at IS NOT OLD._synced_at "
+        "OR (NEW._pending IS NOT OLD._pending AND NEW._pending IS NOT 1)) "
         f"BEGIN SELECT RAISE(ABORT, {identity}); END"
     )
     out.append(

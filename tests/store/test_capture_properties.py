@@ -36,6 +36,7 @@ from hypothesis.stateful import (
 
 from replicad.connectors.push_model import PushItem
 from replicad.store import OutboxBatch, PushSource, RecordChange, Replica
+from replicad.store.plan import UNKNOWN_REVISION
 from replicad.store.values import SQLValue
 from tests.store.conftest import TARGET, gone, page, payload, up
 
@@ -239,6 +240,9 @@ class CaptureMachine(RuleBasedStateMachine):
             if c.deleted:
                 if row is not None:
                     journal += self._expect_delete(c.id, row)
+                else:
+                    # Deleted before ever seen: no later revision brings it back.
+                    self.tombstones.setdefault(c.id, UNKNOWN_REVISION)
                 continue
             remote: dict[str, Cell] = {col: remote_cell(c.data.get(col)) for col in self.columns}
             if row is None:
@@ -449,7 +453,9 @@ class CaptureMachine(RuleBasedStateMachine):
     def pull(self, data: st.DataObject) -> None:
         """A page of newer (or stale, repeated, new, revived) revisions and deletes arrives."""
         self.step += 1
-        known = {**self.tombstones, **{id_: row.revision for id_, row in self.rows.items()}}
+        # Unseen deletes' tombstones (UNKNOWN_REVISION) block everything: start from 0.
+        marks = {i: r for i, r in self.tombstones.items() if r != UNKNOWN_REVISION}
+        known = {**marks, **{id_: row.revision for id_, row in self.rows.items()}}
         fields = [*BASE_FIELDS, "extra"]
         changes = []
         for _ in range(data.draw(st.integers(1, 4), label="items")):

@@ -4,7 +4,8 @@ Each record has a history of versions with increasing revisions, possibly ending
 delete. A delivery repeats items, re-delivers unacknowledged ones in later sessions,
 sends stale revisions after newer ones (even after the final state), splits pages
 anywhere — but always delivers each record's final state at some point, and after a
-delete only re-sends revisions that were delivered before it.
+delete only re-sends revisions that were delivered before it (any revision, when the
+delete came first).
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def deliveries(draw: st.DrawFn, history: list[RecordChange]) -> list[RecordChang
         delivered_before_delete.append(item)
     seq.append(final)
     # After the final state, stale (or duplicate) items may still arrive; after a
-    # delete only ones delivered before it, whose revision the tombstone remembers.
-    late = delivered_before_delete if final.deleted else live
+    # delete only ones delivered before it, whose revision the tombstone remembers, or,
+    # when the record was deleted before any of it arrived, any of its versions.
+    late = delivered_before_delete if final.deleted and delivered_before_delete else live
     if late:
         seq.extend(draw(st.lists(st.sampled_from(late), max_size=3)))
     return seq

@@ -1,0 +1,84 @@
+"""Apps cannot corrupt the bookkeeping: guarded columns, restored triggers, renamed columns."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from replicad.store import PushSource, Replica
+from tests.store.conftest import TARGET, gone, page, rows, up
+
+
+def app(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, timeout=5, isolation_level=None)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE contact SET _revision = 999999999 WHERE id = 1",
+        "UPDATE contact SET _synced_at = 'x' WHERE id = 1",
+        "UPDATE contact SET _pending = 2 WHERE id = 1",
+        "INSERT INTO contact (name, _revision) VALUES ('n', 5)",
+        "INSERT INTO contact (name, _pending) VALUES ('n', 0)",
+    ],
+)
+async def test_bookkeeping_columns_are_refused_to_apps(replica: Replica, sql: str) -> None:
+    """Apps may not set _revision, _synced_at or _pending (a later pull would be
+    ignored, or an edit shown as sent): a clear SQL error, nothing changes."""
+    await replica.apply_page(TARGET, page(up("contact", 1, 3, name="a")))
+    await replica.register_push([PushSource("out", "contact")])
+    db = app(replica.path)
+    with pytest.raises(sqlite3.IntegrityError, match=r"managed by replicad|may not set"):
+        db.execute(sql)
+    db.close()
+    await replica.apply_page(TARGET, page(up("contact", 1, 4, name="b")))
+    assert (await rows(replica, "contact"))[1]["name"] == "b"
+
+
+async def test_a_dropped_trigger_is_restored_at_open(tmp_path: Path) -> None:
+    """A capture trigger an app dropped is recreated when the replica opens (and said)."""
+    path = tmp_path / "r.db"
+    replica = await Replica.open(path)
+    await replica.register_sync("mirror", "pull", "crm")
+    await replica.apply_page(TARGET, page(up("contact", 1, 3, name="a")))
+    await replica.register_push([PushSource("out", "contact")])
+    await replica.close()
+    db = app(path)
+    db.execute('DROP TRIGGER "_replicad_capture_update_contact"')
+    db.close()
+    replica = await Replica.open(path)
+    assert replica.repairs == ["trigger _replicad_capture_update_contact was missing: restored"]
+    await replica.close()
+    db = app(path)
+    db.execute("UPDATE contact SET name = 'edited' WHERE id = 1")
+    assert db.execute("SELECT op, state FROM replicad_outbox").fetchall() == [("update", "pending")]
+    db.close()
+
+
+async def test_a_column_renamed_by_an_app_is_followed(replica: Replica) -> None:
+    """An app's RENAME COLUMN while the daemon runs: the next page is applied (the field
+    follows the new name, the data stays); nothing is stuck."""
+    await replica.apply_page(TARGET, page(up("contact", 1, 3, name="a", city="X")))
+    db = app(replica.path)
+    db.execute("ALTER TABLE contact RENAME COLUMN city TO town")
+    db.close()
+    result = await replica.apply_page(TARGET, page(up("contact", 2, 1, name="b", city="Y")))
+    assert result.inserted == 1
+    got = await rows(replica, "contact")
+    assert got[1]["town"] == "X" and got[2]["town"] == "Y"
+    assert (
+        replica.repairs[0] == "contact.city was renamed to town by an app: field 'city' follows it"
+    )
+    # SQLite rewrote the capture trigger for the new name; it is regenerated as well.
+    assert all(r.startswith("trigger ") for r in replica.repairs[1:])
+
+
+async def test_a_delete_before_the_create_leaves_a_tombstone(replica: Replica) -> None:
+    """A delete of a record never seen is remembered: its older create, delivered late,
+    does not bring it back."""
+    await replica.apply_page(TARGET, page(gone("contact", 9)))
+    await replica.apply_page(TARGET, page(up("contact", 9, 5, name="zombie")))
+    assert await rows(replica, "contact") == {}
