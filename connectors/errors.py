@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -27,3 +29,20 @@ def plain_message(status: int, body: Any) -> str:
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         detail = " ".join(body["message"].split())[:300]
     return f"HTTP {status}" + (f" ({detail})" if detail else "")
+
+
+# A credential a server may echo back: "Bearer <token>", or the value of an
+# Authorization header or field (any scheme), up to a quote, comma or line end.
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;)}\]]+")
+_AUTHORIZATION = re.compile(r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?)[^\"',;\n\r}\]]+")
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without credentials: the given secrets, and any Bearer token or
+    Authorization value, become ``***``. Applied to every message that can reach a
+    log, the replica, the status or the terminal."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _BEARER.sub(r"\1***", text)
+    return _AUTHORIZATION.sub(r"\1***", text)

@@ -22,7 +22,13 @@ import anyio
 import httpx
 import structlog
 
-from replicad.connectors.errors import AuthRefused, ConnectorError, RemoteRefused, plain_message
+from replicad.connectors.errors import (
+    AuthRefused,
+    ConnectorError,
+    RemoteRefused,
+    plain_message,
+    scrub,
+)
 from replicad.connectors.http import async_client
 from replicad.connectors.ratelimit import TokenBucket
 from replicad.connectors.retry import (
@@ -135,9 +141,8 @@ class Exchange:
         await self.http.aclose()
 
     def redact(self, message: str) -> str:
-        """``message`` without the token: servers echo request headers into errors."""
-        token = self.settings.token
-        return message.replace(token, "***") if token else message
+        """``message`` without credentials: servers echo request headers into errors."""
+        return scrub(message, (self.settings.token,))
 
     async def send(
         self,

@@ -7,13 +7,14 @@ from contextlib import asynccontextmanager
 
 import anyio
 
+from replicad.daemon.logs import redact
 from replicad.store import Replica
 
 
 def one_line(e: BaseException) -> str:
-    """An error as one short line for status."""
+    """An error as one short line for status, without credentials (it is stored)."""
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return text[:500]
+    return redact(text)[:500]
 
 
 @asynccontextmanager

@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from replicad.daemon.logs import redact
+
 # A healthy step touches its loop at least this often: a page, a batch, or the end
 # of a request's bounded retries. The worst healthy case is a remote asking to wait
 # (Retry-After, honoured up to 300 s) on each of six retries, plus 30 s timeouts:
@@ -47,6 +49,9 @@ class LoopState:
     last_error: str | None = None
     total: int | None = None
     done: int = 0
+    # Pages and batches committed since the daemon started: a failed cycle that moved
+    # this forward made progress, and its backoff starts over.
+    progress: int = 0
 
     def busy(self) -> None:
         """A cycle starts."""
@@ -55,8 +60,13 @@ class LoopState:
         self.next_run = None
 
     def touch(self) -> None:
-        """The cycle made progress (a page, a batch)."""
+        """The cycle is alive."""
         self.touched = time.monotonic()
+
+    def batch_done(self) -> None:
+        """A push batch's outcomes were recorded."""
+        self.progress += 1
+        self.touch()
 
     def session(self, sync: str, total: int | None) -> None:
         """A pull session started (PullProgress)."""
@@ -66,6 +76,7 @@ class LoopState:
     def page(self, sync: str, items: int, count_left: int | None) -> None:
         """A page was committed (PullProgress)."""
         self.done += items
+        self.progress += 1
         self.touch()
 
     def idle(self, next_in: float | None) -> None:
@@ -82,7 +93,7 @@ class LoopState:
         """The cycle failed; it is retried after a backoff."""
         self.activity = "backing off"
         self.busy_since = None
-        self.last_error = error.splitlines()[0][:300] if error else "error"
+        self.last_error = redact(error.splitlines()[0])[:300] if error else "error"
         self.next_run = time.monotonic() + retry_in
 
     def paused(self, reason: str) -> None:

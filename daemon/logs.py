@@ -17,6 +17,8 @@ from typing import Any
 
 import structlog
 
+from replicad.connectors.errors import scrub
+
 _SECRET_KEYS = {"token", "authorization", "password", "secret", "api_key"}
 _secrets: set[str] = set()
 
@@ -28,10 +30,8 @@ def register_secret(value: str) -> None:
 
 
 def redact(text: str) -> str:
-    """Replace registered secrets in a string."""
-    for s in _secrets:
-        text = text.replace(s, "***")
-    return text
+    """``text`` without registered secrets, Bearer tokens or Authorization values."""
+    return scrub(text, _secrets)
 
 
 def redact_processor(
@@ -41,7 +41,7 @@ def redact_processor(
     for key, value in list(event.items()):
         if key.lower() in _SECRET_KEYS:
             event[key] = "***"
-        elif isinstance(value, str) and _secrets:
+        elif isinstance(value, str):
             event[key] = redact(value)
     return event
 

@@ -28,6 +28,7 @@ from watchfiles import Change, awatch
 
 from replicad.connectors.errors import AuthRefused, ConnectorError
 from replicad.daemon.config import Config, ConfigError, Sync, load_config
+from replicad.daemon.cycle_status import one_line
 from replicad.daemon.engine import Engine, open_engine
 from replicad.daemon.heartbeat import LoopState, Supervision, write_heartbeat
 from replicad.daemon.notify import Notifier
@@ -102,26 +103,31 @@ class Supervisor:
             if sync.direction == "push" and failures == 0:
                 await self._wait_for_edits(sync)
             state.busy()
+            progress_before = state.progress
             try:
                 if sync.direction == "push":
-                    await self.engine.push(sync, state.touch)
+                    await self.engine.push(sync, state.batch_done)
                 else:
                     await self.engine.pull(sync, state)
             except AuthRefused as e:
-                state.paused(f"token refused: {e}; fix the token or config (reloaded on change)")
+                state.paused(
+                    f"token refused: {one_line(e)}; fix the token or config (reloaded on change)"
+                )
                 log.error(f"{sync.direction}.auth_refused", sync=sync.label, error=str(e))
                 await anyio.sleep_forever()
             except Exception as e:
-                failures += 1
+                # A cycle that got pages or batches through before failing (sustained
+                # but partial faults) starts its backoff over instead of doubling it.
+                failures = 1 if state.progress > progress_before else failures + 1
                 delay = backoff(
                     sync.interval if sync.direction == "pull" else PUSH_BACKOFF_BASE,
                     failures,
                     self._rng,
                 )
                 expected = isinstance(e, ConnectorError)
-                state.failed(str(e), delay)
+                state.failed(one_line(e), delay)
                 log.warning(
-                    f"{sync.direction}.failed", sync=sync.label, error=str(e),
+                    f"{sync.direction}.failed", sync=sync.label, error=one_line(e),
                     retry_in=round(delay, 1), exc_info=None if expected else e,
                 )  # fmt: skip
                 await anyio.sleep(delay)

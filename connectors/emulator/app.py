@@ -77,7 +77,7 @@ def _authorize(request: Request, emulator: Emulator) -> str | Response:
     return device
 
 
-async def _apply_generic(rule: FaultRule | None) -> Response | None:
+async def _apply_generic(rule: FaultRule | None, request: Request) -> Response | None:
     """Carry out a ``status`` or ``delay`` rule; an error response for ``status``."""
     if rule is None:
         return None
@@ -85,7 +85,7 @@ async def _apply_generic(rule: FaultRule | None) -> Response | None:
         return error_response(
             rule.status,
             error_code(rule.status),
-            "Injected fault",
+            rule.fault_message(request.headers.get("authorization", "")),
             "emulator fault rule",
             retry_after=rule.retry_after,
         )
@@ -111,7 +111,7 @@ async def start_session(request: Request) -> Response:
     if isinstance(admitted, Response):
         return admitted
     emulator, device = admitted
-    failure = await _apply_generic(emulator.faults.take("start"))
+    failure = await _apply_generic(emulator.faults.take("start"), request)
     if failure is not None:
         return failure
     state = emulator.state
@@ -180,7 +180,7 @@ async def fetch_queue(request: Request) -> Response:
         return _unknown_session()
     page_available = session is not None and state.has_page(session)
     rule = emulator.faults.take("fetch", page_available=page_available)
-    failure = await _apply_generic(rule)
+    failure = await _apply_generic(rule, request)
     if failure is not None:
         return failure
     if rule is not None and rule.action == "delay":
@@ -232,7 +232,7 @@ async def acknowledge(request: Request) -> Response:
     if isinstance(admitted, Response):
         return admitted
     emulator, device = admitted
-    failure = await _apply_generic(emulator.faults.take("ack"))
+    failure = await _apply_generic(emulator.faults.take("ack"), request)
     if failure is not None:
         return failure
     keys = _ack_keys(await request.body())

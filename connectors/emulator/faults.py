@@ -62,7 +62,7 @@ DEFAULT_REJECT_MESSAGE: Final = "rejected by emulator fault rule"
 MALFORMED_ID_BASE: Final = 10**12
 
 _PARAMETERS: Final = {
-    "status": {"status", "retry_after"},
+    "status": {"status", "retry_after", "echo_auth"},
     "delay": {"seconds"},
     "failed_objects": {"count"},
     "reject": {"match", "message"},
@@ -97,6 +97,9 @@ class FaultRule:
     match_field: str = ""
     match_value: Any = None
     message: str = DEFAULT_REJECT_MESSAGE
+    # status: the error message repeats the request's Authorization header, as some
+    # servers do (a client must never store or show it).
+    echo_auth: bool = False
     fired: int = 0
     skipped: int = 0
 
@@ -104,6 +107,12 @@ class FaultRule:
     def exhausted(self) -> bool:
         """Whether the rule has fired as often as allowed."""
         return self.times > 0 and self.fired >= self.times
+
+    def fault_message(self, authorization: str) -> str:
+        """The message of a ``status`` answer."""
+        if self.echo_auth:
+            return f"Injected fault; request had Authorization: {authorization}"
+        return "Injected fault"
 
     def matches(
         self, endpoint: str, *, page_available: bool, item: Mapping[str, Any] | None = None
@@ -132,7 +141,7 @@ class FaultRule:
             "fired": self.fired,
         }
         if self.action == "status":
-            rule.update(status=self.status, retry_after=self.retry_after)
+            rule.update(status=self.status, retry_after=self.retry_after, echo_auth=self.echo_auth)
         elif self.action == "delay":
             rule["seconds"] = self.seconds
         elif self.action == "failed_objects":
@@ -201,6 +210,9 @@ def parse_rule(raw: object) -> FaultRule:
     if status > 599:
         raise FaultRuleError(f"'status' must be an HTTP error status, got {status}")
     retry_after = raw.get("retry_after")
+    echo_auth = raw.get("echo_auth", False)
+    if not isinstance(echo_auth, bool):
+        raise FaultRuleError(f"'echo_auth' must be true or false, got {echo_auth!r}")
     return FaultRule(
         endpoint=endpoint,
         action=action,
@@ -213,6 +225,7 @@ def parse_rule(raw: object) -> FaultRule:
         match_field=match_field,
         match_value=match_value,
         message=message,
+        echo_auth=echo_auth,
     )
 
 

@@ -93,7 +93,8 @@ async def _serve(
         return Answer(push_error(401, "Missing or invalid access token"))
     rule = emulator.faults.take(endpoint)
     if rule is not None and rule.action == "status":
-        return Answer(push_error(rule.status, "Injected fault", retry_after=rule.retry_after))
+        message = rule.fault_message(request.headers.get("authorization", ""))
+        return Answer(push_error(rule.status, message, retry_after=rule.retry_after))
     if rule is not None and rule.action == "delay":
         await asyncio.sleep(rule.seconds)
     answer = await handler(request, emulator, endpoint, body)

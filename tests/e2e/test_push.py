@@ -22,6 +22,7 @@ from tests.e2e.harness import (
     query,
     replicad,
     start_replicad,
+    wait_for,
     write_config,
 )
 
@@ -299,3 +300,47 @@ def test_local_inserts_the_destination_merges_lose_nothing(tmp_path: Path) -> No
         assert journal["_internal_id"] == gone
         assert journal.get("email") == f"{gone}@example.org"
         assert_replica_matches(db, emu)
+
+
+def test_a_server_echoing_credentials_never_gets_them_stored_or_shown(tmp_path: Path) -> None:
+    """Every error body repeats the Authorization header (pull start, push transfer,
+    a refused token): the token is in no file the daemon writes (replica, WAL,
+    heartbeat), not in status or status --json, not on stderr or in the logs."""
+    db = tmp_path / "replica.db"
+    with emulator(records=20) as emu:
+        cfg = write_config(tmp_path, emu.url, push=ENDGRATE)
+        sync(cfg)
+        app_write(db, "INSERT INTO contact (first_name, email) VALUES ('T', 't@example.org')")
+        emu.control.faults(
+            {"endpoint": "start", "action": "status", "status": 400, "echo_auth": True,
+             "times": 0},
+            {"endpoint": "transfer", "action": "status", "status": 422, "echo_auth": True,
+             "times": 0},
+        )  # fmt: skip
+        outputs = [sync(cfg, expect=1)]
+        reasons = query(db, "SELECT reason FROM replicad_outbox WHERE state = 'rejected'")
+        assert reasons and all("Authorization: ***" in r for (r,) in reasons), reasons
+        (error,) = query(db, "SELECT last_error FROM replicad_syncs WHERE sync = 'mirror'")[0]
+        assert "Authorization: ***" in error
+        daemon = start_replicad("run", "--config", str(cfg))
+        heartbeat = tmp_path / "replica.db.daemon.json"
+        try:
+            wait_for(lambda: heartbeat.exists() and "***" in heartbeat.read_text(), timeout=30)
+            for args in (("status",), ("status", "--json")):
+                done = replicad(*args, "--config", str(cfg))
+                outputs += [done.stdout, done.stderr]
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            _, err = daemon.communicate(timeout=20)
+        outputs.append(err)
+        emu.control.clear_faults()
+        emu.control.faults(
+            {"endpoint": "any", "action": "status", "status": 401, "echo_auth": True},
+        )
+        outputs.append(replicad("sync", "--once", "--config", str(cfg)).stderr)
+        for text in outputs:
+            assert TOKEN not in text
+            assert TOKEN[10:40] not in text
+        for f in tmp_path.iterdir():
+            if f.is_file():
+                assert TOKEN.encode() not in f.read_bytes(), f.name
