@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
+import structlog
 
 from replicad.daemon.logs import redact
 from replicad.store import Replica
+
+log = structlog.get_logger("replicad.status")
 
 
 def one_line(e: BaseException) -> str:
     """An error as one short line for status, without credentials (it is stored)."""
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
     return redact(text)[:500]
+
+
+# How many times a failure or a stop is written while an app holds the write lock
+# (each attempt waits out the replica's busy timeout first), and the pause between.
+RECORD_ATTEMPTS = 6
+RECORD_PAUSE = 2.0
 
 
 @asynccontextmanager
@@ -26,8 +35,24 @@ async def recorded_cycle(replica: Replica, sync: str) -> AsyncIterator[None]:
     except BaseException as e:
         with anyio.CancelScope(shield=True):
             if isinstance(e, anyio.get_cancelled_exc_class()):
-                await replica.sync_stopped(sync)
+                await _record(lambda: replica.sync_stopped(sync), sync)
             else:
-                await replica.sync_finished(sync, one_line(e))
+                message = one_line(e)
+                await _record(lambda: replica.sync_finished(sync, message), sync)
         raise
     await replica.sync_finished(sync, None)
+
+
+async def _record(write: Callable[[], Awaitable[None]], sync: str) -> None:
+    """Write a failure or a stop, however busy the replica is: an app holding the write
+    lock must not leave "syncing" behind. Never raises: the cycle's own error is what
+    the caller must see."""
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            await write()
+            return
+        except Exception as e:  # "database is locked", a full disk: try again, then log
+            log.warning("status.not_recorded", sync=sync, error=str(e), attempt=attempt)
+            if attempt < RECORD_ATTEMPTS:
+                await anyio.sleep(RECORD_PAUSE)
+    log.error("status.not_recorded", sync=sync, gave_up=True)

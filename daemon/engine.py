@@ -154,6 +154,10 @@ class Engine:
         self.pushers.clear()
 
 
+def _log_wait(what: str) -> None:
+    log.warning("replica.busy", waiting=what)
+
+
 def log_repairs(replica: Replica) -> None:
     """Log what the store put back of the schema an app had changed."""
     for what in replica.repairs:
@@ -172,9 +176,15 @@ async def register(replica: Replica, config: Config) -> None:
 
 
 @asynccontextmanager
-async def open_engine(config: Config) -> AsyncIterator[Engine]:
-    """Open (and lock) the replica, register the configured syncs, yield an Engine."""
-    replica = await Replica.open(config.replica_path)
+async def open_engine(
+    config: Config, on_wait: Callable[[str], None] | None = None
+) -> AsyncIterator[Engine]:
+    """Open (and lock) the replica, register the configured syncs, yield an Engine.
+
+    While an app holds the replica's write lock, opening and registering wait (and
+    ``on_wait`` hears why; by default it is logged) instead of failing.
+    """
+    replica = await Replica.open(config.replica_path, on_wait or _log_wait)
     log_repairs(replica)
     engine = Engine(config, replica)
     try:

@@ -15,6 +15,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
+from replicad.connectors.errors import ConnectorError
 from replicad.connectors.sell import SellClient
 from replicad.connectors.sell_protocol import ProtocolError, QueuePage, decode_page
 from replicad.daemon.config import Connection, Sync
@@ -95,6 +96,10 @@ async def flush_acks(replica: Replica, client: SellClient, conn: Connection) -> 
     return sent
 
 
+class IncompletePull(ConnectorError):
+    """A cycle ended with a page lost in its last allowed session."""
+
+
 async def pull_cycle(
     replica: Replica,
     sync: Sync,
@@ -110,18 +115,28 @@ async def pull_cycle(
     outcome = PullOutcome()
     async with recorded_cycle(replica, sync.label):
         await flush_acks(replica, client, conn)
+        lost = False
         for _ in range(sync.max_sessions):
             session = await client.start()
             if session is None:
+                lost = False
                 break
             outcome.sessions += 1
             await replica.sync_started(sync.label, session.total_count)
             progress.session(sync.label, session.total_count)
             log.info("pull.session", sync=sync.label, total=session.total_count)
-            again = await _drain(replica, sync, conn, client, session.id, progress, outcome)
+            again, lost = await _drain(replica, sync, conn, client, session.id, progress, outcome)
             await flush_acks(replica, client, conn)
             if not again:
                 break
+        if lost:
+            # The last session this cycle may start lost a page: its items were not
+            # acknowledged and come again later, but until then rows are missing.
+            # That is not a success (exit code, status).
+            raise IncompletePull(
+                f"a page was lost in the last of {sync.max_sessions} sessions of this "
+                "cycle; its items come again in the next cycle"
+            )
     return outcome
 
 
@@ -133,11 +148,12 @@ async def _drain(
     session_id: str,
     progress: PullProgress,
     outcome: PullOutcome,
-) -> bool:
-    """Drain one session; True when another session should follow."""
+) -> tuple[bool, bool]:
+    """Drain one session: whether another session should follow, and whether a page
+    may have been lost (its items come only with a later session)."""
     target = pull_target(sync)
     pending = await replica.count_pending_acks(conn.name)
-    again = False
+    again = lost = False
     empty = malformed = 0
     send, recv = anyio.create_memory_object_stream[_Fetched](1)
     try:
@@ -148,7 +164,7 @@ async def _drain(
                     if isinstance(raw, BaseException):
                         raise raw
                     if isinstance(raw, _PageMayBeLost):
-                        again = True
+                        again = lost = True
                         continue
                     bad: ProtocolError | None = None
                     if isinstance(raw, _BadAnswer):
@@ -163,7 +179,7 @@ async def _drain(
                     if bad is not None:
                         # The server has moved past this page; its items were not
                         # acked, so a later session brings them again.
-                        again = True
+                        again = lost = True
                         malformed += 1
                         log.warning("pull.bad_page", error=str(bad), attempt=malformed)
                         if malformed > conn.max_retries:
@@ -202,7 +218,7 @@ async def _drain(
     except BaseExceptionGroup as group:
         # Callers match on the connector's error, not on the task group's wrapper.
         raise unwrap(group) from None
-    return again
+    return again, lost
 
 
 def _decode(raw: bytes) -> tuple[QueuePage, PageBatch]:

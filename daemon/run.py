@@ -283,8 +283,16 @@ class Supervisor:
 async def run_daemon(config: Config) -> None:
     """Run until a signal arrives; the current page commits or rolls back, then exit."""
     notifier = Notifier.from_env()
+
+    def waiting(what: str) -> None:
+        log.warning("replica.busy", waiting=what)
+        notifier.status(what)
+        # Still starting: keep systemd from giving up on the start while an app holds
+        # the lock (the next wait extends it again).
+        notifier.send("EXTEND_TIMEOUT_USEC=90000000")
+
     try:
-        async with open_engine(config) as engine:
+        async with open_engine(config, waiting) as engine:
             await Supervisor(engine, notifier).run()
     finally:
         with anyio.CancelScope(shield=True):

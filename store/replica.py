@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -53,6 +53,9 @@ class AckBatch:
     keys: list[str] = field(default_factory=list)
 
 
+OnWait = Callable[[str], None]
+
+
 def _missing_column(e: sqlite3.OperationalError) -> bool:
     text = str(e)
     return "no such column" in text or "has no column named" in text
@@ -78,10 +81,16 @@ class Replica:
         self._unsynced_pages = True
         # What reconcile repaired of the schema since the daemon last logged it.
         self.repairs: list[str] = []
+        self.on_wait: OnWait | None = None
 
     @classmethod
-    async def open(cls, path: Path) -> Replica:
-        """Lock, open and migrate the replica at ``path`` (created if missing)."""
+    async def open(cls, path: Path, on_wait: OnWait | None = None) -> Replica:
+        """Lock, open and migrate the replica at ``path`` (created if missing).
+
+        While another program holds the file's write lock (an app's long transaction),
+        opening waits with backoff instead of failing; ``on_wait`` hears what it waits
+        for, and later registrations (config reloads) wait the same way.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = ReplicaLock(path)
         lock.acquire()
@@ -91,12 +100,31 @@ class Replica:
             lock.release()
             raise
         replica = cls(path, db, lock)
+        replica.on_wait = on_wait
         try:
-            await replica._prepare()
+            await replica.while_busy("open the replica", replica._prepare)
         except BaseException:
             await replica.close()
             raise
         return replica
+
+    async def while_busy(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Run ``write``, waiting with backoff while another program holds the write
+        lock (each attempt already waits the busy timeout); other errors propagate."""
+        delay = 1.0
+        while True:
+            try:
+                return await write()
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                if self.on_wait is not None:
+                    self.on_wait(
+                        f"waiting to {what}: another program holds the write lock of "
+                        f"{self.path.name}; retrying in {delay:.0f}s"
+                    )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def __aenter__(self) -> Replica:
         return self
@@ -143,6 +171,8 @@ class Replica:
         # daemon tells a remote about it (a push sent, a batch confirmed) survives a
         # power cut. Page applies are the one exception, see apply_page.
         await db.execute("PRAGMA synchronous = FULL")
+        if self._writer is not None:  # an earlier attempt that found the file busy
+            self._writer.close()
         self._writer = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
         )
@@ -268,8 +298,11 @@ class Replica:
         return await anyio.to_thread.run_sync(run, limiter=self._writer_limiter)
 
     async def register_push(self, sources: list[PushSource]) -> None:
-        """Make exactly these tables writable by apps (their edits are captured)."""
-        await self._write(outbox.register_push, sources)
+        """Make exactly these tables writable by apps (their edits are captured); waits
+        while busy."""
+        await self.while_busy(
+            "register the push syncs", lambda: self._write(outbox.register_push, sources)
+        )
 
     async def take_push_batch(self, source: PushSource, limit: int) -> OutboxBatch | None:
         """The next outbox batch of a push sync (an unconfirmed one first)."""
@@ -351,13 +384,17 @@ class Replica:
         )
 
     async def register_sync(self, sync: str, direction: str, connection: str) -> None:
-        """Make a configured sync visible in ``replicad_syncs``."""
-        await self.db.execute(
-            "INSERT INTO _replicad_syncs (sync, direction, connection, updated_at) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (sync) DO UPDATE SET "
-            "direction = excluded.direction, connection = excluded.connection",
-            (sync, direction, connection, utcnow()),
-        )
+        """Make a configured sync visible in ``replicad_syncs`` (waits while busy)."""
+
+        async def write() -> None:
+            await self.db.execute(
+                "INSERT INTO _replicad_syncs (sync, direction, connection, updated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (sync) DO UPDATE SET "
+                "direction = excluded.direction, connection = excluded.connection",
+                (sync, direction, connection, utcnow()),
+            )
+
+        await self.while_busy("register the syncs", write)
 
     async def sync_started(self, sync: str, total: int | None) -> None:
         """Record the start of a cycle (and the queue size when known)."""
@@ -376,12 +413,13 @@ class Replica:
         )
 
     async def sync_finished(self, sync: str, error: str | None) -> None:
-        """Record the outcome of a cycle; an error keeps the last success visible."""
+        """Record the outcome of a cycle; an error keeps the last success visible, a
+        success clears the last error."""
         now = utcnow()
         if error is None:
             await self.db.execute(
                 "UPDATE _replicad_syncs SET state = 'idle', last_success = ?, "
-                "updated_at = ? WHERE sync = ?",
+                "last_error = NULL, last_error_at = NULL, updated_at = ? WHERE sync = ?",
                 (now, now, sync),
             )
         else:

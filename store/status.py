@@ -53,6 +53,12 @@ def read_status(path: Path) -> dict[str, Any]:
             raise ValueError(f"{path} is not a replicad replica")
         report["schema_version"] = db.execute("PRAGMA user_version").fetchone()[0]
         report["syncs"] = [dict(r) for r in db.execute("SELECT * FROM replicad_syncs")]
+        if pid is None:
+            for sync in report["syncs"]:
+                if sync.get("state") == "syncing":
+                    # No process holds the replica: the cycle ended without recording
+                    # its outcome (killed, or its last write hit a locked file).
+                    sync["state"] = "interrupted"
         if report["schema_version"] >= 2:
             _local_edits(db, report["syncs"])
         for r in db.execute("SELECT name, type, sync FROM replicad_tables ORDER BY name"):

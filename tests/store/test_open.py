@@ -90,3 +90,64 @@ async def test_v1_replica_migrates_keeping_rows(tmp_path: Path) -> None:
         kinds = dict(app.execute("SELECT col, kind FROM _replicad_fields").fetchall())
         assert kinds == {"name": None, "tags": "json"}
         app.close()
+
+
+async def test_success_clears_the_last_error_and_a_dead_cycle_shows_interrupted(
+    tmp_path: Path,
+) -> None:
+    """A success after a failure leaves no stale last_error; a "syncing" state that no
+    process holds reads as "interrupted" in status."""
+    from replicad.store.status import read_status
+
+    path = tmp_path / "r.db"
+    replica = await Replica.open(path)
+    await replica.register_sync("mirror", "pull", "crm")
+    await replica.sync_finished("mirror", "remote broke")
+    await replica.sync_finished("mirror", None)
+    await replica.sync_started("mirror", None)
+    rows = await replica.db.execute_fetchall("SELECT last_error FROM replicad_syncs")
+    assert list(rows) == [(None,)]
+    await replica.close()
+    (sync,) = read_status(path)["syncs"]
+    assert sync["state"] == "interrupted" and sync["last_error"] is None
+
+
+async def test_opening_and_registering_wait_while_an_app_holds_the_write_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app holding a write transaction longer than the busy timeout makes opening
+    (and registering syncs, as a reload does) wait and say so, never fail."""
+    import sqlite3 as sqlite
+
+    import anyio
+
+    from replicad.store import replica as replica_module
+
+    path = tmp_path / "r.db"
+    await (await Replica.open(path)).close()
+    monkeypatch.setattr(replica_module, "BUSY_TIMEOUT_MS", 100)
+    waits: list[str] = []
+    app = sqlite.connect(path, isolation_level=None, check_same_thread=False)
+
+    async def hold(seconds: float) -> None:
+        app.execute("BEGIN IMMEDIATE")
+        app.execute("INSERT INTO _replicad_meta (key, value) VALUES ('app', 'x')")
+        await anyio.sleep(seconds)
+        app.execute("ROLLBACK")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hold, 1.5)
+        await anyio.sleep(0.1)
+        replica = await Replica.open(path, waits.append)
+    assert waits and "another program holds the write lock" in waits[0]
+    try:
+        waits.clear()
+        await replica.db.execute("PRAGMA busy_timeout = 100")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold, 1.5)
+            await anyio.sleep(0.1)
+            await replica.register_sync("mirror", "pull", "crm")
+        assert waits and "register the syncs" in waits[0]
+    finally:
+        await replica.close()
+        app.close()

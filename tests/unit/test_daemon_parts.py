@@ -110,3 +110,42 @@ def test_waiting_is_healthy_and_stuck_is_not() -> None:
     assert s.healthy(now + 60)
     assert not s.healthy(now + 3600)
     assert "backing off" in s.summary()
+
+
+async def test_a_failure_is_recorded_even_while_an_app_holds_the_write_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cycle failing while an app holds the write lock still leaves "failing" and
+    its error in replicad_syncs (the record is retried), never "syncing"."""
+    import sqlite3 as sqlite
+
+    import anyio
+
+    from replicad.daemon import cycle_status
+    from replicad.store import Replica
+
+    monkeypatch.setattr(cycle_status, "RECORD_PAUSE", 0.2)
+    replica = await Replica.open(tmp_path / "r.db")
+    try:
+        await replica.register_sync("mirror", "pull", "crm")
+        await replica.sync_started("mirror", None)
+        await replica.db.execute("PRAGMA busy_timeout = 100")
+        app = sqlite.connect(tmp_path / "r.db", isolation_level=None, check_same_thread=False)
+        app.execute("BEGIN IMMEDIATE")
+
+        async def release() -> None:
+            await anyio.sleep(0.6)
+            app.execute("COMMIT")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(release)
+            with pytest.raises(RuntimeError):
+                async with cycle_status.recorded_cycle(replica, "mirror"):
+                    raise RuntimeError("remote broke")
+        rows = await replica.db.execute_fetchall(
+            "SELECT state, last_error FROM replicad_syncs WHERE sync = 'mirror'"
+        )
+        assert list(rows) == [("failing", "remote broke")]
+        app.close()
+    finally:
+        await replica.close()

@@ -144,3 +144,20 @@ async def test_endless_empty_pages_abandon_the_session(
     async with client(handler) as c:
         with pytest.raises(ProtocolError, match="empty pages in a row"):
             await pull.pull_cycle(replica, SYNC, CONN, c)
+
+
+async def test_a_page_lost_in_the_last_allowed_session_is_not_success(replica: Replica) -> None:
+    """When the last session a cycle may start loses a page, the cycle fails (exit code,
+    status) instead of ending idle with rows missing; the pages around it are kept."""
+    bad = httpx.Response(200, content=b'{"items": [{"da')
+    handler, _ = server(
+        [page_of(1), bad, httpx.Response(204), page_of(2), bad, httpx.Response(204), page_of(3)]
+    )
+    async with client(handler) as c:
+        with pytest.raises(pull.IncompletePull, match="a page was lost in the last of 2"):
+            await pull.pull_cycle(replica, SYNC, CONN, c)
+    assert await ids(replica) == [1, 2]
+    status = await replica.db.execute_fetchall(
+        "SELECT last_error FROM replicad_syncs WHERE sync = 'mirror'"
+    )
+    assert "a page was lost" in next(iter(status))[0]
