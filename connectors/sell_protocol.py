@@ -7,6 +7,8 @@ returns plain data, so the protocol rules are testable without a network.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,20 +108,30 @@ def decode_page(content: bytes) -> QueuePage:
     Quarantine is per item, never per page: a body that does not decode as a whole
     (an item nested too deeply, invalid UTF-8, a broken item) is split into its items,
     each decoded on its own; only a body that is not structurally a page (cut short)
-    is a lost page. Items whose text cannot be stored (lone surrogates) are
-    quarantined. Pure CPU work, run wherever it is cheapest (the pull runs it on the
-    replica's writer thread, next to applying the page).
+    is a lost page. Items holding what cannot be stored (lone surrogates, NaN or
+    Infinity) are quarantined. Pure CPU work, run wherever it is cheapest (the pull
+    runs it on the replica's writer thread, next to applying the page).
     """
+    constants: list[str] = []
     try:
-        body = json.loads(content)
+        body = json.loads(content, parse_constant=_noting(constants))
     except (ValueError, RecursionError):  # RecursionError: nesting too deep to decode
         return _salvaged(content)
     page = parse_page(200, body)
     assert page is not None  # only a 204 ends a session
-    if b"\\ud" in content or b"\\uD" in content:
-        # Only a \uD8xx-style escape decodes to a surrogate: check the items then.
-        page = _without_lone_surrogates(page)
+    # Only a \\uD8xx-style escape decodes to a surrogate, only NaN or Infinity to a
+    # float SQLite cannot keep: the items are checked when the body has either.
+    if constants or b"\\ud" in content or b"\\uD" in content:
+        page = _without_unstorable(page)
     return page
+
+
+def _noting(seen: list[str]) -> Callable[[str], float]:
+    def constant(name: str) -> float:
+        seen.append(name)
+        return float(name)
+
+    return constant
 
 
 def _salvaged(content: bytes) -> QueuePage:
@@ -143,36 +155,46 @@ def _salvaged(content: bytes) -> QueuePage:
             meta = json.loads(meta_text)
         except (ValueError, RecursionError):
             meta = None
-    return _without_lone_surrogates(_page(parsed, meta))
+    return _without_unstorable(_page(parsed, meta))
 
 
-def _without_lone_surrogates(page: QueuePage) -> QueuePage:
-    """Items with a lone surrogate (from invalid UTF-8 or a \\uD8xx escape) in a value
-    or a field name cannot be stored as text: they move to quarantine."""
+def _without_unstorable(page: QueuePage) -> QueuePage:
+    """Items holding a value that cannot be stored as it came move to quarantine: a
+    lone surrogate (from invalid UTF-8 or a \\uD8xx escape) in a value or a field
+    name, or NaN or Infinity (not JSON; SQLite would keep NaN as NULL)."""
     keep: list[RecordChange] = []
     bad = list(page.batch.bad_items)
     for change in page.batch.changes:
-        if _has_lone_surrogate(change.type) or _has_lone_surrogate(change.data):
-            raw = {"data": change.data, "meta": {"type": change.type}}
-            bad.append(BadItem(dumps_raw(raw), "item text is not valid Unicode", change.ack_key))
-        else:
+        reason = _unstorable(change.type) or _unstorable(change.data)
+        if reason is None:
             keep.append(change)
+        else:
+            raw = {"data": change.data, "meta": {"type": change.type}}
+            bad.append(BadItem(dumps_raw(raw), reason, change.ack_key))
     batch = PageBatch(keep, bad, page.batch.failed_objects)
     return QueuePage(batch, page.count, page.count_left)
 
 
-def _has_lone_surrogate(value: Any) -> bool:
+def _unstorable(value: Any) -> str | None:
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            return True
-        return False
+            return "item text is not valid Unicode"
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "item has a NaN or Infinity value"
     if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_lone_surrogate(v) for v in value)
-    return False
+        for k, v in value.items():
+            reason = _unstorable(k) or _unstorable(v)
+            if reason:
+                return reason
+    elif isinstance(value, list):
+        for v in value:
+            reason = _unstorable(v)
+            if reason:
+                return reason
+    return None
 
 
 def parse_item(item: Any) -> RecordChange | BadItem:

@@ -167,8 +167,13 @@ def write_heartbeat(replica: Path, state: Supervision) -> None:
     """Write the heartbeat file atomically (readers never see half a file)."""
     path = heartbeat_path(replica)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state.to_json(), indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(state.to_json(), indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        # A full disk must not leave a half-written file behind.
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_heartbeat(replica: Path) -> dict[str, Any] | None:

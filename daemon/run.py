@@ -116,9 +116,7 @@ class Supervisor:
                 log.error(f"{sync.direction}.auth_refused", sync=sync.label, error=str(e))
                 await anyio.sleep_forever()
             except Exception as e:
-                # A cycle that got pages or batches through before failing (sustained
-                # but partial faults) starts its backoff over instead of doubling it.
-                failures = 1 if state.progress > progress_before else failures + 1
+                failures = failures_after(failures, state.progress > progress_before)
                 delay = backoff(
                     sync.interval if sync.direction == "pull" else PUSH_BACKOFF_BASE,
                     failures,
@@ -278,6 +276,13 @@ class Supervisor:
                     await flush_acks(self.engine.replica, client, conn)
                 except Exception as e:
                     log.info("pull.acks_kept", sync=sync.label, error=str(e))
+
+
+def failures_after(failures: int, progressed: bool) -> int:
+    """The failure count after a failed cycle: a cycle that got pages or batches
+    through before failing (sustained but partial faults) starts its backoff over
+    instead of doubling it."""
+    return 1 if progressed else failures + 1
 
 
 async def run_daemon(config: Config) -> None:

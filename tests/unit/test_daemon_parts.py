@@ -149,3 +149,29 @@ async def test_a_failure_is_recorded_even_while_an_app_holds_the_write_lock(
         app.close()
     finally:
         await replica.close()
+
+
+def test_a_heartbeat_that_cannot_be_written_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk fails the heartbeat write cleanly: no .tmp file is left behind."""
+    import errno
+
+    from replicad.daemon import heartbeat
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(heartbeat.os, "replace", full)
+    with pytest.raises(OSError):
+        heartbeat.write_heartbeat(tmp_path / "r.db", heartbeat.Supervision(pid=1))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_backoff_starts_over_after_a_cycle_that_made_progress() -> None:
+    """Sustained partial faults: a failed cycle that got pages or batches through
+    backs off from the start, one that got nothing through doubles its wait."""
+    from replicad.daemon.run import failures_after
+
+    assert failures_after(5, progressed=True) == 1
+    assert failures_after(5, progressed=False) == 6

@@ -113,3 +113,11 @@ def test_ack_key_only_when_unambiguous() -> None:
     """An item naming two different ack keys is quarantined without acknowledging."""
     assert ack_key_in('{"meta": {"sync": {"ack_key": "k\\"1"}}}') == 'k"1'
     assert ack_key_in('{"ack_key": "a", "x": {"ack_key": "b"}}') is None
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_quarantined_not_stored_as_null(constant: str) -> None:
+    """NaN or ±Infinity (not JSON; SQLite keeps NaN as NULL) quarantine their item."""
+    item = json.dumps(good(7)).replace('"n7"', constant)
+    body = page_text(json.dumps(good(1)), item).encode()
+    assert ids(body) == ([1], [("item has a NaN or Infinity value", "C-7")])
