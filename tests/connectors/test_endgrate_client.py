@@ -505,3 +505,22 @@ def test_parse_errors_is_strict(err: Any) -> None:
     """An error entry must name its item and carry an error_type."""
     with pytest.raises(EndgrateProtocolError):
         parse_errors(200, {"success": True, "errors": [err]})
+
+
+async def test_a_truncated_returned_data_body_is_retried_like_a_transient_fault() -> None:
+    """A 2xx push/data answer whose body is cut short is asked again (sustained faults
+    must not end the push cycle); the retry gets the ids."""
+    server = FakeEndgrate()
+    faults = [httpx.Response(200, content=b'{"success": true, "meta": {"cou')]
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/api/push/data" and faults:
+            server.requests.append(req)
+            return faults.pop(0)
+        return server(req)
+
+    settings = EndgrateSettings("https://endgrate.test", TOKEN, "s", retry=FAST)
+    async with EndgrateClient(settings, transport=httpx.MockTransport(handler)) as c:
+        result = await c.push(batch(item(1)))
+        assert c.stats.retries == 1
+    assert result.error is None and result.outcomes[0].id == "1000"
