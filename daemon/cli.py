@@ -20,6 +20,7 @@ import anyio
 from replicad.daemon import exits
 from replicad.daemon.config import Config, ConfigError, default_config_path, load_config
 from replicad.daemon.logs import configure, redact
+from replicad.store import as_corruption
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -96,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except BaseException as raw:
         error = exits.unwrap(raw)
+        error = as_corruption(error) or error
         if isinstance(error, SystemExit):
             raise error from None
         if isinstance(error, KeyboardInterrupt):

@@ -69,8 +69,14 @@ class Engine:
     async def client(self, conn: Connection) -> SellClient:
         """The (cached) client of a connection, its rate budget taken over from the
         previous client or process (see ``save_budget``)."""
+        device = await self.replica.device_uuid(conn.name, conn.device_uuid)
+        cached = self.clients.get(conn.name)
+        if cached is not None and cached.settings.device_uuid != device:
+            # `replicad resync` gave the connection a new identity while the daemon ran.
+            await self.save_budget(conn.name)
+            await cached.aclose()
+            del self.clients[conn.name]
         if conn.name not in self.clients:
-            device = await self.replica.device_uuid(conn.name, conn.device_uuid)
             client = pull_client(conn, device)
             saved = await self.replica.meta(_budget_key(conn.name))
             if saved is not None:
@@ -162,7 +168,10 @@ def log_repairs(replica: Replica) -> None:
     """Log what the store put back of the schema an app had changed."""
     for what in replica.repairs:
         log.warning("replica.repaired", what=what)
+    for what in replica.copy_notes:
+        log.warning("replica.copy", what=what)
     replica.repairs.clear()
+    replica.copy_notes.clear()
 
 
 async def register(replica: Replica, config: Config) -> None:

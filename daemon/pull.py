@@ -80,9 +80,9 @@ class PullOutcome:
     failed_objects: int = 0
 
 
-def pull_target(sync: Sync) -> PullTarget:
-    """The store's view of a pull sync."""
-    return PullTarget(sync.label, sync.connection, sync.prefix, sync.operation == "mirror")
+def pull_target(sync: Sync, resync: bool = False) -> PullTarget:
+    """The store's view of a pull sync (``resync``: a full pull is running)."""
+    return PullTarget(sync.label, sync.connection, sync.prefix, sync.operation == "mirror", resync)
 
 
 async def flush_acks(replica: Replica, client: SellClient, conn: Connection) -> int:
@@ -115,20 +115,28 @@ async def pull_cycle(
     outcome = PullOutcome()
     async with recorded_cycle(replica, sync.label):
         await flush_acks(replica, client, conn)
-        lost = False
+        # A full pull (a copy's, or `replicad resync`) notes every id it brings.
+        target = pull_target(sync, await replica.resync_since(conn.name) is not None)
+        lost = drained = False
         for _ in range(sync.max_sessions):
             session = await client.start()
             if session is None:
-                lost = False
+                lost, drained = False, True
                 break
             outcome.sessions += 1
             await replica.sync_started(sync.label, session.total_count)
             progress.session(sync.label, session.total_count)
             log.info("pull.session", sync=sync.label, total=session.total_count)
-            again, lost = await _drain(replica, sync, conn, client, session.id, progress, outcome)
+            again, lost = await _drain(
+                replica, sync, conn, client, session.id, target, progress, outcome
+            )
             await flush_acks(replica, client, conn)
             if not again:
+                drained = True
                 break
+        if target.resync and drained:
+            removed = await replica.finish_resync(target)
+            log.info("pull.resync_done", sync=sync.label, removed=removed)
         if lost:
             # The last session this cycle may start lost a page: its items were not
             # acknowledged and come again later, but until then rows are missing.
@@ -146,12 +154,12 @@ async def _drain(
     conn: Connection,
     client: SellClient,
     session_id: str,
+    target: PullTarget,
     progress: PullProgress,
     outcome: PullOutcome,
 ) -> tuple[bool, bool]:
     """Drain one session: whether another session should follow, and whether a page
     may have been lost (its items come only with a later session)."""
-    target = pull_target(sync)
     pending = await replica.count_pending_acks(conn.name)
     again = lost = False
     empty = malformed = 0

@@ -33,6 +33,7 @@ from replicad.daemon.engine import Engine, open_engine
 from replicad.daemon.heartbeat import LoopState, Supervision, write_heartbeat
 from replicad.daemon.notify import Notifier
 from replicad.daemon.pull import flush_acks
+from replicad.store import as_corruption
 
 log = structlog.get_logger("replicad.run")
 
@@ -116,6 +117,11 @@ class Supervisor:
                 log.error(f"{sync.direction}.auth_refused", sync=sync.label, error=str(e))
                 await anyio.sleep_forever()
             except Exception as e:
+                corrupt = as_corruption(e)
+                if corrupt is not None:
+                    # Never sync into (or acknowledge from) a damaged file: stop.
+                    log.error("replica.corrupt", sync=sync.label, error=str(corrupt))
+                    raise corrupt from e
                 failures = failures_after(failures, state.progress > progress_before)
                 delay = backoff(
                     sync.interval if sync.direction == "pull" else PUSH_BACKOFF_BASE,

@@ -12,7 +12,7 @@ from replicad.store.model import (
     PushSource,
     RecordChange,
 )
-from replicad.store.replica import Replica, ReplicaRefused
+from replicad.store.replica import Replica, ReplicaCorrupt, ReplicaRefused, as_corruption
 
 __all__ = [
     "ApplyResult",
@@ -26,5 +26,7 @@ __all__ = [
     "RecordChange",
     "Replica",
     "ReplicaBusy",
+    "ReplicaCorrupt",
     "ReplicaRefused",
+    "as_corruption",
 ]

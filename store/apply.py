@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from replicad.connectors.pull_model import dumps_raw
+from replicad.store.identity import note_seen
 from replicad.store.local_edits import (
     cancel_entries,
     conflict_mode,
@@ -84,6 +85,8 @@ def apply_page(
                 by_table[tbl].append(change)
             for tbl, changes in by_table.items():
                 _apply_table(db, catalog, tbl, changes, target, now, result)
+        if target.resync:
+            note_seen(db, [(tbl, c.id) for tbl, c in routed])
         _quarantine(db, target.sync, bad, now)
         result.quarantined = len(bad)
         _failed_objects(db, target, batch, routed, now)

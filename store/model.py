@@ -41,6 +41,7 @@ class PullTarget:
     connection: str
     prefix: str = ""
     apply_deletes: bool = True
+    resync: bool = False  # a full pull: note every id brought (see store.identity)
 
 
 @dataclass(slots=True)

@@ -24,8 +24,9 @@ import aiosqlite
 import anyio
 import anyio.to_thread
 
-from replicad.store import outbox
+from replicad.store import identity, outbox
 from replicad.store.apply import apply_page
+from replicad.store.identity import check_identity
 from replicad.store.lock import ReplicaLock
 from replicad.store.model import (
     ApplyResult,
@@ -65,6 +66,28 @@ class ReplicaRefused(RuntimeError):
     """The file is not a replica this version can use (foreign, or newer schema)."""
 
 
+class ReplicaCorrupt(ReplicaRefused):
+    """SQLite found the file damaged: nothing more is synced into (or acknowledged
+    from) it until ``replicad doctor`` has looked at it."""
+
+
+def as_corruption(error: BaseException, path: Path | None = None) -> ReplicaCorrupt | None:
+    """The corruption an error reports (SQLITE_CORRUPT, SQLITE_NOTADB), if it does."""
+    if isinstance(error, ReplicaCorrupt):
+        return error
+    if not isinstance(error, sqlite3.DatabaseError) or isinstance(
+        error, sqlite3.OperationalError | sqlite3.IntegrityError
+    ):
+        return None
+    text = str(error)
+    if "malformed" not in text and "not a database" not in text:
+        return None
+    where = f"{path} " if path is not None else "the replica "
+    return ReplicaCorrupt(
+        f"{where}is corrupt ({text}); nothing more is synced into it: run `replicad doctor`"
+    )
+
+
 class Replica:
     """An open, locked replica."""
 
@@ -82,6 +105,8 @@ class Replica:
         # What reconcile repaired of the schema since the daemon last logged it.
         self.repairs: list[str] = []
         self.on_wait: OnWait | None = None
+        # Set when this file turned out to be a copy (see store.identity).
+        self.copy_notes: list[str] = []
 
     @classmethod
     async def open(cls, path: Path, on_wait: OnWait | None = None) -> Replica:
@@ -103,8 +128,11 @@ class Replica:
         replica.on_wait = on_wait
         try:
             await replica.while_busy("open the replica", replica._prepare)
-        except BaseException:
+        except BaseException as e:
             await replica.close()
+            corrupt = as_corruption(e, path)
+            if corrupt is not None and corrupt is not e:
+                raise corrupt from None
             raise
         return replica
 
@@ -167,6 +195,14 @@ class Replica:
                 f"version knows {SCHEMA_VERSION}); upgrade replicad"
             )
         await db.execute("PRAGMA journal_mode = WAL")
+        # A damaged file is never synced further. quick_check reads every page once
+        # without cross-checking indexes: 0.16 s on a 1M-record (240 MB) replica.
+        problems = [str(row[0]) for row in await db.execute_fetchall("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise ReplicaCorrupt(
+                f"{self.path} is corrupt ({problems[0]}); nothing more is synced into it: "
+                "run `replicad doctor`"
+            )
         # FULL: every commit is durable (fsynced) before it returns, so what the
         # daemon tells a remote about it (a push sent, a batch confirmed) survives a
         # power cut. Page applies are the one exception, see apply_page.
@@ -182,6 +218,9 @@ class Replica:
         self._writer.execute("PRAGMA cache_size = -65536")
         self.catalog.load(self._writer)
         self.repairs += await anyio.to_thread.run_sync(reconcile, self._writer, self.catalog)
+        self.copy_notes += await anyio.to_thread.run_sync(
+            check_identity, self._writer, self.path, utcnow()
+        )
 
     async def _pragma(self, name: str) -> int:
         rows = await self.db.execute_fetchall(f"PRAGMA {name}")
@@ -270,7 +309,10 @@ class Replica:
                     writer.execute("ROLLBACK")
                 self.repairs += reconcile(writer, self.catalog)
                 result = apply_page(writer, self.catalog, target, batch, utcnow())
-        except BaseException:
+        except BaseException as e:
+            corrupt = as_corruption(e, self.path)
+            if corrupt is not None:
+                raise corrupt from e
             # A rolled-back ALTER must not linger in the cached catalog.
             self.catalog.load(writer)
             raise
@@ -291,7 +333,10 @@ class Replica:
         def run() -> T:
             try:
                 return fn(writer, *args)
-            except BaseException:
+            except BaseException as e:
+                corrupt = as_corruption(e, self.path)
+                if corrupt is not None:
+                    raise corrupt from e
                 self.catalog.load(writer)
                 raise
 
@@ -382,6 +427,14 @@ class Replica:
             "DELETE FROM _replicad_pending_acks WHERE seq IN (SELECT value FROM json_each(?))",
             (json.dumps(batch.seqs),),
         )
+
+    async def resync_since(self, connection: str) -> str | None:
+        """When the connection's full pull (a copy's, or ``resync``) started, if one runs."""
+        return await self._write(identity.resync_since, connection)
+
+    async def finish_resync(self, target: PullTarget) -> int:
+        """A full pull drained: remove the rows it did not bring; how many."""
+        return await self._write(identity.finish_resync, target.sync, target.connection, utcnow())
 
     async def register_sync(self, sync: str, direction: str, connection: str) -> None:
         """Make a configured sync visible in ``replicad_syncs`` (waits while busy)."""

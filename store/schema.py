@@ -186,6 +186,14 @@ MIGRATIONS: list[str] = [
     -- transfer without returned data): confirmed, and waiting for the pull to bring
     -- the record, which then lands on the same row instead of a second one.
     ALTER TABLE _replicad_outbox ADD COLUMN awaiting_id INTEGER NOT NULL DEFAULT 0;
+
+    -- Ids a full pull (a copy's, or `replicad resync`) has brought so far: once it has
+    -- drained, rows it did not bring are remote deletes the replica missed.
+    CREATE TABLE _replicad_resync_seen (
+        tbl TEXT NOT NULL,
+        id INTEGER NOT NULL,
+        PRIMARY KEY (tbl, id)
+    ) WITHOUT ROWID;
     CREATE INDEX _replicad_outbox_awaiting ON _replicad_outbox (tbl) WHERE awaiting_id = 1;
 
     DROP VIEW replicad_outbox;

@@ -1,0 +1,144 @@
+"""The replica's identity, and the full pull (resync) that a copy or ``resync`` starts.
+
+Sell keeps one change queue per device UUID, and the UUID lives inside the file. A
+copy of the file (``.backup``, ``cp``, a restored backup, another machine) would drain
+the same queue as its original, so each would miss what the other took. A replica
+therefore remembers which file it is (device and inode): a file that is not the one
+it was created as is a copy. A copy forgets its device UUIDs and the acknowledgements
+it had not sent (both belong to the original), and pulls everything again under a new
+identity, merging by revision and keeping its outbox. Renaming or moving the file
+within its filesystem keeps the inode: not a copy.
+
+While a connection resyncs, every id a page brings is noted. Once the full pull has
+drained, rows of its tables that it did not bring, that have no unconfirmed local
+edits and that the server did not report as failed, are remote deletes the replica
+missed: they are removed (and tombstoned).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from replicad.store.names import quote
+
+IDENTITY_KEY = "identity.file"
+_RESYNC = "resync."
+
+
+def file_identity(path: Path) -> str:
+    """What tells this file from a copy of it: its device and inode."""
+    st = os.stat(path)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def check_identity(db: sqlite3.Connection, path: Path, now: str) -> list[str]:
+    """Take a new identity if the file is a copy; what was done, for the log."""
+    current = file_identity(path)
+    row = db.execute("SELECT value FROM _replicad_meta WHERE key = ?", (IDENTITY_KEY,)).fetchone()
+    if row is not None and row[0] == current:
+        return []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        _set(db, IDENTITY_KEY, current)
+        if row is None:
+            db.execute("COMMIT")  # first open (or a replica from before identities)
+            return []
+        connections = _forget_devices(db, None, now)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    if not connections:
+        return ["this replica is a copy of another file: it takes its own identity"]
+    return [
+        "this replica is a copy of another file: new device identity and a full pull "
+        f"for {', '.join(connections)} (the original is not affected)"
+    ]
+
+
+def request_resync(db: sqlite3.Connection, connections: Iterable[str], now: str) -> list[str]:
+    """Start a full pull of these connections (``replicad resync``); the ones started."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        done = _forget_devices(db, list(connections), now)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return done
+
+
+def _forget_devices(db: sqlite3.Connection, connections: list[str] | None, now: str) -> list[str]:
+    """New device identities (the next pull generates them) and a resync for these
+    connections (None: every connection that has a device identity)."""
+    if connections is None:
+        connections = [
+            str(k).removeprefix("device_uuid.")
+            for (k,) in db.execute("SELECT key FROM _replicad_meta WHERE key LIKE 'device_uuid.%'")
+        ]
+    for conn in connections:
+        db.execute("DELETE FROM _replicad_meta WHERE key = ?", (f"device_uuid.{conn}",))
+        # Keys of the old identity: sending them would drain the original's queue.
+        db.execute("DELETE FROM _replicad_pending_acks WHERE connection = ?", (conn,))
+        _set(db, _RESYNC + conn, now)
+        db.execute(
+            "DELETE FROM _replicad_resync_seen WHERE tbl IN (SELECT t.tbl FROM _replicad_types t "
+            "JOIN _replicad_syncs s ON s.sync = t.sync WHERE s.connection = ?)",
+            (conn,),
+        )
+    return connections
+
+
+def resync_since(db: sqlite3.Connection, connection: str) -> str | None:
+    """When the connection's running full pull started, if one is running."""
+    row = db.execute(
+        "SELECT value FROM _replicad_meta WHERE key = ?", (_RESYNC + connection,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def note_seen(db: sqlite3.Connection, pairs: Sequence[tuple[str, int]]) -> None:
+    """Remember the records a resync's page brought (inside the page's transaction)."""
+    db.executemany("INSERT OR IGNORE INTO _replicad_resync_seen (tbl, id) VALUES (?, ?)", pairs)
+
+
+def finish_resync(db: sqlite3.Connection, sync: str, connection: str, now: str) -> int:
+    """The full pull drained: remove the rows it did not bring; how many went."""
+    removed = 0
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("INSERT INTO _replicad_applying (flag) VALUES (1)")
+        tables = [
+            str(t) for (t,) in db.execute("SELECT tbl FROM _replicad_types WHERE sync = ?", (sync,))
+        ]
+        for tbl in tables:
+            q = quote(tbl)
+            gone = db.execute(
+                f"SELECT id, _revision FROM {q} WHERE id IS NOT NULL AND _pending = 0 "
+                "AND id NOT IN (SELECT id FROM _replicad_resync_seen WHERE tbl = ?) "
+                "AND CAST(id AS TEXT) NOT IN (SELECT f.id FROM _replicad_failed_objects f "
+                "JOIN _replicad_types t ON t.type = f.type AND t.tbl = ? WHERE f.sync = ?)",
+                (tbl, tbl, sync),
+            ).fetchall()
+            db.executemany(f"DELETE FROM {q} WHERE id = ?", [(i,) for i, _ in gone])
+            db.executemany(
+                "INSERT OR REPLACE INTO _replicad_tombstones (tbl, id, revision, deleted_at) "
+                "VALUES (?, ?, ?, ?)",
+                [(tbl, i, rev, now) for i, rev in gone],
+            )
+            db.execute("DELETE FROM _replicad_resync_seen WHERE tbl = ?", (tbl,))
+            removed += len(gone)
+        db.execute("DELETE FROM _replicad_meta WHERE key = ?", (_RESYNC + connection,))
+        db.execute("DELETE FROM _replicad_applying")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return removed
+
+
+def _set(db: sqlite3.Connection, key: str, value: str) -> None:
+    db.execute("INSERT OR REPLACE INTO _replicad_meta (key, value) VALUES (?, ?)", (key, value))
