@@ -31,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="replicad",
         description="Mirror a remote account into a local SQLite replica and keep it in sync.",
     )
+    parser.add_argument("--version", action="version", version=f"replicad {_version()}")
     parser.add_argument("--log-level", default=None, help="debug, info, warning (default)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)"
+    )
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -56,6 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every rejected entry")
     which.add_argument("entry", nargs="?", type=int, help="an entry of replicad_outbox")
     p.set_defaults(func=cmd_retry)
+
+    p = with_config(sub.add_parser("resync", help="pull everything again (pull syncs)"))
+    p.add_argument("syncs", nargs="*", metavar="SYNC", help="pull syncs (default: all)")
+    p.set_defaults(func=cmd_resync)
+
+    p = with_config(sub.add_parser("backup", help="a consistent online copy of the replica"))
+    p.add_argument("path", type=Path, metavar="PATH", help="a new file")
+    p.set_defaults(func=cmd_backup)
+
+    p = with_config(sub.add_parser("doctor", help="check the replica (and repair it)"))
+    p.add_argument("--repair", action="store_true", help="rebuild what can be rebuilt")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.set_defaults(func=cmd_doctor)
+
+    p = with_config(sub.add_parser("conflicts", help="list or resolve the conflict journal"))
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.add_argument("--all", action="store_true", help="closed entries too")
+    csub = p.add_subparsers(dest="conflicts_action", metavar="ACTION")
+    r = with_config(csub.add_parser("resolve", help="close entries keeping one side"))
+    r.add_argument("ids", nargs="+", type=int, metavar="ID")
+    r.add_argument("--keep", required=True, choices=("local", "remote"))
+    p.set_defaults(func=cmd_conflicts)
 
     p = with_config(sub.add_parser("validate", help="check the config and credentials"))
     p.set_defaults(func=cmd_validate)
@@ -91,7 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The CLI: run one command; returns its exit code (the console script is entry())."""
     args = build_parser().parse_args(argv)
     default_level = "info" if args.command == "run" else "warning"
-    configure(args.log_level or os.environ.get("REPLICAD_LOG_LEVEL") or default_level)
+    level = args.log_level or os.environ.get("REPLICAD_LOG_LEVEL") or default_level
+    if level.lower() not in _LEVELS:
+        where = "--log-level" if args.log_level else "REPLICAD_LOG_LEVEL"
+        print(f"replicad: {where}: {level!r} is not one of {', '.join(_LEVELS)}", file=sys.stderr)
+        return exits.USAGE
+    configure(_shifted(level, args.verbose - args.quiet))
     func: Command = args.func
     try:
         return func(args)
@@ -134,6 +166,27 @@ def entry() -> None:
     os._exit(code)
 
 
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _shifted(level: str, by: int) -> str:
+    """A log level ``by`` steps more verbose (-v) or quieter (-q); unknown names pass
+    through (``configure`` refuses them)."""
+    if level.lower() not in _LEVELS or not by:
+        return level
+    i = _LEVELS.index(level.lower()) - by
+    return _LEVELS[max(0, min(len(_LEVELS) - 1, i))]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("replicad")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _config(args: argparse.Namespace) -> Config:
     path = args.config or default_config_path()
     return load_config(path)
@@ -174,6 +227,36 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from replicad.daemon.retry_cmd import retry_rejected
 
     return retry_rejected(_config(args), None if args.all else args.entry)
+
+
+def cmd_resync(args: argparse.Namespace) -> int:
+    """Start a full pull of pull syncs."""
+    from replicad.daemon.operate_cmd import resync
+
+    return resync(_config(args), args.syncs)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Copy the replica consistently, online."""
+    from replicad.daemon.operate_cmd import backup_cmd
+
+    return backup_cmd(_config(args), args.path)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check (and repair) the replica."""
+    from replicad.daemon.operate_cmd import doctor
+
+    return doctor(_config(args), args.repair, args.json)
+
+
+def cmd_conflicts(args: argparse.Namespace) -> int:
+    """List the conflict journal, or resolve entries."""
+    from replicad.daemon.operate_cmd import conflicts_cmd, resolve_cmd
+
+    if args.conflicts_action == "resolve":
+        return resolve_cmd(_config(args), args.ids, args.keep)
+    return conflicts_cmd(_config(args), args.json, args.all)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

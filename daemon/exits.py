@@ -5,6 +5,7 @@ from __future__ import annotations
 from replicad.connectors.errors import AuthRefused, ConnectorError, RemoteUnreachable
 from replicad.daemon.config import ConfigError
 from replicad.store import ReplicaBusy, ReplicaRefused
+from replicad.store.operate import OperatorError
 
 OK = 0
 FAILURE = 1
@@ -15,7 +16,7 @@ UNREACHABLE = 4
 
 def exit_code(error: BaseException) -> int:
     """The contract's exit code for an error that ended a command."""
-    if isinstance(error, ConfigError | ReplicaBusy | ReplicaRefused):
+    if isinstance(error, ConfigError | ReplicaBusy | ReplicaRefused | OperatorError):
         return USAGE
     if isinstance(error, AuthRefused):
         return AUTH
@@ -26,7 +27,9 @@ def exit_code(error: BaseException) -> int:
 
 def expected(error: BaseException) -> bool:
     """Whether an error is a known failure mode (its message alone says enough)."""
-    return isinstance(error, ConnectorError | ConfigError | ReplicaBusy | ReplicaRefused)
+    return isinstance(
+        error, ConnectorError | ConfigError | ReplicaBusy | ReplicaRefused | OperatorError
+    )
 
 
 def unwrap(error: BaseException) -> BaseException:

@@ -8,6 +8,7 @@ refused rather than guessed at.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Callable
 
@@ -203,6 +204,14 @@ MIGRATIONS: list[str] = [
            o.batch AS tracking_id, o.transfer_id, o.sync_id, o.reason, o.payload,
            p.sync, o.awaiting_id
     FROM _replicad_outbox o LEFT JOIN _replicad_push p ON p.tbl = o.tbl;
+
+    -- `replicad conflicts resolve` closes an entry, saying which side it kept.
+    ALTER TABLE _replicad_conflicts ADD COLUMN closed_at TEXT;
+    ALTER TABLE _replicad_conflicts ADD COLUMN kept TEXT;
+    DROP VIEW replicad_conflicts;
+    CREATE VIEW replicad_conflicts AS
+    SELECT seq, tbl AS "table", internal_id, id, field, local_value, remote_value,
+           revision, resolution, at, closed_at, kept FROM _replicad_conflicts;
     """,
 ]
 
@@ -244,6 +253,18 @@ def _is_json_container(text: str) -> bool:
 HOOKS[1] = _rebuild_type_tables
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_views() -> dict[str, str]:
+    """The public views as the latest migrations define them (name → CREATE VIEW)."""
+    views: dict[str, str] = {}
+    for script in MIGRATIONS:
+        for m in _VIEW.finditer(script):
+            views[m.group(1)] = m.group(0).rstrip(";").strip()
+    return views
+
+
+_VIEW = re.compile(r"CREATE VIEW (\w+) AS\s.*?;", re.DOTALL)
 
 
 def migrate(db: sqlite3.Connection, version: int) -> None:

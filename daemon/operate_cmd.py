@@ -1,0 +1,125 @@
+"""The operator's commands: ``resync``, ``backup``, ``doctor``, ``conflicts``.
+
+Each prints what it did on stdout and fails with one line (``OperatorError``, exit
+2). They work while the daemon runs, except ``doctor --repair``, which needs the
+replica's lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from replicad.daemon import exits
+from replicad.daemon.config import Config, ConfigError
+from replicad.store.lock import is_held
+from replicad.store.operate import (
+    backup,
+    conflicts,
+    diagnose,
+    repair,
+    resolve,
+    resync_at,
+)
+
+
+def resync(config: Config, labels: Sequence[str]) -> int:
+    """Start a full pull of the named pull syncs (all when none is named)."""
+    pulls = {s.label: s for s in config.syncs.values() if s.direction == "pull"}
+    for label in labels:
+        if label not in config.syncs:
+            raise ConfigError(f"resync: no sync named {label!r} in {config.path}")
+        if label not in pulls:
+            raise ConfigError(f"resync: sync {label!r} is a push sync; only pulls resync")
+    chosen = [pulls[label] for label in labels] if labels else list(pulls.values())
+    if not chosen:
+        raise ConfigError(f"resync: {config.path} has no pull sync")
+    resync_at(config.replica_path, [s.connection for s in chosen])
+    names = ", ".join(s.label for s in chosen)
+    pid = is_held(config.replica_path)
+    if pid and pid > 0:
+        os.kill(pid, signal.SIGUSR1)  # the daemon pulls now instead of at its interval
+        print(f"resync of {names} started; the running daemon (pid {pid}) pulls everything now")
+    else:
+        print(f"resync of {names} started; the next `replicad sync` pulls everything again")
+    return exits.OK
+
+
+def backup_cmd(config: Config, dest: Path) -> int:
+    """A consistent online copy of the replica."""
+    show = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if show and total:
+            print(f"\rbacking up: {100 * done // total:3d}%", end="", file=sys.stderr)
+
+    size = backup(config.replica_path, dest, progress)
+    if show:
+        print(file=sys.stderr)
+    print(f"backed up {config.replica_path} to {dest} ({size / 1e6:.1f} MB, mode 0600)")
+    print(
+        "restored (copied back into place), it is detected as a copy: it takes its own "
+        "device identity and pulls everything again, keeping its local edits"
+    )
+    return exits.OK
+
+
+def doctor(config: Config, fix: bool, as_json: bool) -> int:
+    """Check the replica (and with ``fix``, repair it); exit 1 while something is wrong."""
+    path = config.replica_path
+    if fix:
+        report = repair(path)
+        for line in report.done:
+            print(f"repaired: {line}")
+        for line in report.lost:
+            print(f"not recovered: {line}")
+        if not report.done and not report.lost:
+            print("nothing to repair")
+    diagnosis = diagnose(path)
+    if as_json:
+        body = {
+            "replica": diagnosis.path,
+            "healthy": diagnosis.healthy,
+            "checks": [
+                {"check": f.check, "ok": f.ok, "detail": f.detail, "fix": f.fix}
+                for f in diagnosis.findings
+            ],
+        }
+        json.dump(body, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for f in diagnosis.findings:
+            mark = "ok  " if f.ok else "FAIL"
+            print(f"{mark} {f.check:<20} {f.detail}" + (f"  → {f.fix}" if f.fix else ""))
+    return exits.OK if diagnosis.healthy else exits.FAILURE
+
+
+def conflicts_cmd(config: Config, as_json: bool, show_all: bool) -> int:
+    """List the conflict journal (open entries unless ``show_all``)."""
+    entries = conflicts(config.replica_path, closed=show_all)
+    if as_json:
+        json.dump(entries, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return exits.OK
+    if not entries:
+        print("no open conflicts")
+        return exits.OK
+    for e in entries:
+        state = f"closed, kept {e['kept']}" if e.get("closed_at") else "open"
+        print(
+            f"{e['seq']:>5}  {e['table']}.{e['field']}  id={e['id']}  local={e['local_value']!r}"
+            f"  remote={e['remote_value']!r}  ({e['resolution']}; {state})"
+        )
+    print("resolve with: replicad conflicts resolve ID… --keep local|remote")
+    return exits.OK
+
+
+def resolve_cmd(config: Config, seqs: Sequence[int], keep: str) -> int:
+    """Close conflict entries keeping one side."""
+    for line in resolve(config.replica_path, seqs, keep):
+        print(line)
+    return exits.OK

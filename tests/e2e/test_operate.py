@@ -1,0 +1,161 @@
+"""The operator's commands through the real CLI: backup, doctor, conflicts, resync."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import stat
+from pathlib import Path
+
+from tests.e2e.harness import (
+    app_write,
+    assert_replica_matches,
+    emulator,
+    query,
+    replicad,
+    start_replicad,
+    wait_for,
+    write_config,
+)
+from tests.e2e.test_lifecycle import corrupt_middle
+
+PUSH = {"source": "contact", "object": "crm-contact", "interval": "200ms"}
+
+
+def run(*args: str, expect: int = 0) -> str:
+    done = replicad(*args)
+    assert done.returncode == expect, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_backup_while_the_daemon_runs_then_restore(tmp_path: Path) -> None:
+    """`backup` copies the replica consistently while the daemon runs (0600); restored
+    in place, the copy takes its own identity and converges with the remote."""
+    db = tmp_path / "replica.db"
+    with emulator(records=1500) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        daemon = start_replicad("run", "--config", str(cfg))
+        try:
+            wait_for(
+                lambda: (
+                    db.exists()
+                    and query(
+                        db, "SELECT count(*) FROM replicad_syncs WHERE last_success IS NOT NULL"
+                    )
+                    == [(1,)]
+                )
+            )
+            out = run("backup", str(tmp_path / "b.db"), "--config", str(cfg))
+            assert "backed up" in out
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(20) == 0
+        copy = tmp_path / "b.db"
+        assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+        assert query(copy, "PRAGMA integrity_check") == [("ok",)]
+        assert query(copy, "SELECT count(*) FROM contact") == query(
+            db, "SELECT count(*) FROM contact"
+        )
+        run("backup", str(copy), "--config", str(cfg), expect=2)  # never overwrites
+        emu.control.mutate(random=25, seed=3)
+        for p in tmp_path.glob("replica.db*"):
+            p.unlink()
+        copy.rename(db)
+        done = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+        assert done.returncode == 0 and "replica.copy" in done.stderr
+        assert_replica_matches(db, emu)
+
+
+def test_doctor_finds_and_repairs_dropped_triggers_and_views(tmp_path: Path) -> None:
+    """An app dropped a capture trigger and a status view: doctor says so (exit 1),
+    --repair restores both, and edits are captured again."""
+    db = tmp_path / "replica.db"
+    with emulator(records=100) as emu:
+        cfg = write_config(tmp_path, emu.url, push=PUSH)
+        run("sync", "--once", "--no-progress", "--config", str(cfg))
+        assert "ok" in run("doctor", "--config", str(cfg))
+        con = sqlite3.connect(db)
+        con.execute('DROP TRIGGER "_replicad_capture_insert_contact"')
+        con.execute("DROP VIEW replicad_outbox")
+        con.close()
+        out = run("doctor", "--config", str(cfg), expect=1)
+        assert "FAIL views" in out and "_replicad_capture_insert_contact missing" in out
+        report = json.loads(run("doctor", "--json", "--config", str(cfg), expect=1))
+        assert not report["healthy"]
+        out = run("doctor", "--repair", "--config", str(cfg))
+        assert "repaired:" in out and "FAIL" not in out
+        app_write(db, "INSERT INTO contact (first_name, email) VALUES ('Doc', 'doc@example.org')")
+        assert query(db, "SELECT op FROM replicad_outbox") == [("insert",)]
+
+
+def test_doctor_repair_salvages_a_corrupt_replica_keeping_local_edits(tmp_path: Path) -> None:
+    """A replica damaged in the middle: doctor --repair builds a new one from what can
+    be read (the unsent local edit first), keeps the damaged file, and the next sync
+    pulls everything again and pushes the edit."""
+    db = tmp_path / "replica.db"
+    with emulator(records=3000) as emu:
+        cfg = write_config(tmp_path, emu.url, push=PUSH)
+        run("sync", "--once", "--no-progress", "--config", str(cfg))
+        app_write(db, "INSERT INTO contact (first_name, email) VALUES ('Keep', 'keep@example.org')")
+        corrupt_middle(db)
+        assert "corrupt" in replicad("sync", "--once", "--config", str(cfg)).stderr
+        out = run("doctor", "--repair", "--config", str(cfg))
+        assert "rows salvaged" in out and "kept as" in out
+        assert list(tmp_path.glob("replica.db.corrupt-*"))
+        run("sync", "--once", "--no-progress", "--config", str(cfg))
+        state = emu.control.state()["records"]["contact"]
+        assert [d for d in state.values() if d.get("email") == "keep@example.org"]
+        assert_replica_matches(db, emu)
+
+
+def test_conflicts_are_listed_and_resolved(tmp_path: Path) -> None:
+    """A conflict (local edit vs remote change) is listed; resolving it keeping the
+    remote value writes that value locally and upstream and closes the entry."""
+    db = tmp_path / "replica.db"
+    with emulator(records=100) as emu:
+        cfg = write_config(tmp_path, emu.url, push=PUSH)
+        run("sync", "--once", "--no-progress", "--config", str(cfg))
+        (rid,) = query(db, "SELECT id FROM contact ORDER BY id LIMIT 1")[0]
+        app_write(db, f"UPDATE contact SET first_name = 'Local' WHERE id = {rid}")
+        emu.control.mutate([{"op": "update", "type": "contact", "id": rid,
+                             "data": {"first_name": "Remote"}}])  # fmt: skip
+        emu.control.faults({"endpoint": "push", "action": "status", "status": 503, "times": 0})
+        replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+        emu.control.clear_faults()
+        (entry,) = json.loads(run("conflicts", "--json", "--config", str(cfg)))
+        assert (entry["field"], entry["local_value"], entry["remote_value"]) == (
+            "first_name", "Local", "Remote")  # fmt: skip
+        out = run("conflicts", "resolve", str(entry["seq"]), "--keep", "remote",
+                  "--config", str(cfg))  # fmt: skip
+        assert "kept remote" in out
+        assert query(db, f"SELECT first_name FROM contact WHERE id = {rid}") == [("Remote",)]
+        run("sync", "--once", "--no-progress", "--config", str(cfg))
+        assert emu.control.state()["records"]["contact"][str(rid)]["first_name"] == "Remote"
+        assert "no open conflicts" in run("conflicts", "--config", str(cfg))
+        run("conflicts", "resolve", str(entry["seq"]), "--keep", "local", "--config", str(cfg),
+            expect=2)  # fmt: skip
+        assert_replica_matches(db, emu)
+
+
+def test_resync_pulls_everything_again(tmp_path: Path) -> None:
+    """`resync` forgets the device identity: the next sync pulls everything, merging,
+    and removes what the remote no longer has."""
+    db = tmp_path / "replica.db"
+    with emulator(records=400) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        run("sync", "--once", "--no-progress", "--config", str(cfg))
+        # A row the remote never had (as if a delete had been missed).
+        con = sqlite3.connect(db)
+        con.execute("INSERT INTO _replicad_applying VALUES (1)")
+        con.execute("INSERT INTO contact (id, _internal_id, _revision, _pending) "
+                    "VALUES (999999, 'ghost', 1, 0)")  # fmt: skip
+        con.execute("DELETE FROM _replicad_applying")
+        con.commit()
+        con.close()
+        assert "resync of mirror started" in run("resync", "--config", str(cfg))
+        run("resync", "nosuch", "--config", str(cfg), expect=2)
+        done = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+        assert done.returncode == 0 and "pull.resync_done" in done.stderr
+        assert query(db, "SELECT count(*) FROM contact WHERE id = 999999") == [(0,)]
+        assert_replica_matches(db, emu)
