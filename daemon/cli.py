@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a self-contained demo against the built-in emulator")
     p.add_argument("--dir", type=Path, default=Path("replicad-demo"))
     p.add_argument("--records", type=int, default=3000)
+    p.add_argument(
+        "--force", action="store_true", help="start over even in a folder with someone's work"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -210,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the status of every sync."""
+    """Print the status of every sync; exit 1 while one is failing."""
     from replicad.daemon.status_view import render_status, status_report
 
     report = status_report(_config(args))
@@ -219,7 +222,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render_status(report))
-    return exits.OK
+    # Scripts and monitors read the exit code: 1 while a sync is failing.
+    failing = [s["sync"] for s in report["syncs"] if s.get("state") == "failing"]
+    return exits.FAILURE if failing else exits.OK
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -287,7 +292,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The demo: emulator, config, replica, sync, remote changes, sync, queries."""
     from replicad.daemon.demo import run_demo
 
-    return run_demo(args.dir, args.records)
+    return run_demo(args.dir, args.records, args.force)
 
 
 def cmd_service(args: argparse.Namespace) -> int:

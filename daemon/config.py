@@ -145,6 +145,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         for label, s in _table(raw, "syncs", "syncs").items()
     }
     _cross_checks(syncs)
+    _budget_check(syncs, connections)
     return Config(path, replica_path, connections, syncs)
 
 
@@ -172,6 +173,12 @@ def _connection(name: str, c: dict[str, Any], base: Path) -> Connection:
     url = urlsplit(base_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ConfigError(f"{k}.base_url: {base_url!r} is not an http(s) URL")
+    if kind == "sell" and url.path.rstrip("/").lower().endswith("/v2"):
+        # The client appends /v2/...: this would ask for /v2/v2/... and get 404s.
+        suggested = base_url.rstrip("/")[: -len("/v2")]
+        raise ConfigError(
+            f"{k}.base_url: leave out the /v2 (replicad appends it): use {suggested!r}"
+        )
     if url.scheme == "http" and url.hostname not in LOOPBACK:
         # The token would cross the network in clear text.
         raise ConfigError(f"{k}.base_url: plain http is only allowed to loopback; use https")
@@ -243,7 +250,7 @@ def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection]) -> 
         direction=direction,
         connection=conn,
         operation=operation,
-        interval=_duration(s, "interval", 30.0, k),
+        interval=_interval(s, 30.0, k),
         prefix=prefix,
         paused=bool(_opt(s, "paused", bool, f"{k}.paused")),
         max_sessions=_count(s, "max_sessions", 4, k, minimum=1),
@@ -283,6 +290,8 @@ def _push_sync(label: str, s: dict[str, Any], conn: Connection) -> Sync:
         direction="push",
         connection=conn.name,
         operation=operation,
+        # A push interval only paces looks at the local outbox (file events wake the
+        # daemon anyway): no remote budget at stake, so no minimum.
         interval=_duration(s, "interval", 5.0, k),
         paused=bool(_opt(s, "paused", bool, f"{k}.paused")),
         source=source,
@@ -425,6 +434,40 @@ def _duration(d: dict[str, Any], key: str, default: float, where: str) -> float:
         return parse_duration(d[key])
     except ValueError as e:
         raise ConfigError(f"{where}.{key}: {e}") from None
+
+
+# Shorter pull intervals only burn the remote's budget: a cycle is at least one request.
+MIN_INTERVAL = 1.0
+
+
+def _interval(d: dict[str, Any], default: float, where: str) -> float:
+    value = _duration(d, "interval", default, where)
+    if value < MIN_INTERVAL:
+        raise ConfigError(
+            f"{where}.interval: {d['interval']!r} is shorter than the minimum of 1s "
+            "(each cycle costs requests against the remote's hourly budget)"
+        )
+    return value
+
+
+def _budget_check(syncs: dict[str, Sync], connections: dict[str, Connection]) -> None:
+    """A pull schedule must fit the connection's budget: each cycle costs at least one
+    request, so cycles per hour may not exceed the requests the budget allows."""
+    for s in syncs.values():
+        if s.direction != "pull" or s.paused:
+            continue
+        conn = connections[s.connection]
+        rate_text = conn.rate_limit or KINDS[conn.kind].default_rate_limit
+        if rate_text is None:
+            continue
+        per_hour = parse_rate(rate_text).per_second * 3600
+        cycles = 3600 / s.interval
+        if cycles > per_hour:
+            raise ConfigError(
+                f"syncs.{s.label}.interval: every {s.interval:g}s is {cycles:.0f} cycles an "
+                f"hour, more requests than connections.{conn.name}.rate_limit allows "
+                f"({rate_text}); pull less often"
+            )
 
 
 def _count(d: dict[str, Any], key: str, default: int, where: str, *, minimum: int) -> int:

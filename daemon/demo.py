@@ -23,6 +23,7 @@ from replicad.daemon.oneshot import sync_once
 from replicad.daemon.status_view import render_status, status_report
 from replicad.store.app_sql import edit_locally, read_row
 from replicad.store.lock import is_held
+from replicad.store.operate import OperatorError, unsent_edits
 
 # Only these are removed when the demo starts over; anything else in the folder stays.
 DEMO_FILES = ("config.toml", "token", "replica.db", "replica.db-wal", "replica.db-shm")
@@ -67,17 +68,43 @@ LOCAL_EDITS = (
 )
 
 
+def _not_a_demo_folder(folder: Path) -> str | None:
+    """Why starting the demo over in ``folder`` could destroy someone's work, if it could."""
+    config, replica = folder / "config.toml", folder / "replica.db"
+    if config.exists():
+        try:
+            first = config.read_text(encoding="utf-8").splitlines()[:1]
+        except (OSError, UnicodeDecodeError):
+            first = []
+        if first != [CONFIG.splitlines()[0]]:
+            return f"{config} was not written by the demo"
+    elif replica.exists():
+        return f"{replica} exists and is not the demo's"
+    if replica.exists():
+        try:
+            unsent = unsent_edits(replica)
+        except OperatorError as e:
+            return str(e)
+        if unsent:
+            return f"{replica} holds {unsent} local edit{'' if unsent == 1 else 's'} not yet sent"
+    return None
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_demo(folder: Path, records: int) -> int:
+def run_demo(folder: Path, records: int, force: bool = False) -> int:
     """Run the demo in ``folder``; 0 on success."""
     folder = folder.resolve()
     replica = folder / "replica.db"
     holder = is_held(replica)
     if holder is not None:
         _say(f"replicad: {replica} is in use by process {holder}; stop it first")
+        return exits.USAGE
+    refusal = None if force else _not_a_demo_folder(folder)
+    if refusal is not None:
+        print(f"replicad: {refusal}; use another --dir, or --force to start over", file=sys.stderr)
         return exits.USAGE
     folder.mkdir(parents=True, exist_ok=True)
     for name in DEMO_FILES:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -13,7 +14,7 @@ import anyio
 import structlog
 
 from replicad.connectors.retry import RetryPolicy
-from replicad.daemon.config import Config, Connection, Sync, read_token
+from replicad.daemon.config import Config, ConfigError, Connection, Sync, read_token
 from replicad.daemon.kinds import KINDS
 from replicad.daemon.logs import register_secret
 from replicad.daemon.pull import PullOutcome, PullProgress, pull_cycle
@@ -174,8 +175,28 @@ def log_repairs(replica: Replica) -> None:
     replica.copy_notes.clear()
 
 
+def check_push_sources(config: Config, tables: Collection[str]) -> None:
+    """A push ``source`` that names no table of the replica is most likely a typo (and
+    the table meant would stay read-only): refused when a table of a close name exists,
+    logged otherwise (the pull may not have brought that type yet)."""
+    if not tables:
+        return  # a new replica: the first pull creates the tables
+    for s in config.syncs.values():
+        if s.direction != "push" or s.source in tables:
+            continue
+        close = difflib.get_close_matches(s.source, list(tables), n=1, cutoff=0.6)
+        if close:
+            raise ConfigError(
+                f"syncs.{s.label}.source: the replica has no table {s.source!r}; "
+                f"did you mean {close[0]!r}? (tables: {', '.join(sorted(tables))})"
+            )
+        log.warning("push.source_missing", sync=s.label, source=s.source,
+                    tables=sorted(tables))  # fmt: skip
+
+
 async def register(replica: Replica, config: Config) -> None:
     """Make the configured syncs visible in status, and their push tables writable."""
+    check_push_sources(config, replica.catalog.tables.keys())
     for sync in config.syncs.values():
         await replica.register_sync(sync.label, sync.direction, sync.connection)
     # Paused push syncs keep their tables writable: edits wait in the outbox.

@@ -12,6 +12,8 @@ FAILURE = 1
 USAGE = 2
 AUTH = 3
 UNREACHABLE = 4
+# The work was done, but some records were rejected or quarantined (status says which).
+PARTIAL = 5
 
 
 def exit_code(error: BaseException) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from replicad.daemon.logs import redact
+from replicad.store.lock import private_mode
 
 # A healthy step touches its loop at least this often: a page, a batch, or the end
 # of a request's bounded retries. The worst healthy case is a remote asking to wait
@@ -168,7 +169,9 @@ def write_heartbeat(replica: Path, state: Supervision) -> None:
     path = heartbeat_path(replica)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(state.to_json(), indent=1), encoding="utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, private_mode())
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(state.to_json(), indent=1))
         os.replace(tmp, path)
     except OSError:
         # A full disk must not leave a half-written file behind.

@@ -19,6 +19,7 @@ log = structlog.get_logger("replicad.sync")
 async def sync_once(config: Config, show_progress: bool) -> int:
     """Run each sync once; report each outcome; return the first failure's exit code."""
     code = exits.OK
+    rejected = quarantined = 0
     async with open_engine(config) as engine:
         syncs = engine.pull_syncs()
         pushes = engine.push_syncs()
@@ -33,6 +34,7 @@ async def sync_once(config: Config, show_progress: bool) -> int:
                 code = code or exits.exit_code(error)
                 print(f"replicad: sync {push.label}: {redact(str(error))}", file=sys.stderr)
                 continue
+            rejected += report.rejected
             if report.sent == 0:
                 print(f"{push.label}: no local edits to push")
                 continue
@@ -56,6 +58,7 @@ async def sync_once(config: Config, show_progress: bool) -> int:
                     code = code or exits.exit_code(error)
                     print(f"replicad: sync {sync.label}: {redact(str(error))}", file=sys.stderr)
                     continue
+                quarantined += outcome.quarantined
                 print(
                     f"{sync.label}: {outcome.items} items in {outcome.pages} pages "
                     f"({outcome.sessions} session{_plural(outcome.sessions)}), "
@@ -67,6 +70,16 @@ async def sync_once(config: Config, show_progress: bool) -> int:
                         else ""
                     )
                 )
+    if code == exits.OK and (rejected or quarantined):
+        parts = [f"{rejected} local edit{_plural(rejected)} rejected"] if rejected else []
+        if quarantined:
+            parts.append(f"{quarantined} remote item{_plural(quarantined)} quarantined")
+        print(
+            f"replicad: done, but {' and '.join(parts)}; see `replicad status` "
+            "(replicad_outbox, replicad_quarantine)",
+            file=sys.stderr,
+        )
+        code = exits.PARTIAL
     return code
 
 

@@ -15,8 +15,9 @@ from replicad.connectors.errors import AuthRefused, ConnectorError
 from replicad.connectors.retry import RetryPolicy
 from replicad.daemon import exits
 from replicad.daemon.config import Config
-from replicad.daemon.engine import connection_token, pull_client
+from replicad.daemon.engine import check_push_sources, connection_token, pull_client
 from replicad.daemon.kinds import KINDS
+from replicad.store.status import read_status
 
 
 async def validate(config: Config) -> int:
@@ -26,6 +27,9 @@ async def validate(config: Config) -> int:
         f"{len(config.syncs)} syncs)"
     )
     print(f"replica {config.replica_path}")
+    if config.replica_path.exists():
+        tables = {t["name"] for t in read_status(config.replica_path)["tables"]}
+        check_push_sources(config, tables)
     code = exits.OK
     for conn in config.connections.values():
         if KINDS[conn.kind].pull_client is None:

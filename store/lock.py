@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 from pathlib import Path
 
@@ -22,6 +23,25 @@ def lock_path(replica: Path) -> Path:
     return replica.with_name(replica.name + ".lock")
 
 
+@functools.cache
+def private_mode() -> int:
+    """The mode of files the daemon creates: 0600, or 0640 when the umask shuts others
+    out but lets the group read (the system unit's UMask=0027: its group reads the
+    replica). Read once: reading the umask means setting it, which is process-wide."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o640 if umask & 0o007 == 0o007 and not umask & 0o040 else 0o600
+
+
+def create_private(path: Path) -> None:
+    """Create ``path`` empty with ``private_mode()`` unless it exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, private_mode())
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 class ReplicaLock:
     """An exclusive, non-blocking lock held for the life of the daemon."""
 
@@ -31,7 +51,7 @@ class ReplicaLock:
 
     def acquire(self) -> None:
         """Take the lock or raise ReplicaBusy naming the holder."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, private_mode())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

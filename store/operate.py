@@ -434,6 +434,20 @@ def _sidecars(path: Path) -> list[Path]:
     return [path.with_name(path.name + s) for s in ("-wal", "-shm")]
 
 
+def unsent_edits(path: Path) -> int:
+    """Local edits of the replica that no destination has confirmed yet."""
+    db = connect(path)
+    try:
+        return int(
+            db.execute(
+                "SELECT count(*) FROM _replicad_outbox "
+                "WHERE state IN ('pending', 'in_flight', 'rejected')"
+            ).fetchone()[0]
+        )
+    finally:
+        db.close()
+
+
 # --- resync and conflicts ------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ import anyio.to_thread
 from replicad.store import identity, outbox
 from replicad.store.apply import apply_page
 from replicad.store.identity import check_identity
-from replicad.store.lock import ReplicaLock
+from replicad.store.lock import ReplicaLock, create_private
 from replicad.store.model import (
     ApplyResult,
     OutboxBatch,
@@ -120,6 +120,9 @@ class Replica:
         lock = ReplicaLock(path)
         lock.acquire()
         try:
+            # Created private (SQLite gives the WAL and shared-memory files the same
+            # mode): the replica holds account data.
+            create_private(path)
             db = await aiosqlite.connect(path, isolation_level=None)
         except BaseException:
             lock.release()

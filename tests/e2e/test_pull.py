@@ -113,7 +113,8 @@ def test_unreachable_remote_exits_4(tmp_path: Path) -> None:
 
 def test_faults_are_survived(tmp_path: Path) -> None:
     """5xx, 429 with Retry-After, truncated bodies, empty pages, failed objects and
-    malformed items: the sync completes, equals the emulator, quarantines the bad."""
+    malformed items: the sync completes, equals the emulator, quarantines the bad, and
+    says so with exit code 5 (done, but items were quarantined)."""
     with emulator(records=1200) as emu:
         emu.control.faults(
             {"endpoint": "start", "action": "status", "status": 500},
@@ -126,7 +127,8 @@ def test_faults_are_survived(tmp_path: Path) -> None:
         )
         cfg = write_config(tmp_path, emu.url)
         done = replicad("sync", "--once", "--config", str(cfg))
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 5, done.stderr
+        assert "replicad: done, but 4 remote items quarantined" in done.stderr
         assert_replica_matches(tmp_path / "replica.db", emu)
         db = sqlite3.connect(tmp_path / "replica.db")
         reasons = [r[0] for r in db.execute("SELECT reason FROM replicad_quarantine")]

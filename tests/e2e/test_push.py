@@ -209,7 +209,7 @@ def test_rejection_is_kept_and_retry_requeues(tmp_path: Path) -> None:
             "INSERT INTO contact (first_name, email, _internal_id) VALUES ('Bad', 'nope', 'bad')",
             "INSERT INTO contact (first_name, email, _internal_id) VALUES ('Ok', 'ok@x.org', 'ok')",
         )
-        sync(cfg)
+        assert "1 local edit rejected" in sync(cfg, expect=5)  # done, but a rejection
         rows = dict(query(db, "SELECT internal_id, state FROM replicad_outbox"))
         assert rows == {"bad": "rejected", "ok": "confirmed"}
         (reason,) = query(db, "SELECT reason FROM replicad_outbox WHERE internal_id = 'bad'")[0]
