@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 
@@ -25,9 +26,16 @@ from replicad.store import as_corruption
 Command = Callable[[argparse.Namespace], int]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (what is wrong, where to look), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(exits.USAGE, f"replicad: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="replicad",
         description="Mirror a remote account into a local SQLite replica and keep it in sync.",
     )
@@ -38,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, default=None, help="config file (TOML)")
@@ -78,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("conflicts", help="list or resolve the conflict journal"))
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.add_argument("--all", action="store_true", help="closed entries too")
-    csub = p.add_subparsers(dest="conflicts_action", metavar="ACTION")
+    csub = p.add_subparsers(dest="conflicts_action", metavar="ACTION", parser_class=_Parser)
     r = with_config(csub.add_parser("resolve", help="close entries keeping one side"))
     r.add_argument("ids", nargs="+", type=int, metavar="ID")
     r.add_argument("--keep", required=True, choices=("local", "remote"))

@@ -6,6 +6,7 @@ import sys
 
 from replicad.daemon import exits
 from replicad.daemon.config import Config
+from replicad.store.operate import entry_state
 from replicad.store.outbox import requeue_at
 
 
@@ -17,8 +18,10 @@ def retry_rejected(config: Config, entry: int | None) -> int:
     """
     n = requeue_at(config.replica_path, entry)
     if entry is not None and n == 0:
+        state = entry_state(config.replica_path, entry)
+        why = "does not exist" if state is None else f"is {state}, not rejected"
         print(
-            f"replicad: outbox entry {entry} is not rejected (see replicad_outbox)",
+            f"replicad: outbox entry {entry} {why}; see replicad_outbox (or `replicad status`)",
             file=sys.stderr,
         )
         return exits.FAILURE

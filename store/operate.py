@@ -434,6 +434,16 @@ def _sidecars(path: Path) -> list[Path]:
     return [path.with_name(path.name + s) for s in ("-wal", "-shm")]
 
 
+def entry_state(path: Path, entry: int) -> str | None:
+    """The state of an outbox entry, None when there is no such entry."""
+    db = connect(path)
+    try:
+        row = db.execute("SELECT state FROM _replicad_outbox WHERE seq = ?", (entry,)).fetchone()
+        return None if row is None else str(row[0])
+    finally:
+        db.close()
+
+
 def unsent_edits(path: Path) -> int:
     """Local edits of the replica that no destination has confirmed yet."""
     db = connect(path)

@@ -116,9 +116,15 @@ class Replica:
         opening waits with backoff instead of failing; ``on_wait`` hears what it waits
         for, and later registrations (config reloads) wait the same way.
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = ReplicaLock(path)
-        lock.acquire()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = ReplicaLock(path)
+            lock.acquire()
+        except OSError as e:
+            raise ReplicaRefused(
+                f"cannot create the replica's files in {path.parent} ({e.strerror}); "
+                "choose a writable [replica] path or fix the folder's permissions"
+            ) from None
         try:
             # Created private (SQLite gives the WAL and shared-memory files the same
             # mode): the replica holds account data.
