@@ -148,6 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, KeyboardInterrupt):
             print("replicad: interrupted", file=sys.stderr)
             return 130
+        if isinstance(error, BrokenPipeError):
+            # The reader of our output went away (`replicad status | head`): nothing
+            # failed that the user needs to hear about.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the flush at exit
+            return exits.OK
         if args.debug:
             import traceback
 

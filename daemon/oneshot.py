@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from contextlib import nullcontext
 
+import anyio
 import structlog
 
 from replicad.connectors.errors import ConnectorError
@@ -12,12 +15,21 @@ from replicad.daemon import exits
 from replicad.daemon.config import Config
 from replicad.daemon.engine import open_engine
 from replicad.daemon.logs import redact
+from replicad.daemon.status_view import status_report
+from replicad.store.lock import is_held
+from replicad.store.outbox import utcnow
 
 log = structlog.get_logger("replicad.sync")
 
 
 async def sync_once(config: Config, show_progress: bool) -> int:
-    """Run each sync once; report each outcome; return the first failure's exit code."""
+    """Run each sync once; report each outcome; return the first failure's exit code.
+
+    While a daemon holds the replica, the cycle is asked of it instead.
+    """
+    pid = is_held(config.replica_path)
+    if pid is not None and pid > 0:
+        return await ask_daemon(config, pid)
     code = exits.OK
     rejected = quarantined = 0
     async with open_engine(config) as engine:
@@ -80,6 +92,54 @@ async def sync_once(config: Config, show_progress: bool) -> int:
             file=sys.stderr,
         )
         code = exits.PARTIAL
+    return code
+
+
+# How long `sync` waits for the running daemon's cycle before giving up waiting.
+ASK_TIMEOUT = 900.0
+
+
+async def ask_daemon(config: Config, pid: int) -> int:
+    """Have the running daemon run a cycle of every sync now, and report its outcome.
+
+    SIGUSR1 wakes its pull loops (its push loops run on every edit anyway); each sync
+    is done when ``replicad_syncs`` records a success or failure after the request
+    (a push with nothing left to send is done at once).
+    """
+    requested = utcnow()
+    labels = [s.label for s in config.syncs.values() if not s.paused]
+    print(f"asking the running daemon (pid {pid}) for a cycle of {', '.join(labels)}",
+          file=sys.stderr)  # fmt: skip
+    os.kill(pid, signal.SIGUSR1)
+    pending = set(labels)
+    code = exits.OK
+    with anyio.move_on_after(ASK_TIMEOUT):
+        while pending:
+            await anyio.sleep(0.25)
+            report = await anyio.to_thread.run_sync(status_report, config)
+            for s in report["syncs"]:
+                label = s["sync"]
+                if label not in pending:
+                    continue
+                failed = (s.get("last_error_at") or "") > requested
+                ok = (s.get("last_success") or "") > requested
+                idle_push = (
+                    s["direction"] == "push"
+                    and s.get("pending_local_edits", 0) == 0
+                    and s.get("state") != "failing"
+                )
+                if failed:
+                    print(f"replicad: sync {label}: {s.get('last_error')}", file=sys.stderr)
+                    code = code or exits.FAILURE
+                elif ok or idle_push:
+                    print(f"{label}: done by the running daemon")
+                else:
+                    continue
+                pending.discard(label)
+    if pending:
+        print(f"replicad: the daemon (pid {pid}) has not finished {', '.join(sorted(pending))} "
+              f"after {ASK_TIMEOUT:.0f}s; see `replicad status`", file=sys.stderr)  # fmt: skip
+        return exits.FAILURE
     return code
 
 

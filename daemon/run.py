@@ -304,10 +304,14 @@ async def run_daemon(config: Config) -> None:
 
     try:
         async with open_engine(config, waiting) as engine:
-            await Supervisor(engine, notifier).run()
+            try:
+                await Supervisor(engine, notifier).run()
+            finally:
+                # Only the process that holds the replica owns its heartbeat: one
+                # refused at open (another daemon runs) must not remove it.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_remove_heartbeat, config.replica_path)
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_remove_heartbeat, config.replica_path)
         notifier.close()
 
 

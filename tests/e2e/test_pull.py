@@ -139,16 +139,24 @@ def test_faults_are_survived(tmp_path: Path) -> None:
         assert "contact" in names and not any("DROP" in n for n in names)
 
 
-def test_second_process_is_refused(tmp_path: Path) -> None:
-    """While `replicad run` holds the replica, `sync --once` exits 2 naming its pid."""
+def test_second_process_is_refused_and_sync_asks_the_daemon(tmp_path: Path) -> None:
+    """While `replicad run` holds the replica, a second `run` exits 2 naming its pid,
+    and `sync --once` asks the daemon for a cycle and reports its result."""
     with emulator(records=100) as emu:
         cfg = write_config(tmp_path, emu.url)
+        cfg.write_text(cfg.read_text().replace('interval = "1s"', 'interval = "1h"'))
         daemon = start_replicad("run", "--config", str(cfg))
         try:
             wait_for(lambda: _synced(tmp_path / "replica.db"))
-            other = replicad("sync", "--once", "--config", str(cfg))
+            other = replicad("run", "--config", str(cfg))
             assert other.returncode == 2
             assert f"replicad process {daemon.pid}" in other.stderr
+            emu.control.mutate([{"op": "update", "type": "contact", "id": 1,
+                                 "data": {"name": "Asked"}}])  # fmt: skip
+            asked = replicad("sync", "--once", "--config", str(cfg))
+            assert asked.returncode == 0, asked.stderr
+            assert "mirror: done by the running daemon" in asked.stdout
+            assert _name(tmp_path / "replica.db") == "Asked"
             status = json.loads(replicad("status", "--json", "--config", str(cfg)).stdout)
             assert status["daemon"]["running"] and status["daemon"]["pid"] == daemon.pid
             assert status["daemon"]["healthy"] is True
