@@ -417,8 +417,21 @@ def _opt(d: dict[str, Any], key: str, typ: type, name: str) -> Any:
         return None
     value = d[key]
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ConfigError(f"{name}: must be a {typ.__name__}, not {type(value).__name__}")
+        raise ConfigError(f"{name}: must be {_TOML_TYPES[typ]}, not {_toml_type(value)}")
     return value
+
+
+_TOML_TYPES: dict[type, str] = {
+    str: "a string", int: "an integer", bool: "true or false", list: "an array",
+    dict: "a table", float: "a number",
+}  # fmt: skip
+
+
+def _toml_type(value: Any) -> str:
+    for typ in (bool, int, float, str, list, dict):
+        if isinstance(value, typ):
+            return _TOML_TYPES[typ]
+    return type(value).__name__
 
 
 def _req(d: dict[str, Any], key: str, typ: type, name: str) -> Any:

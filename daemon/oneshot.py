@@ -72,7 +72,8 @@ async def sync_once(config: Config, show_progress: bool) -> int:
                     continue
                 quarantined += outcome.quarantined
                 print(
-                    f"{sync.label}: {outcome.items} items in {outcome.pages} pages "
+                    f"{sync.label}: {outcome.items} item{_plural(outcome.items)} in "
+                    f"{outcome.pages} page{_plural(outcome.pages)} "
                     f"({outcome.sessions} session{_plural(outcome.sessions)}), "
                     f"{outcome.applied} rows changed"
                     + (f", {outcome.quarantined} quarantined" if outcome.quarantined else "")

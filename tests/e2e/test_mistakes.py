@@ -123,7 +123,7 @@ CASES = [
     Case("max_sessions 0", cfg(GOOD_CONN, GOOD_PULL + "max_sessions = 0\n"), SYNC, 2,
          "must be at least 1"),
     Case("wrong type", cfg(GOOD_CONN, GOOD_PULL + "paused = 1\n"), SYNC, 2,
-         "syncs.mirror.paused: must be a bool"),
+         "syncs.mirror.paused: must be true or false, not an integer"),
     Case("bad prefix", cfg(GOOD_CONN, GOOD_PULL + 'prefix = "1-x"\n'), SYNC, 2,
          "syncs.mirror.prefix"),
     Case("unknown pull operation", cfg(GOOD_CONN, GOOD_PULL + 'operation = "sideways"\n'),
