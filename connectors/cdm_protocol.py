@@ -118,7 +118,10 @@ def parse_written(
 def _body_echo(body: Any) -> str | None:
     if not isinstance(body, dict):
         return None
-    for where in (body, body.get("meta")):
+    # A record answered at the top level may have a field of that name: only an
+    # envelope ({"data": …}) carries the echo beside the record.
+    places = (body, body.get("meta")) if isinstance(body.get("data"), dict) else (body.get("meta"),)
+    for where in places:
         if isinstance(where, dict):
             for key in ECHO_KEYS:
                 if isinstance(where.get(key), str):

@@ -55,6 +55,14 @@ from replicad.connectors.ratelimit import TokenBucket, parse_rate
 # Statuses of api/errors that mean the server has no errors list (the seed names none;
 # Endgrate itself offers an error webhook).
 NO_ERRORS_LIST = (404, 405)
+# Statuses of api/push/data that mean the server returns no data (the seed allows a
+# data webhook instead): the accepted transfer's entries are confirmed without ids.
+NO_RETURNED_DATA = (404, 405)
+
+
+class _NoReturnedData(Exception):
+    """api/push/data does not exist on this server (internal signal)."""
+
 
 log = structlog.get_logger("replicad.endgrate")
 
@@ -122,8 +130,11 @@ class EndgrateClient(HttpConnector):
         if not batch.items:
             return PushResult()
         try:
+            # A body cut short is retried (posting again is idempotent by internal_id);
+            # one that is no JSON at all still means accepted (see docs/push-wire.md).
             answer = await self._request("POST", "/api/push/transfer", "push/transfer", batch,
-                                         json_body=self._transfer_body(batch))  # fmt: skip
+                                         json_body=self._transfer_body(batch),
+                                         json_required=True)  # fmt: skip
         except RemoteRefused as e:
             # A 4xx to the transfer itself: the destination refused these items.
             reason = f"refused by the destination: {e}"
@@ -138,6 +149,9 @@ class EndgrateClient(HttpConnector):
             return self._done(batch, None, accepted_without_data(batch))
         try:
             result = await self._outcomes(batch, transfer_id)
+        except _NoReturnedData:
+            log.warning("push.no_returned_data", tracking_id=batch.tracking_id)
+            return self._done(batch, transfer_id, accepted_without_data(batch))
         except ConnectorError as e:
             return self._failed(batch, e)
         return self._done(batch, transfer_id, result)
@@ -164,7 +178,7 @@ class EndgrateClient(HttpConnector):
         s = self.settings
         for attempt in range(s.id_rereads + 1):
             rows = await self._returned_rows(batch, transfer_id)
-            if rows_all_have_ids(rows, len(batch.items)):
+            if not s.sample_data and rows_all_have_ids(rows, len(batch.items)):
                 return outcomes(
                     batch, transfer_id, rows, (), sample_data=False, final=True
                 ).outcomes
@@ -229,7 +243,7 @@ class EndgrateClient(HttpConnector):
                 "push/data",
                 batch,
                 params=data_params(transfer_id, s.page_limit, offset),
-                accept=(400,),
+                accept=(400, *NO_RETURNED_DATA),
                 json_required=True,
             )
             body = answer.json()
@@ -244,6 +258,8 @@ class EndgrateClient(HttpConnector):
                 log.debug("push.pending", tracking_id=batch.tracking_id, transfer_id=transfer_id)
                 await anyio.sleep(s.poll_interval)
                 continue
+            if answer.status in NO_RETURNED_DATA:
+                raise _NoReturnedData()
             if answer.status == 400:
                 raise RemoteRefused(
                     self._exchange.redact(f"push/data: {plain_message(answer.status, body)}")

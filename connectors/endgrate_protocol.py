@@ -244,8 +244,9 @@ def outcomes(
 ) -> Outcomes:
     """One outcome per item, in push order.
 
-    An item is rejected only when the errors list names it: that is the only explicit
-    refusal of an item. Every other item was accepted: confirmed with its id, or (no
+    An item that came back with its id was written and is confirmed with it. An item
+    without one is rejected when the errors list names it: that is the only explicit
+    refusal of an item. Every other item was accepted: confirmed (no
     id: the destination returns none, or ``errors`` is None because the server has no
     errors list) confirmed without one once ``final``, and left unresolved before.
     """
@@ -261,7 +262,12 @@ def outcomes(
     out: list[PushOutcome] = []
     unresolved: list[int] = []
     for i, (item, row) in enumerate(zip(items, rows, strict=True)):
-        if i in reasons:
+        if row.id is not None and not sample_data:
+            # Written: the record has its id. An error naming the item (or one of its
+            # associations) cannot undo that; rejecting it would drop the id and the
+            # pull would bring the record back as a second row.
+            out.append(PushOutcome(item.entry, id=row.id, transfer_id=transfer_id))
+        elif i in reasons:
             out.append(
                 PushOutcome(item.entry, rejected="; ".join(reasons[i]), transfer_id=transfer_id)
             )

@@ -156,8 +156,8 @@ class Exchange:
     ) -> Answer:
         """Send ``request`` until it gets an answer the caller takes.
 
-        Taken: any 2xx (with ``json_required``, only one whose body is JSON or empty:
-        a truncated body is retried), and the statuses in ``accept``. 401/403 raise
+        Taken: any 2xx (with ``json_required``, not one whose body is a JSON document
+        cut short: that is retried), and the statuses in ``accept``. 401/403 raise
         ``AuthRefused``; any other 4xx ``RemoteRefused``; transport errors, 5xx, 429
         and the like are retried (``Retry-After`` honoured) until the policy gives up
         (``RemoteUnreachable``). With ``resend_unknown=False`` a failure after which
@@ -209,7 +209,10 @@ class Exchange:
 
 
 def _is_json(content: bytes) -> bool:
-    if not content:
+    """Whether a body is not a cut-off JSON document: empty, whole JSON, or plainly
+    something else (a text "Accepted"), which the caller judges itself."""
+    start = content.lstrip()[:1]
+    if start not in (b"{", b"["):
         return True
     try:
         json.loads(content)

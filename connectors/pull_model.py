@@ -47,6 +47,10 @@ class BadItem:
     raw: str
     reason: str
     ack_key: str | None
+    # The record it is about, when the item said so: a full pull must not take a
+    # record it could not store for one the remote deleted.
+    type: str | None = None
+    id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

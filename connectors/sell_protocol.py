@@ -146,16 +146,23 @@ def _salvaged(content: bytes) -> QueuePage:
         try:
             parsed.append(parse_item(json.loads(t)))
         except RecursionError:
-            parsed.append(BadItem(storable(t), "item nested too deeply to decode", ack_key_in(t)))
+            parsed.append(BadItem(storable(t), "item nested too deeply to decode", _key_in(t)))
         except ValueError:
-            parsed.append(BadItem(storable(t), "item is not valid JSON", ack_key_in(t)))
+            parsed.append(BadItem(storable(t), "item is not valid JSON", _key_in(t)))
     meta: Any = None
     if meta_text is not None:
         try:
             meta = json.loads(meta_text)
         except (ValueError, RecursionError):
-            meta = None
+            # Its failed_objects would be lost while the items are acknowledged.
+            raise ProtocolError("malformed page meta") from None
     return _without_unstorable(_page(parsed, meta))
+
+
+def _key_in(text: str) -> str | None:
+    """The ack key an undecodable item names, when it can be sent as it is."""
+    key = ack_key_in(text)
+    return key if key is not None and _unstorable(key) is None else None
 
 
 def _without_unstorable(page: QueuePage) -> QueuePage:
@@ -166,11 +173,15 @@ def _without_unstorable(page: QueuePage) -> QueuePage:
     bad = list(page.batch.bad_items)
     for change in page.batch.changes:
         reason = _unstorable(change.type) or _unstorable(change.data)
+        ack_key: str | None = change.ack_key
+        if _unstorable(ack_key) is not None:
+            # Acknowledging a mangled key would ack nothing (or something else).
+            reason, ack_key = reason or "item ack key is not valid Unicode", None
         if reason is None:
             keep.append(change)
         else:
             raw = {"data": change.data, "meta": {"type": change.type}}
-            bad.append(BadItem(dumps_raw(raw), reason, change.ack_key))
+            bad.append(BadItem(dumps_raw(raw), reason, ack_key, change.type, change.id))
     batch = PageBatch(keep, bad, page.batch.failed_objects)
     return QueuePage(batch, page.count, page.count_left)
 

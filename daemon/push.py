@@ -75,8 +75,8 @@ async def push_cycle(
             with anyio.CancelScope(shield=True):
                 counts = await replica.record_push(sync.source, result.outcomes)
             report.batches += 1
-            if on_batch is not None:
-                on_batch()
+            if on_batch is not None and counts.confirmed + counts.rejected:
+                on_batch()  # progress: a batch without outcomes is no progress
             report.sent += len(wire.items)
             report.confirmed += counts.confirmed
             report.rejected += counts.rejected

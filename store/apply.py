@@ -86,7 +86,7 @@ def apply_page(
             for tbl, changes in by_table.items():
                 _apply_table(db, catalog, tbl, changes, target, now, result)
         if target.resync:
-            note_seen(db, [(tbl, c.id) for tbl, c in routed])
+            note_seen(db, _seen(target, routed, bad), target.connection)
         _quarantine(db, target.sync, bad, now)
         result.quarantined = len(bad)
         _failed_objects(db, target, batch, routed, now)
@@ -118,6 +118,23 @@ def apply_page(
 MAX_FIELDS = 1990
 
 
+def _seen(
+    target: PullTarget, routed: list[tuple[str, RecordChange]], bad: list[BadItem]
+) -> list[tuple[str, int] | None]:
+    """What a full pull's page brought: stored records, quarantined records whose id is
+    known (they exist remotely), and None for an item whose record is unknown."""
+    out: list[tuple[str, int] | None] = [(tbl, c.id) for tbl, c in routed]
+    for b in bad:
+        if b.id is None or b.type is None:
+            out.append(None)
+            continue
+        try:
+            out.append((table_name(target.prefix, b.type), b.id))
+        except UnstorableName:
+            continue  # no table can hold it: no row of it to keep
+    return out
+
+
 def _route(
     db: sqlite3.Connection,
     catalog: TableCatalog,
@@ -139,7 +156,7 @@ def _route(
         try:
             tbl = table_name(target.prefix, change.type)
         except UnstorableName as e:
-            bad.append(BadItem(_raw(change), str(e), change.ack_key))
+            bad.append(BadItem(_raw(change), str(e), change.ack_key))  # no table: no row
             continue
         owner = catalog.tables.get(tbl)
         reason = None
@@ -159,7 +176,7 @@ def _route(
                 else:
                     fields.update(new)
         if reason is not None:
-            bad.append(BadItem(_raw(change), reason, change.ack_key))
+            bad.append(BadItem(_raw(change), reason, change.ack_key, change.type, change.id))
             continue
         routed.append((tbl, change))
     return routed, bad

@@ -26,6 +26,8 @@ from replicad.store.names import quote
 
 IDENTITY_KEY = "identity.file"
 _RESYNC = "resync."
+# Set while a full pull has met an item it could not identify (see note_seen).
+_UNSURE = "resync_unsure."
 
 
 def file_identity(path: Path) -> str:
@@ -84,6 +86,7 @@ def _forget_devices(db: sqlite3.Connection, connections: list[str] | None, now: 
         # Keys of the old identity: sending them would drain the original's queue.
         db.execute("DELETE FROM _replicad_pending_acks WHERE connection = ?", (conn,))
         _set(db, _RESYNC + conn, now)
+        db.execute("DELETE FROM _replicad_meta WHERE key = ?", (_UNSURE + conn,))
         db.execute(
             "DELETE FROM _replicad_resync_seen WHERE tbl IN (SELECT t.tbl FROM _replicad_types t "
             "JOIN _replicad_syncs s ON s.sync = t.sync WHERE s.connection = ?)",
@@ -100,21 +103,36 @@ def resync_since(db: sqlite3.Connection, connection: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def note_seen(db: sqlite3.Connection, pairs: Sequence[tuple[str, int]]) -> None:
-    """Remember the records a resync's page brought (inside the page's transaction)."""
-    db.executemany("INSERT OR IGNORE INTO _replicad_resync_seen (tbl, id) VALUES (?, ?)", pairs)
+def note_seen(
+    db: sqlite3.Connection, pairs: Sequence[tuple[str, int] | None], connection: str
+) -> None:
+    """Remember the records a resync's page brought (inside the page's transaction);
+    None stands for an item whose record is unknown (quarantined before its id could
+    be read): then no row may be taken for deleted when the full pull ends."""
+    known = [p for p in pairs if p is not None]
+    db.executemany("INSERT OR IGNORE INTO _replicad_resync_seen (tbl, id) VALUES (?, ?)", known)
+    if len(known) < len(pairs):
+        _set(db, _UNSURE + connection, "1")
 
 
-def finish_resync(db: sqlite3.Connection, sync: str, connection: str, now: str) -> int:
-    """The full pull drained: remove the rows it did not bring; how many went."""
-    removed = 0
+def finish_resync(
+    db: sqlite3.Connection, sync: str, connection: str, apply_deletes: bool, now: str
+) -> int | None:
+    """The full pull drained: remove the rows it did not bring; how many went (None
+    when none may be removed: the sync keeps remote deletes, or an item it could not
+    identify may be one of those rows)."""
+    removed: int | None = 0
     db.execute("BEGIN IMMEDIATE")
     try:
         db.execute("INSERT INTO _replicad_applying (flag) VALUES (1)")
+        unsure = db.execute(
+            "SELECT 1 FROM _replicad_meta WHERE key = ?", (_UNSURE + connection,)
+        ).fetchone()
+        sweep = apply_deletes and unsure is None
         tables = [
             str(t) for (t,) in db.execute("SELECT tbl FROM _replicad_types WHERE sync = ?", (sync,))
         ]
-        for tbl in tables:
+        for tbl in tables if sweep else ():
             q = quote(tbl)
             gone = db.execute(
                 f"SELECT id, _revision FROM {q} WHERE id IS NOT NULL AND _pending = 0 "
@@ -129,9 +147,14 @@ def finish_resync(db: sqlite3.Connection, sync: str, connection: str, now: str) 
                 "VALUES (?, ?, ?, ?)",
                 [(tbl, i, rev, now) for i, rev in gone],
             )
-            db.execute("DELETE FROM _replicad_resync_seen WHERE tbl = ?", (tbl,))
-            removed += len(gone)
-        db.execute("DELETE FROM _replicad_meta WHERE key = ?", (_RESYNC + connection,))
+            removed = (removed or 0) + len(gone)
+        if not sweep:
+            removed = None
+        db.executemany("DELETE FROM _replicad_resync_seen WHERE tbl = ?", [(t,) for t in tables])
+        db.execute(
+            "DELETE FROM _replicad_meta WHERE key IN (?, ?)",
+            (_RESYNC + connection, _UNSURE + connection),
+        )
         db.execute("DELETE FROM _replicad_applying")
         db.execute("COMMIT")
     except BaseException:

@@ -481,7 +481,7 @@ def adopt_pulled_creates(
     as a confirmed id would (``_learn_id``). Runs inside the caller's transaction.
     """
     waiting = db.execute(
-        "SELECT seq, internal_id, payload, sent_at FROM _replicad_outbox "
+        "SELECT seq, internal_id, payload, created_at FROM _replicad_outbox "
         "WHERE awaiting_id = 1 AND tbl = ? ORDER BY seq",
         (tbl,),
     ).fetchall()
@@ -490,7 +490,7 @@ def adopt_pulled_creates(
     info = catalog.tables[tbl]
     q = quote(tbl)
     merged = 0
-    for seq, iid, payload, sent_at in waiting:
+    for seq, iid, payload, since in waiting:
         own = db.execute(f"SELECT id FROM {q} WHERE _internal_id = ?", (iid,)).fetchone()
         if own is None or own[0] is not None:
             # The row is gone, or learned its id another way: nothing to wait for.
@@ -504,13 +504,18 @@ def adopt_pulled_creates(
             continue
         same = " AND ".join(f"{quote(info.columns[f])} IS ?" for f in data)
         if ids is None:
-            scope, head = "_synced_at >= ?", [sent_at]
+            # Since the edit was made (not the last send: a resend moves that on).
+            scope, head = "_synced_at >= ?", [since]
         else:
             scope, head = f"id IN ({','.join('?' * len(ids))})", list(ids)
+        # Only a pulled row qualifies: not another local create (with or without its
+        # id), nor a row an earlier entry of this loop has just claimed.
         hit = db.execute(
-            f"SELECT id FROM {q} WHERE id IS NOT NULL AND _internal_id != ? AND {scope} "
-            f"AND {same} ORDER BY _synced_at LIMIT 1",
-            (iid, *head, *(to_sql(v) for v in data.values())),
+            f"SELECT id FROM {q} t WHERE id IS NOT NULL AND {scope} AND {same} "
+            "AND NOT EXISTS (SELECT 1 FROM _replicad_outbox o WHERE o.tbl = ? "
+            "AND o.internal_id = t._internal_id AND o.op = 'insert') "
+            "ORDER BY _synced_at LIMIT 1",
+            (*head, *(to_sql(v) for v in data.values()), tbl),
         ).fetchone()
         if hit is None:
             continue

@@ -63,7 +63,11 @@ def _columns(
     unknown = [c for c in actual if c.lower() not in known]
     if not missing:
         return []
-    if len(missing) == 1 and len(unknown) == 1:
+    if (
+        len(missing) == 1
+        and len(unknown) == 1
+        and _in_place(mapped, actual, *missing[0], unknown[0])
+    ):
         (field, old), new = missing[0], unknown[0]
         db.execute(
             "UPDATE _replicad_fields SET col = ? WHERE tbl = ? AND field = ?", (new, tbl, field)
@@ -74,6 +78,16 @@ def _columns(
         db.execute(f"ALTER TABLE {quote(tbl)} ADD COLUMN {quote(col)}")
         out.append(f"{tbl}.{col} (field {field!r}) was missing: added back, empty")
     return out
+
+
+def _in_place(mapped: dict[str, str], actual: list[str], _field: str, old: str, new: str) -> bool:
+    """Whether ``new`` stands where ``old`` stood (RENAME COLUMN keeps the position): with
+    it read as ``old``, the mapped columns keep their order. An app's own column added
+    elsewhere is not taken for the field."""
+    order = [old if c == new else c for c in actual]
+    wanted = [c.lower() for c in mapped.values()]
+    seen = [c.lower() for c in order if c.lower() in set(wanted)]
+    return seen == wanted
 
 
 def _triggers(db: sqlite3.Connection, tbl: str, sync: str, cols: list[str]) -> list[str]:

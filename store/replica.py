@@ -441,9 +441,13 @@ class Replica:
         """When the connection's full pull (a copy's, or ``resync``) started, if one runs."""
         return await self._write(identity.resync_since, connection)
 
-    async def finish_resync(self, target: PullTarget) -> int:
-        """A full pull drained: remove the rows it did not bring; how many."""
-        return await self._write(identity.finish_resync, target.sync, target.connection, utcnow())
+    async def finish_resync(self, target: PullTarget) -> int | None:
+        """A full pull drained: remove the rows it did not bring; how many (None: none
+        could be, see ``store.identity.finish_resync``)."""
+        return await self._write(
+            identity.finish_resync, target.sync, target.connection, target.apply_deletes,
+            utcnow(),
+        )  # fmt: skip
 
     async def register_sync(self, sync: str, direction: str, connection: str) -> None:
         """Make a configured sync visible in ``replicad_syncs`` (waits while busy)."""

@@ -304,7 +304,7 @@ async def test_transfer_4xx_rejects_its_items() -> None:
         httpx.Response(200, json={"success": True}),
         httpx.Response(200, json={"success": True, "transfer_id": ""}),
         httpx.Response(201, json=["not", "an", "object"]),
-        httpx.Response(202, content=b'{"success": tr'),
+        httpx.Response(202, content=b"Accepted"),
         httpx.Response(204),
     ],
 )
@@ -399,7 +399,7 @@ async def test_listed_error_still_rejects_when_some_rows_lack_ids() -> None:
 @pytest.mark.parametrize(
     "fault",
     [
-        [httpx.Response(404, json={"message": "no such route"})],
+        [httpx.Response(400, json={"message": "transfer_id is malformed"})],
         [httpx.Response(500)] * 10,
         [httpx.Response(200, json={"success": True, "meta": {}})],
         [httpx.Response(200, content=b"{trunc")] * 10,
@@ -524,3 +524,33 @@ async def test_a_truncated_returned_data_body_is_retried_like_a_transient_fault(
         result = await c.push(batch(item(1)))
         assert c.stats.retries == 1
     assert result.error is None and result.outcomes[0].id == "1000"
+
+
+@pytest.mark.parametrize("status", [404, 405])
+async def test_a_server_without_returned_data_confirms_without_ids(status: int) -> None:
+    """api/push/data answering 404/405: this server returns no data (a webhook would);
+    the accepted transfer's entries are confirmed without ids, not resent forever."""
+    server = FakeEndgrate()
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/api/push/data":
+            server.requests.append(req)
+            return httpx.Response(status, json={"message": "Not Found"})
+        return server(req)
+
+    settings = EndgrateSettings("https://endgrate.test", TOKEN, "s", retry=FAST)
+    async with EndgrateClient(settings, transport=httpx.MockTransport(handler)) as c:
+        result = await c.push(batch(item(1), item(2)))
+    assert result.error is None
+    assert [(o.confirmed, o.id) for o in result.outcomes] == [(True, None), (True, None)]
+
+
+async def test_a_cut_transfer_answer_is_posted_again() -> None:
+    """A 2xx transfer answer cut short is retried (idempotent by internal_id), so a
+    refusal in the lost body cannot be taken for an acceptance."""
+    server = FakeEndgrate(faults=[httpx.Response(202, content=b'{"success": tr')])
+    async with make(server) as c:
+        result = await c.push(batch(item(1)))
+        assert c.stats.retries == 1
+    assert result.error is None and result.outcomes[0].id == "1000"
+    assert server.paths()[:2] == ["/api/push/transfer", "/api/push/transfer"]

@@ -396,3 +396,41 @@ async def test_pushed_create_meeting_its_pulled_copy_journals_nothing(
     await pushed.apply_page(TARGET, page(up("contact", 77, 3, name="Cy", email="cy@x")))
     await pushed.record_push("contact", [Said(batch.items[0].entry, id="77")])
     assert app.execute("SELECT count(*) FROM replicad_conflicts").fetchone() == (0,)
+
+
+async def test_identical_awaiting_creates_each_take_their_own_record(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """Two identical creates accepted without ids take one pulled record each; a local
+    create that already has its id is never taken for another."""
+    for iid in ("a", "b"):
+        app.execute(f"INSERT INTO contact (name, _internal_id) VALUES ('Twin', '{iid}')")
+    app.execute("INSERT INTO contact (name, _internal_id) VALUES ('Twin', 'c')")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    a, b, c = batch.items
+    await pushed.record_push("contact", [Said(a.entry), Said(b.entry), Said(c.entry, id="42")])
+    await pushed.apply_page(
+        TARGET, page(up("contact", 43, 1, name="Twin"), up("contact", 44, 1, name="Twin"))
+    )
+    got = app.execute(
+        "SELECT _internal_id, id FROM contact WHERE name = 'Twin' ORDER BY _internal_id"
+    ).fetchall()
+    assert got == [("a", 43), ("b", 44), ("c", 42)]
+    assert app.execute("SELECT count(*) FROM replicad_conflicts").fetchone() == (0,)
+
+
+async def test_a_resent_create_is_adopted_though_the_pull_came_before_the_resend(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """The record pulled between the first send and a resend still lands on the row."""
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'loc')")
+    first = await pushed.take_push_batch(SOURCE, 10)
+    assert first is not None
+    await pushed.apply_page(TARGET, page(up("contact", 77, 3, name="Cy", email="cy@x")))
+    again = await pushed.take_push_batch(SOURCE, 10)  # a resend: sent_at moves on
+    assert again is not None and again.resend
+    await pushed.record_push("contact", [Said(again.items[0].entry)])
+    assert app.execute("SELECT id, _internal_id FROM contact WHERE name = 'Cy'").fetchall() == [
+        (77, "loc")
+    ]

@@ -82,3 +82,36 @@ async def test_a_delete_before_the_create_leaves_a_tombstone(replica: Replica) -
     await replica.apply_page(TARGET, page(gone("contact", 9)))
     await replica.apply_page(TARGET, page(up("contact", 9, 5, name="zombie")))
     assert await rows(replica, "contact") == {}
+
+
+async def test_a_full_pull_removes_only_rows_it_knows_are_gone(replica: Replica) -> None:
+    """After a full pull, rows it did not bring are removed, except a record it had to
+    quarantine (it exists remotely); an unidentifiable quarantined item, or a sync
+    that keeps remote deletes, removes nothing."""
+    from dataclasses import replace
+
+    from replicad.store import BadItem, PageBatch
+    from replicad.store.operate import resync_at
+
+    await replica.apply_page(
+        TARGET, page(*(up("contact", i, 1, name=f"n{i}") for i in range(1, 5)))
+    )
+    full = replace(TARGET, resync=True)
+
+    async def full_pull(*bad: BadItem, target: object = full) -> int | None:
+        resync_at(replica.path, ["crm"])
+        assert await replica.resync_since("crm") is not None
+        batch = PageBatch([up("contact", 1, 2, name="n1")], list(bad))
+        await replica.apply_page(target, batch)  # type: ignore[arg-type]
+        return await replica.finish_resync(target)  # type: ignore[arg-type]
+
+    # Record 3 could not be stored (but exists remotely): kept. 2 and 4 are gone.
+    assert await full_pull(BadItem("{}", "NaN", "k3", "contact", 3)) == 2
+    assert sorted(await rows(replica, "contact")) == [1, 3]
+    assert await replica.resync_since("crm") is None
+    # An item whose record is unknown: nothing may be removed.
+    assert await full_pull(BadItem("{", "not JSON", None)) is None
+    assert sorted(await rows(replica, "contact")) == [1, 3]
+    # A sync that keeps remote deletes (upsert) removes nothing either.
+    assert await full_pull(target=replace(full, apply_deletes=False)) is None
+    assert sorted(await rows(replica, "contact")) == [1, 3]

@@ -175,3 +175,41 @@ def test_backoff_starts_over_after_a_cycle_that_made_progress() -> None:
 
     assert failures_after(5, progressed=True) == 1
     assert failures_after(5, progressed=False) == 6
+
+
+async def test_a_batch_without_outcomes_is_not_progress(tmp_path: Path) -> None:
+    """A push batch that fails without any outcome does not count as progress (or the
+    cycle backoff would start over every time: a hot loop on a stuck batch)."""
+    import sqlite3 as sqlite
+
+    from replicad.connectors.errors import RemoteUnreachable
+    from replicad.connectors.push_model import PushBatch, PushResult
+    from replicad.daemon.config import Sync
+    from replicad.daemon.push import push_cycle
+    from replicad.store import PageBatch, PullTarget, PushSource, RecordChange, Replica
+
+    replica = await Replica.open(tmp_path / "r.db")
+    try:
+        await replica.register_sync("mirror", "pull", "crm")
+        await replica.register_sync("up", "push", "out")
+        change = RecordChange("contact", 1, 1, "k1", False, {"id": 1, "name": "a"})
+        await replica.apply_page(PullTarget("mirror", "crm"), PageBatch([change]))
+        await replica.register_push([PushSource("up", "contact")])
+        app = sqlite.connect(tmp_path / "r.db", isolation_level=None)
+        app.execute("UPDATE contact SET name = 'b' WHERE id = 1")
+        app.close()
+
+        class Failing:
+            async def push(self, batch: PushBatch) -> PushResult:
+                return PushResult(error=RemoteUnreachable("down"))
+
+            async def aclose(self) -> None:
+                pass
+
+        progress: list[int] = []
+        sync = Sync("up", "push", "out", operation="upsert", source="contact", object="c")
+        with pytest.raises(RemoteUnreachable):
+            await push_cycle(replica, sync, Failing(), lambda: progress.append(1))
+        assert progress == []
+    finally:
+        await replica.close()

@@ -121,3 +121,22 @@ def test_nan_and_infinity_are_quarantined_not_stored_as_null(constant: str) -> N
     item = json.dumps(good(7)).replace('"n7"', constant)
     body = page_text(json.dumps(good(1)), item).encode()
     assert ids(body) == ([1], [("item has a NaN or Infinity value", "C-7")])
+
+
+def test_an_ack_key_that_is_not_unicode_is_never_sent() -> None:
+    """An item whose ack key holds a lone surrogate is quarantined without an ack key
+    (a mangled key would acknowledge nothing, or something else)."""
+    item = json.dumps(good(8)).replace('"C-8"', '"C-\\ud800"')
+    body = page_text(json.dumps(good(1)), item).encode()
+    page = decode_page(body)
+    assert [c.id for c in page.batch.changes] == [1]
+    (bad,) = page.batch.bad_items
+    assert bad.ack_key is None and (bad.type, bad.id) == ("contact", 8)
+
+
+def test_a_page_whose_meta_cannot_be_read_is_lost_not_half_applied() -> None:
+    """When the body must be split and its meta is broken, the page is lost (its
+    failed_objects would be forgotten while its items were acknowledged)."""
+    body = '{"items": [' + deep_item("C-7") + '], "meta": {"failed_objects": [tru]}}'
+    with pytest.raises(ProtocolError):
+        decode_page(body.encode())

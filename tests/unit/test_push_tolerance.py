@@ -151,12 +151,30 @@ def test_tracking_echo_header_or_body_or_none(echoed: str | None, body: Any, see
 
 
 @pytest.mark.parametrize(
-    ("echoed", "body"), [("other", None), (None, {"tracking_id": "other", "id": 1})]
+    ("echoed", "body"),
+    [("other", None), (None, {"tracking_id": "other", "data": {"id": 1}})],
 )
 def test_echo_of_another_request_is_a_protocol_error(echoed: str | None, body: Any) -> None:
     """CDM: an echo naming another request means the answer is not ours."""
     with pytest.raises(Exception, match="X-Tracking-ID"):
         parse_written(201, body, entry=1, tracking_id="t.1", echoed=echoed, sync_id=None)
+
+
+def test_a_top_level_record_field_is_not_taken_for_the_echo() -> None:
+    """CDM: a record answered without an envelope may have a tracking_id field of its
+    own; only an envelope's (or meta's) tracking_id is the echo."""
+    body = {"id": 5, "tracking_id": "the record's own"}
+    w = parse_written(201, body, entry=1, tracking_id="t.1", echoed=None, sync_id=None)
+    assert w.outcome.id == "5" and not w.echoed
+
+
+def test_a_row_with_an_id_is_confirmed_even_if_an_error_names_it() -> None:
+    """Endgrate: a row that came back with its id was written; an error naming it (an
+    association's) does not reject it, so its id is kept."""
+    rows = [ReturnedRow("1001"), ReturnedRow(None)]
+    errors = [TransferError(0, None, "association", "company failed")]
+    done = outcomes(batch(2), "t", rows, errors, sample_data=False, final=True)
+    assert [(o.confirmed, o.id) for o in done.outcomes] == [(True, "1001"), (True, None)]
 
 
 def test_every_refusing_4xx_rejects_but_auth_and_retryable_do_not() -> None:
