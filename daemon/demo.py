@@ -168,4 +168,7 @@ def run_demo(folder: Path, records: int, force: bool = False) -> int:
         f"  python3 -c \"import sqlite3; db = sqlite3.connect('file:{rel}?mode=ro', uri=True); "
         "print(db.execute('SELECT sync, state, last_success FROM replicad_syncs').fetchall())\""
     )
+    cfg = os.path.relpath(folder / "config.toml")
+    _say(f"\n  replicad commands take this config with --config (or REPLICAD_CONFIG={cfg}):")
+    _say(f"  replicad status --config {cfg}")
     return exits.OK

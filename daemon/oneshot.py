@@ -62,6 +62,9 @@ async def sync_once(config: Config, show_progress: bool) -> int:
             bar: BarProgress | None = BarProgress()
         else:
             bar = None
+        # Summaries print after the bar has finished (on a terminal they would land
+        # above it).
+        lines: list[str] = []
         with bar if bar is not None else nullcontext():
             for sync in syncs:
                 try:
@@ -71,7 +74,7 @@ async def sync_once(config: Config, show_progress: bool) -> int:
                     print(f"replicad: sync {sync.label}: {redact(str(error))}", file=sys.stderr)
                     continue
                 quarantined += outcome.quarantined
-                print(
+                lines.append(
                     f"{sync.label}: {outcome.items} item{_plural(outcome.items)} in "
                     f"{outcome.pages} page{_plural(outcome.pages)} "
                     f"({outcome.sessions} session{_plural(outcome.sessions)}), "
@@ -83,6 +86,8 @@ async def sync_once(config: Config, show_progress: bool) -> int:
                         else ""
                     )
                 )
+        for line in lines:
+            print(line)
     if code == exits.OK and (rejected or quarantined):
         parts = [f"{rejected} local edit{_plural(rejected)} rejected"] if rejected else []
         if quarantined:

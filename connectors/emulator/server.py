@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -39,6 +40,10 @@ class _AnnouncingServer(uvicorn.Server):
         if self.started:
             # The one line scripts wait for; flushed because stdout may be a pipe.
             print(f"replicad emulator listening on {_url(self)}", flush=True)
+            # Not a secret (generated data on loopback), but a client needs it.
+            app: Any = self.config.app
+            token = app.state.emulator.token
+            print(f"replicad emulator: bearer token {token}", file=sys.stderr, flush=True)
 
 
 def _make_server(

@@ -151,3 +151,23 @@ async def test_opening_and_registering_wait_while_an_app_holds_the_write_lock(
     finally:
         await replica.close()
         app.close()
+
+
+async def test_files_the_daemon_creates_are_private(tmp_path: Path) -> None:
+    """The replica, its WAL and shared memory, and the lock are 0600 under a usual
+    umask (the replica holds account data)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        replica = await Replica.open(tmp_path / "r.db")
+        await replica.register_sync("mirror", "pull", "crm")
+        try:
+            names = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        finally:
+            await replica.close()
+    finally:
+        os.umask(old)
+    assert {"r.db", "r.db-wal", "r.db-shm", "r.db.lock"} <= names.keys()
+    assert all(mode == 0o600 for mode in names.values()), names
