@@ -69,6 +69,11 @@ def render_status(report: dict[str, Any]) -> str:
         lines.append(f"  last success   {s.get('last_success') or '-'}")
         if s.get("last_error"):
             lines.append(f"  last error     {s['last_error']}  at {s.get('last_error_at')}")
+        if s.get("resync_since"):
+            lines.append(
+                f"  full pull      running since {s['resync_since']} (a copy, or resync): "
+                "rows it does not bring are removed once it has drained"
+            )
         if s.get("items_total") is not None:
             lines.append(f"  last session   {s.get('items_done', 0)}/{s['items_total']} items")
         if s["direction"] == "push":

@@ -61,6 +61,15 @@ def read_status(path: Path) -> dict[str, Any]:
                     sync["state"] = "interrupted"
         if report["schema_version"] >= 2:
             _local_edits(db, report["syncs"])
+        resyncs = dict(
+            db.execute(
+                "SELECT substr(key, 8), value FROM _replicad_meta WHERE key LIKE 'resync.%'"
+            ).fetchall()
+        )
+        for sync in report["syncs"]:
+            if sync.get("direction") == "pull" and sync.get("connection") in resyncs:
+                # A full pull (a copy's, or `replicad resync`) runs since then.
+                sync["resync_since"] = resyncs[sync["connection"]]
         for r in db.execute("SELECT name, type, sync FROM replicad_tables ORDER BY name"):
             rows = db.execute(f"SELECT count(*) FROM {quote(r['name'])}").fetchone()[0]
             report["tables"].append({**dict(r), "rows": rows})

@@ -154,8 +154,14 @@ def test_resync_pulls_everything_again(tmp_path: Path) -> None:
         con.commit()
         con.close()
         assert "resync of mirror started" in run("resync", "--config", str(cfg))
+        status = json.loads(run("status", "--json", "--config", str(cfg)))
+        (mirror,) = [s for s in status["syncs"] if s["sync"] == "mirror"]
+        assert mirror["resync_since"]
+        assert "full pull      running since" in run("status", "--config", str(cfg))
         run("resync", "nosuch", "--config", str(cfg), expect=2)
         done = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
         assert done.returncode == 0 and "pull.resync_done" in done.stderr
         assert query(db, "SELECT count(*) FROM contact WHERE id = 999999") == [(0,)]
+        status = json.loads(run("status", "--json", "--config", str(cfg)))
+        assert all("resync_since" not in s for s in status["syncs"])
         assert_replica_matches(db, emu)
