@@ -9,7 +9,6 @@ repair needs the replica's lock (the daemon stopped).
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from replicad.store.names import quote
 from replicad.store.outbox import utcnow
 from replicad.store.reconcile import reconcile
 from replicad.store.schema import APPLICATION_ID, SCHEMA_VERSION, current_views
-from replicad.store.tables import TableCatalog, triggers
+from replicad.store.tables import TableCatalog, triggers_by_name
 
 Progress = Callable[[int, int], None]  # (pages done, pages in all)
 
@@ -198,17 +197,12 @@ def _check_tables(db: sqlite3.Connection, d: Diagnosis) -> None:
                 (tbl,),
             )
         }
-        for sql in triggers(tbl, info.sync, list(info.columns.values())):
-            m = _TRIGGER_NAME.match(sql)
-            name = m.group(1).replace('""', '"') if m else "?"
+        for name, sql in triggers_by_name(tbl, info.sync, list(info.columns.values())).items():
             if have.get(name) != sql:
                 problems.append(f"trigger {name} {'changed' if name in have else 'missing'}")
     detail = "; ".join(problems[:3]) if problems else f"{len(catalog.tables)} type tables, current"
     fix = "run `replicad doctor --repair` (the daemon also repairs this when it starts)"
     d.add("tables and triggers", not problems, detail, fix)
-
-
-_TRIGGER_NAME = re.compile(r'^CREATE TRIGGER "((?:[^"]|"")+)"')
 
 
 def _check_identity(db: sqlite3.Connection, path: Path, d: Diagnosis) -> None:

@@ -17,13 +17,10 @@ transaction, and returns one line per repair for the log.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 
 from replicad.store.names import SYSTEM_COLUMNS, quote
-from replicad.store.tables import TableCatalog, triggers
-
-_TRIGGER_NAME = re.compile(r'^CREATE TRIGGER "((?:[^"]|"")+)"')
+from replicad.store.tables import TableCatalog, triggers_by_name
 
 
 def reconcile(db: sqlite3.Connection, catalog: TableCatalog) -> list[str]:
@@ -91,11 +88,7 @@ def _in_place(mapped: dict[str, str], actual: list[str], _field: str, old: str, 
 
 
 def _triggers(db: sqlite3.Connection, tbl: str, sync: str, cols: list[str]) -> list[str]:
-    want: dict[str, str] = {}
-    for sql in triggers(tbl, sync, cols):
-        m = _TRIGGER_NAME.match(sql)
-        assert m is not None
-        want[m.group(1).replace('""', '"')] = sql
+    want = triggers_by_name(tbl, sync, cols)
     have = {
         str(name): str(sql)
         for name, sql in db.execute(

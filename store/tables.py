@@ -19,6 +19,7 @@ cached in memory (``TableCatalog``) and reloaded whenever a transaction rolls ba
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass, field
 
@@ -198,6 +199,20 @@ def triggers(tbl: str, sync: str, columns: list[str]) -> list[str]:
         "END"
     )
     out.append(_capture_update(tbl, columns))
+    return out
+
+
+_TRIGGER_NAME = re.compile(r'^CREATE TRIGGER "((?:[^"]|"")+)"')
+
+
+def triggers_by_name(tbl: str, sync: str, columns: list[str]) -> dict[str, str]:
+    """Every trigger of a type table, by name (what reconcile and doctor compare the
+    schema with)."""
+    out = {}
+    for sql in triggers(tbl, sync, columns):
+        m = _TRIGGER_NAME.match(sql)
+        assert m is not None
+        out[m.group(1).replace('""', '"')] = sql
     return out
 
 
