@@ -40,7 +40,6 @@ from replicad.connectors.cdm_protocol import (
 from replicad.connectors.errors import ConnectorError
 from replicad.connectors.exchange import ConnectorSettings, Exchange, HttpConnector, MaybeApplied
 from replicad.connectors.push_model import PushBatch, PushItem, PushOutcome, PushResult
-from replicad.connectors.ratelimit import TokenBucket, parse_rate
 
 log = structlog.get_logger("replicad.cdm")
 
@@ -79,14 +78,12 @@ class CdmClient(HttpConnector):
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
-        self.bucket = TokenBucket(parse_rate(settings.rate_limit)) if settings.rate_limit else None
         self.stats = CdmStats()
         self._warned_no_echo = False
         self._exchange = Exchange(
             settings,
             self.stats,
             transport=transport,
-            bucket=self.bucket,
             rng=rng,
             auth_hint="token rejected or missing the api.write scope",
         )

@@ -50,7 +50,6 @@ from replicad.connectors.errors import (
 )
 from replicad.connectors.exchange import Answer, ConnectorSettings, Exchange, HttpConnector
 from replicad.connectors.push_model import PushBatch, PushOutcome, PushResult
-from replicad.connectors.ratelimit import TokenBucket, parse_rate
 
 # Statuses of api/errors that mean the server has no errors list (the seed names none;
 # Endgrate itself offers an error webhook).
@@ -114,13 +113,11 @@ class EndgrateClient(HttpConnector):
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
-        self.bucket = TokenBucket(parse_rate(settings.rate_limit)) if settings.rate_limit else None
         self.stats = EndgrateStats()
         self._exchange = Exchange(
             settings,
             self.stats,
             transport=transport,
-            bucket=self.bucket,
             rng=rng,
             auth_hint="token rejected or not allowed to push",
         )

@@ -30,7 +30,7 @@ from replicad.connectors.errors import (
     scrub,
 )
 from replicad.connectors.http import async_client
-from replicad.connectors.ratelimit import TokenBucket
+from replicad.connectors.ratelimit import TokenBucket, parse_rate
 from replicad.connectors.retry import (
     RETRYABLE_STATUS,
     RetryPolicy,
@@ -124,7 +124,11 @@ class Exchange:
     ) -> None:
         self.settings = settings
         self.stats = stats
-        self.bucket = bucket
+        # A connection's own budget, when it has one (Sell passes its bucket, which the
+        # daemon carries across restarts).
+        self.bucket = bucket or (
+            TokenBucket(parse_rate(settings.rate_limit)) if settings.rate_limit else None
+        )
         self.http = async_client(
             settings.base_url.rstrip("/") + path,
             settings.token,
@@ -225,6 +229,11 @@ class HttpConnector:
     """Base of the clients: an async context manager closing its exchange's pool."""
 
     _exchange: Exchange
+
+    @property
+    def bucket(self) -> TokenBucket | None:
+        """The client-side rate budget requests wait for, if the connection has one."""
+        return self._exchange.bucket
 
     async def __aenter__(self) -> Self:
         return self

@@ -62,7 +62,7 @@ class SellClient(HttpConnector):
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
-        self.bucket = bucket or TokenBucket(parse_rate(settings.rate_limit or SELL_DEFAULT))
+        self._bucket = bucket or TokenBucket(parse_rate(settings.rate_limit or SELL_DEFAULT))
         self.stats = RequestStats()
         self._queue_request: tuple[str, httpx.Request] | None = None
         self._exchange = Exchange(
@@ -71,11 +71,16 @@ class SellClient(HttpConnector):
             path="/v2",
             headers={"X-Basecrm-Device-UUID": settings.device_uuid},
             transport=transport,
-            bucket=self.bucket,
+            bucket=self._bucket,
             rng=rng,
             describe=error_message,
             auth_hint="token rejected or missing the sync scope",
         )
+
+    @property
+    def bucket(self) -> TokenBucket:
+        """The connection's budget (Sell always has one; its state outlives restarts)."""
+        return self._bucket
 
     async def check_credentials(self) -> None:
         """Ask who the token belongs to (read-only); raises AuthRefused if refused."""
