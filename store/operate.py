@@ -379,12 +379,12 @@ def _copy_rows(old: sqlite3.Connection, new: sqlite3.Connection, table: str) -> 
     q = quote(table)
     try:
         cols = [str(r[1]) for r in old.execute(f"PRAGMA table_info({q})")]
-        rowid = "rowid" if not _without_rowid(old, table) else None
+        by_rowid = not _without_rowid(old, table)
     except sqlite3.DatabaseError as e:
         return 0, f"unreadable ({e})"
     select = ", ".join(quote(c) for c in cols)
     insert = f"INSERT OR IGNORE INTO {q} ({select}) VALUES ({', '.join('?' * len(cols))})"
-    if rowid is None:
+    if not by_rowid:
         try:
             rows = old.execute(f"SELECT {select} FROM {q}").fetchall()
         except sqlite3.DatabaseError as e:
