@@ -20,6 +20,8 @@ import os
 import random
 import signal
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
@@ -36,6 +38,9 @@ from replicad.daemon.pull import flush_acks
 from replicad.store import as_corruption
 
 log = structlog.get_logger("replicad.run")
+
+SignalReceiver = AsyncIterator[int]
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 BACKOFF_CAP = 300.0
 PUSH_BACKOFF_BASE = 1.0
@@ -67,10 +72,10 @@ class Supervisor:
         self.stopping = False
         self._rng = random.Random()
 
-    async def run(self) -> None:
-        """Until SIGTERM/SIGINT."""
+    async def run(self, received: SignalReceiver) -> None:
+        """Until SIGTERM/SIGINT (arriving on ``received``)."""
         async with anyio.create_task_group() as root:
-            root.start_soon(self._signals)
+            root.start_soon(self._signals, received)
             root.start_soon(self._watch_replica)
             root.start_soon(self._watch_config)
             root.start_soon(self._heartbeat)
@@ -230,24 +235,22 @@ class Supervisor:
 
     # -- signals, heartbeat, shutdown ----------------------------------------------
 
-    async def _signals(self) -> None:
-        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-        with anyio.open_signal_receiver(*signals) as received:
-            async for signum in received:
-                if signum == signal.SIGHUP:
-                    log.info("config.reload_requested", signal="SIGHUP")
-                    self.reload_requested.set()
-                elif signum == signal.SIGUSR1:
-                    self.pull_now.set()
-                    self.pull_now = anyio.Event()
-                elif self.stopping:
-                    log.warning("daemon.exit_now", signal=signal.Signals(signum).name)
-                    os._exit(1)
-                else:
-                    log.info("daemon.stopping", signal=signal.Signals(signum).name)
-                    self.notifier.stopping()
-                    self.stopping = True
-                    self.reload_requested.set()  # ends the syncs' task group
+    async def _signals(self, received: SignalReceiver) -> None:
+        async for signum in received:
+            if signum == signal.SIGHUP:
+                log.info("config.reload_requested", signal="SIGHUP")
+                self.reload_requested.set()
+            elif signum == signal.SIGUSR1:
+                self.pull_now.set()
+                self.pull_now = anyio.Event()
+            elif self.stopping:
+                log.warning("daemon.exit_now", signal=signal.Signals(signum).name)
+                os._exit(1)
+            else:
+                log.info("daemon.stopping", signal=signal.Signals(signum).name)
+                self.notifier.stopping()
+                self.stopping = True
+                self.reload_requested.set()  # ends the syncs' task group
 
     async def _heartbeat(self) -> None:
         interval = self.notifier.watchdog_interval
@@ -302,17 +305,50 @@ async def run_daemon(config: Config) -> None:
         # the lock (the next wait extends it again).
         notifier.send("EXTEND_TIMEOUT_USEC=90000000")
 
+    # The receiver exists before anything else: a SIGTERM while the replica opens
+    # (an app holding its lock, a long integrity check) is a clean stop, exit 0, not
+    # the default action's death by signal.
     try:
-        async with open_engine(config, waiting) as engine:
-            try:
-                await Supervisor(engine, notifier).run()
-            finally:
-                # Only the process that holds the replica owns its heartbeat: one
-                # refused at open (another daemon runs) must not remove it.
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_remove_heartbeat, config.replica_path)
+        with anyio.open_signal_receiver(*SIGNALS) as received:
+            async with AsyncExitStack() as stack:
+                engine = await _start(stack, config, waiting, received)
+                if engine is None:
+                    return
+                try:
+                    await Supervisor(engine, notifier).run(received)
+                finally:
+                    # Only the process that holds the replica owns its heartbeat: one
+                    # refused at open (another daemon runs) must not remove it.
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(_remove_heartbeat, config.replica_path)
     finally:
         notifier.close()
+
+
+async def _start(
+    stack: AsyncExitStack,
+    config: Config,
+    waiting: Callable[[str], None],
+    received: SignalReceiver,
+) -> Engine | None:
+    """Open the engine into ``stack``; None when SIGTERM/SIGINT came first."""
+    engine: Engine | None = None
+    async with anyio.create_task_group() as tg:
+        starting = anyio.CancelScope()
+
+        async def stop_on_signal() -> None:
+            async for signum in received:
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    log.info("daemon.stopping", signal=signal.Signals(signum).name)
+                    starting.cancel()
+                    return
+                # SIGHUP/SIGUSR1 while starting: the config is read once started anyway.
+
+        tg.start_soon(stop_on_signal)
+        with starting:
+            engine = await stack.enter_async_context(open_engine(config, waiting))
+        tg.cancel_scope.cancel()
+    return engine
 
 
 def _remove_heartbeat(replica: Path) -> None:

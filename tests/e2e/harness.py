@@ -194,6 +194,17 @@ def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         db.close()
 
 
+def query_when_ready(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]] | None:
+    """Rows of a read-only query, or None while the replica is not created yet (no
+    file, or the daemon has not committed its schema)."""
+    if not path.exists():
+        return None
+    try:
+        return query(path, sql, *args)
+    except sqlite3.OperationalError:
+        return None
+
+
 def wait_for(predicate: Any, timeout: float = 30.0, step: float = 0.05) -> None:
     """Poll until ``predicate()`` is true."""
     deadline = time.monotonic() + timeout

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -191,3 +192,23 @@ def test_json_logs_carry_no_token(tmp_path: Path) -> None:
         assert all("." in n for n in names)
         status = replicad("status", "--config", str(cfg))
         assert status.returncode == 0 and TOKEN not in status.stdout + status.stderr
+
+
+def test_sigterm_while_starting_is_a_clean_stop(tmp_path: Path) -> None:
+    """A SIGTERM while the daemon still waits to open the replica (an app holds its
+    write lock) stops it with exit 0, as once running, not by the signal's default."""
+    db = tmp_path / "replica.db"
+    with emulator(records=20) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        assert replicad("sync", "--config", str(cfg)).returncode == 0
+        app = sqlite3.connect(db, isolation_level=None)
+        try:
+            app.execute("BEGIN IMMEDIATE")
+            with daemon(cfg) as proc:
+                wait_for(lambda: any(e.get("event") == "replica.busy" for e in events(cfg)))
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(20) == 0
+        finally:
+            app.close()
+        names = [e["event"] for e in events(cfg)]
+        assert "daemon.stopping" in names and "daemon.started" not in names

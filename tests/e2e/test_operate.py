@@ -13,6 +13,7 @@ from tests.e2e.harness import (
     assert_replica_matches,
     emulator,
     query,
+    query_when_ready,
     replicad,
     start_replicad,
     wait_for,
@@ -39,8 +40,7 @@ def test_backup_while_the_daemon_runs_then_restore(tmp_path: Path) -> None:
         try:
             wait_for(
                 lambda: (
-                    db.exists()
-                    and query(
+                    query_when_ready(
                         db, "SELECT count(*) FROM replicad_syncs WHERE last_success IS NOT NULL"
                     )
                     == [(1,)]
