@@ -1,10 +1,17 @@
-"""The CDM push client (Boss-Insights-style writes): one ``POST api/{object}`` per item.
+"""The CDM push client (Boss-Insights-style writes): one ``POST api/{object}`` per item,
+one ``DELETE api/{object}/{id}`` per delete.
 
 The CDM has no idempotency key: posting a create twice creates two records. So an
 answer lost after a create may have arrived (a transport error mid-exchange, a 500,
 502 or 504), or a create in a resent batch, is never posted blindly: the record is
-first looked up by the sync's natural key. Updates carry their id and are simply
-posted again.
+first looked up by the sync's natural key. Updates carry their id and deletes name
+it, so both are simply sent again.
+
+A diffed sync (``PushBatch.key_field`` set) knows its records by their key, not by
+id: an update without an id, and an insert of an ``upsert``/``insert``/``mirror``
+sync, first look the record up by that key (``cdm_protocol.plan`` says what a match,
+none, or several then mean). An update or delete of a record the destination does
+not have ends ``not_found``.
 
 Accepted is never rejected (``docs/push-wire.md``): any 2xx confirms the record, with
 its id when the answer carries one; only a 4xx answer to the write rejects it.
@@ -16,22 +23,34 @@ the shared exchange and never touches SQLite.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 
 import httpx
 import structlog
 
 from replicad.connectors.cdm_protocol import (
     NO_LOOKUP_STATUS,
+    NOT_FOUND_STATUS,
     REJECT_STATUS,
     RETRY_HINT,
     CdmProtocolError,
     NaturalKey,
+    Plan,
+    Written,
+    ambiguous,
+    cannot_look_up,
     item_tracking_id,
+    match_key,
+    missing,
     natural_key,
+    no_match,
     object_path,
+    parse_deleted,
     parse_matches,
     parse_written,
+    plan,
+    record_path,
     rejection,
     resolve_lookup,
     write_body,
@@ -43,6 +62,12 @@ from replicad.connectors.push_model import PushBatch, PushItem, PushOutcome, Pus
 
 log = structlog.get_logger("replicad.cdm")
 
+# The credentials check's filter: a field no record has, so the answer lists nothing.
+CHECK_FILTER = {"replicad_check": "1"}
+# Answers to the credentials check that came past authentication besides any 2xx: the
+# object (404) or the listing of it (405) does not exist on this server.
+CHECK_ACCEPT = frozenset({404, 405})
+
 
 @dataclass(slots=True)
 class CdmSettings(ConnectorSettings):
@@ -50,7 +75,9 @@ class CdmSettings(ConnectorSettings):
 
     push_to_source: bool = False  # send X-Sync-Data: push (the CDM pushes on to sources)
     sources: tuple[str, ...] = ()  # X-Sync-Sources, only with push_to_source
-    natural_key: str | None = None  # the field that finds a create whose answer was lost
+    # The field that finds a create whose answer was lost; unset, a diffed sync's key
+    # field serves (``PushBatch.key_field``).
+    natural_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -59,12 +86,13 @@ class CdmStats:
 
     write: int = 0
     lookup: int = 0
+    delete: int = 0
     retries: int = 0
 
     @property
     def total(self) -> int:
         """All HTTP requests, retries included."""
-        return self.write + self.lookup + self.retries
+        return self.write + self.lookup + self.delete + self.retries
 
 
 class CdmClient(HttpConnector):
@@ -87,6 +115,15 @@ class CdmClient(HttpConnector):
             rng=rng,
             auth_hint="token rejected or missing the api.write scope",
         )
+
+    async def check_credentials(self, object: str) -> None:
+        """List ``object`` by a field no record has (read-only); raises AuthRefused if
+        the token is refused. Any 2xx, 404 or 405 means the server took the token."""
+        request = self._exchange.http.build_request(
+            "GET", object_path(object), params=CHECK_FILTER,
+            headers={"X-Tracking-ID": f"replicad-check-{uuid.uuid4()}"},
+        )  # fmt: skip
+        await self._exchange.send(request, "credentials check", accept=CHECK_ACCEPT)
 
     async def push(self, batch: PushBatch) -> PushResult:
         """Write the items in order; remote failures go to ``PushResult.error``.
@@ -116,10 +153,26 @@ class CdmClient(HttpConnector):
 
     async def _push_item(self, batch: PushBatch, item: PushItem) -> PushOutcome:
         tracking_id = item_tracking_id(batch, item)
-        create = item.id is None
-        if create and batch.resend:
+        step = plan(batch, item)
+        if step.action == "delete":
+            return await self._delete(batch, item, tracking_id)
+        if step.action == "match":
+            return await self._match(batch, item, tracking_id, step)
+        if item.id is not None:
+            return await self._write(batch.object, item, tracking_id, 0)
+        return await self._create(batch, item, tracking_id, checked=False)
+
+    async def _create(
+        self, batch: PushBatch, item: PushItem, tracking_id: str, *, checked: bool
+    ) -> PushOutcome:
+        """POST a create, never twice: a lost answer is resolved by a lookup first.
+
+        ``checked``: a lookup just showed the record is not there, so a resent batch
+        needs no second look before posting.
+        """
+        if batch.resend and not checked:
             # The earlier attempt may have created the record: look before posting.
-            found = await self._find_create(batch.object, item, tracking_id)
+            found = await self._find_create(batch, item, tracking_id)
             if found is not None:
                 return found
         attempt = 0
@@ -128,16 +181,46 @@ class CdmClient(HttpConnector):
                 return await self._write(batch.object, item, tracking_id, attempt)
             except MaybeApplied as lost:
                 attempt = lost.attempt
-                found = await self._find_create(batch.object, item, tracking_id)
+                found = await self._find_create(batch, item, tracking_id)
                 if found is not None:
                     return found
                 # Nothing arrived: posting again cannot duplicate the record.
+
+    async def _match(
+        self, batch: PushBatch, item: PushItem, tracking_id: str, step: Plan
+    ) -> PushOutcome:
+        """Find the item's record by the sync's key field, then write as ``step`` says."""
+        assert batch.key_field is not None  # plan() matches only diffed syncs
+        key = match_key(item, batch.key_field)
+        if not isinstance(key, NaturalKey):
+            return PushOutcome(item.entry, rejected=key)
+        found = await self._lookup(batch.object, key, tracking_id)
+        if isinstance(found, int):
+            return PushOutcome(item.entry, rejected=cannot_look_up(key, found))
+        if len(found) > 1:
+            return PushOutcome(item.entry, rejected=ambiguous(batch.object, key, len(found)))
+        if found:
+            (rid,) = found
+            if step.on_match == "confirm":
+                # Census insert never changes a record the destination already has.
+                return PushOutcome(item.entry, id=rid)
+            outcome = await self._write(batch.object, replace(item, id=rid), tracking_id, 0)
+            if outcome.confirmed and outcome.id is None:
+                # Accepted without the record (202/204): it is still the one found.
+                return replace(outcome, id=rid)
+            if not (outcome.not_found and step.on_none == "create"):
+                return outcome
+            # Deleted between the lookup and the update: an upsert creates it anew.
+        if step.on_none == "not_found":
+            return PushOutcome(item.entry, rejected=no_match(batch.object, key), not_found=True)
+        return await self._create(batch, item, tracking_id, checked=True)
 
     async def _write(self, obj: str, item: PushItem, tracking_id: str, attempt: int) -> PushOutcome:
         """POST the record through the exchange, ``attempt`` retries already used.
 
         For a create, a failure after which the write may have been applied raises
-        ``MaybeApplied`` (after the backoff wait) instead of posting again.
+        ``MaybeApplied`` (after the backoff wait) instead of posting again. An update
+        answered 404/410 names a record the destination does not have: not_found.
         """
         s = self.settings
         headers = write_headers(tracking_id, push_to_source=s.push_to_source, sources=s.sources)
@@ -150,6 +233,9 @@ class CdmClient(HttpConnector):
             request, "write", accept=REJECT_STATUS, resend_unknown=item.id is not None,
             attempt=attempt,
         )  # fmt: skip
+        if item.id is not None and answer.status in NOT_FOUND_STATUS:
+            reason = missing(obj, item.id, answer.status, answer.json())
+            return PushOutcome(item.entry, rejected=reason, not_found=True)
         if answer.status in REJECT_STATUS:
             return PushOutcome(item.entry, rejected=rejection(answer.status, answer.json()))
         written = parse_written(
@@ -160,18 +246,72 @@ class CdmClient(HttpConnector):
             echoed=answer.headers.get("X-Tracking-ID"),
             sync_id=answer.headers.get("X-Sync-ID"),
         )
-        if not written.echoed and not self._warned_no_echo:
-            self._warned_no_echo = True
-            log.warning("push.no_tracking_echo", tracking_id=tracking_id)
+        self._check_echo(written, tracking_id)
         if written.outcome.id is None:
             log.warning("push.confirmed_without_id", tracking_id=tracking_id, status=answer.status)
         return written.outcome
 
-    async def _find_create(self, obj: str, item: PushItem, tracking_id: str) -> PushOutcome | None:
-        """The outcome of a create that may have arrived, or None if it surely did not."""
-        key = natural_key(item, self.settings.natural_key)
-        if not isinstance(key, NaturalKey):
-            return PushOutcome(item.entry, rejected=key)
+    async def _delete(self, batch: PushBatch, item: PushItem, tracking_id: str) -> PushOutcome:
+        """DELETE the record ``item.id`` names; deletes are idempotent, so a lost answer
+        is simply sent again.
+
+        404/410 mean the record is not there: not_found, unless a lost answer or an
+        earlier attempt of the batch may have deleted it, when it is most likely gone
+        by our own hand and the delete is confirmed.
+        """
+        if item.id is None and batch.key_field is not None and batch.key_field in item.data:
+            # A diffed row whose create was accepted without an id (a 202): find the
+            # record by the sync's key field.
+            key = match_key(item, batch.key_field)
+            if not isinstance(key, NaturalKey):
+                return PushOutcome(item.entry, rejected=key)
+            found = await self._lookup(batch.object, key, tracking_id)
+            if isinstance(found, int):
+                return PushOutcome(item.entry, rejected=cannot_look_up(key, found))
+            if len(found) > 1:
+                return PushOutcome(item.entry, rejected=ambiguous(batch.object, key, len(found)))
+            if found:
+                item = replace(item, id=found[0])
+        if item.id is None:
+            # Never created at the destination (or its id never learned): nothing to
+            # delete there.
+            reason = f"{batch.object} has no id at the destination: it does not exist there"
+            return PushOutcome(item.entry, rejected=reason, not_found=True)
+        s = self.settings
+        headers = write_headers(tracking_id, push_to_source=s.push_to_source, sources=s.sources)
+        self.stats.delete += 1
+        request = self._exchange.http.build_request(
+            "DELETE", record_path(batch.object, item.id), headers=headers
+        )
+        answer = await self._exchange.send(request, "delete", accept=REJECT_STATUS)
+        if answer.status in NOT_FOUND_STATUS:
+            if answer.lossy or batch.resend:
+                log.info("push.delete_already_gone", tracking_id=tracking_id)
+                return PushOutcome(item.entry, id=item.id)
+            reason = missing(batch.object, item.id, answer.status, answer.json())
+            return PushOutcome(item.entry, rejected=reason, not_found=True)
+        if answer.status in REJECT_STATUS:
+            return PushOutcome(item.entry, rejected=rejection(answer.status, answer.json()))
+        deleted = parse_deleted(
+            answer.status,
+            answer.json(),
+            entry=item.entry,
+            rid=item.id,
+            tracking_id=tracking_id,
+            echoed=answer.headers.get("X-Tracking-ID"),
+            sync_id=answer.headers.get("X-Sync-ID"),
+        )
+        self._check_echo(deleted, tracking_id)
+        return deleted.outcome
+
+    def _check_echo(self, written: Written, tracking_id: str) -> None:
+        if not written.echoed and not self._warned_no_echo:
+            self._warned_no_echo = True
+            log.warning("push.no_tracking_echo", tracking_id=tracking_id)
+
+    async def _lookup(self, obj: str, key: NaturalKey, tracking_id: str) -> list[str] | int:
+        """Ids of the records whose ``key.field`` is ``key.value``, or the status
+        (404/405) of a server that cannot look records up by a field."""
         self.stats.lookup += 1
         request = self._exchange.http.build_request(
             "GET", object_path(obj), params={key.field: key.value},
@@ -181,16 +321,32 @@ class CdmClient(HttpConnector):
             request, "lookup", accept=NO_LOOKUP_STATUS, json_required=True
         )
         if answer.status in NO_LOOKUP_STATUS:
+            return answer.status
+        ids = parse_matches(answer.status, answer.json(), key)
+        log.info("push.lookup", tracking_id=tracking_id, field=key.field, matches=len(ids))
+        return ids
+
+    async def _find_create(
+        self, batch: PushBatch, item: PushItem, tracking_id: str
+    ) -> PushOutcome | None:
+        """The outcome of a create that may have arrived, or None if it surely did not.
+
+        The record is looked for by the configured natural key, else by the sync's
+        key field (a diffed sync's primary identifier).
+        """
+        key = natural_key(item, self.settings.natural_key or batch.key_field)
+        if not isinstance(key, NaturalKey):
+            return PushOutcome(item.entry, rejected=key)
+        found = await self._lookup(batch.object, key, tracking_id)
+        if isinstance(found, int):
             return PushOutcome(
                 item.entry,
                 rejected=(
                     "create may have reached the destination; this destination cannot look "
-                    f"records up by {key.field} (HTTP {answer.status}) — {RETRY_HINT}"
+                    f"records up by {key.field} (HTTP {found}) — {RETRY_HINT}"
                 ),
             )
-        ids = parse_matches(answer.status, answer.json(), key)
-        log.info("push.lookup", tracking_id=tracking_id, field=key.field, matches=len(ids))
-        return resolve_lookup(item.entry, key, ids)
+        return resolve_lookup(item.entry, key, found)
 
 
 __all__ = ["CdmClient", "CdmProtocolError", "CdmSettings", "CdmStats"]

@@ -1,15 +1,17 @@
 """Sans-IO rules of Boss-Insights-style CDM writes (``docs/push-wire.md``).
 
-Request bodies, headers and paths are built from a ``PushItem``; answers (status,
-decoded JSON and the few response headers that matter) are parsed strictly. Nothing
-here does I/O. A body that breaks the contract raises ``CdmProtocolError``.
+Request bodies, headers and paths are built from a ``PushItem``; which requests an
+item needs (``plan``: a write, a delete, or a lookup by the sync's key field first)
+follows from its op and the batch's operation; answers (status, decoded JSON and the
+few response headers that matter) are parsed strictly. Nothing here does I/O. A body
+that breaks the contract raises ``CdmProtocolError``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from replicad.connectors.errors import ConnectorError
@@ -22,6 +24,10 @@ REJECT_STATUS = frozenset(range(400, 500)) - {401, 403, 408, 425, 429}
 
 # Answers to a lookup that say this server cannot list records by a field.
 NO_LOOKUP_STATUS = frozenset({404, 405})
+
+# Answers to an update or a delete naming an id that say the destination has no such
+# record (Census's not_found): final, but not a refusal of the user's data.
+NOT_FOUND_STATUS = frozenset({404, 410})
 
 # Where a body may carry the tracking id's echo (the seed says only that it is
 # "reflected back in any API responses").
@@ -47,9 +53,62 @@ def object_path(obj: str) -> str:
     return "/api/" + quote(obj, safe="")
 
 
+def record_path(obj: str, rid: str) -> str:
+    """``/api/{object}/{id}``, each quoted so it can only ever be one segment (an id
+    holding ``/`` or ``..`` must not reach another path)."""
+    return object_path(obj) + "/" + quote(rid, safe="")
+
+
 def item_tracking_id(batch: PushBatch, item: PushItem) -> str:
     """The per-record tracking id: stable across retries and resends of the entry."""
     return f"{batch.tracking_id}.{item.entry}"
+
+
+# What one match, and what no match, of a lookup by key means for an item.
+OnMatch = Literal["update", "confirm"]
+OnNone = Literal["create", "not_found"]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How an item goes over the wire.
+
+    ``write``: one POST, a create without an id, an update with one (every item of a
+    captured table, and any item that carries its id). ``delete``: one DELETE of
+    ``item.id``. ``match``: first ``GET api/{object}?{key_field}=value``; one match is
+    then updated (``on_match="update"``: the item's data posted with that id) or taken
+    as it is (``"confirm"``: an insert never changes an existing record); no match is
+    created or ends not_found; several cannot be told apart and reject the item.
+    """
+
+    action: Literal["write", "delete", "match"]
+    on_match: OnMatch = "update"
+    on_none: OnNone = "create"
+
+
+WRITE = Plan("write")
+
+
+def plan(batch: PushBatch, item: PushItem) -> Plan:
+    """The requests ``item`` needs, by its op, the batch's operation and key field.
+
+    Only a diffed sync (``key_field`` set) looks records up before writing: a
+    captured table knows its records by id, and keeps the plain write. ``append``
+    always creates; ``update`` never does (an item the destination lacks is
+    not_found); ``insert`` never changes an existing record; ``upsert`` and
+    ``mirror`` update the record with the item's key, or create it.
+    """
+    if item.op == "delete":
+        return Plan("delete")
+    if batch.key_field is None or item.id is not None:
+        return WRITE
+    if item.op == "update" or batch.operation == "update":
+        return Plan("match", on_match="update", on_none="not_found")
+    if batch.operation == "append":
+        return WRITE
+    if batch.operation == "insert":
+        return Plan("match", on_match="confirm", on_none="create")
+    return Plan("match", on_match="update", on_none="create")
 
 
 def write_body(item: PushItem) -> dict[str, Any]:
@@ -105,14 +164,42 @@ def parse_written(
     """
     if not 200 <= status < 300:
         raise CdmProtocolError(f"unexpected status {status} from a write")
-    echo = echoed if echoed is not None else _body_echo(body)
-    if echo is not None and echo != tracking_id:
-        raise CdmProtocolError(f"write of {tracking_id} answered with X-Tracking-ID {echo[:80]!r}")
+    echo = _echo(body, echoed, tracking_id, "write")
     rid = None
     if isinstance(body, dict):
         data = body.get("data")
         rid = record_id((data if isinstance(data, dict) else body).get("id"))
     return Written(PushOutcome(entry, id=rid, sync_id=sync_id or None), echo is not None)
+
+
+def parse_deleted(
+    status: int,
+    body: Any,
+    *,
+    entry: int,
+    rid: str,
+    tracking_id: str,
+    echoed: str | None,
+    sync_id: str | None,
+) -> Written:
+    """A 2xx answer to ``DELETE api/{object}/{id}``: the record is gone.
+
+    Whatever the status (200 with ``{"data": {"id": …}}``, 202, 204) and body, the
+    entry is confirmed with the id it deleted; only an echo naming another request is
+    refused, as for a write (the answer is not ours).
+    """
+    if not 200 <= status < 300:
+        raise CdmProtocolError(f"unexpected status {status} from a delete")
+    echo = _echo(body, echoed, tracking_id, "delete")
+    return Written(PushOutcome(entry, id=rid, sync_id=sync_id or None), echo is not None)
+
+
+def _echo(body: Any, echoed: str | None, tracking_id: str, what: str) -> str | None:
+    """The tracking echo of an answer (header first, then body), checked to be ours."""
+    echo = echoed if echoed is not None else _body_echo(body)
+    if echo is not None and echo != tracking_id:
+        raise CdmProtocolError(f"{what} of {tracking_id} answered with X-Tracking-ID {echo[:80]!r}")
+    return echo
 
 
 def _body_echo(body: Any) -> str | None:
@@ -146,6 +233,44 @@ def rejection(status: int, body: Any) -> str:
     if status == 422 and message:
         return message
     return f"HTTP {status}" + (f": {message}" if message else "")
+
+
+def missing(obj: str, rid: str, status: int, body: Any) -> str:
+    """The reason kept for an update or delete of a record the destination lacks."""
+    return f"{obj} {rid} does not exist at the destination ({rejection(status, body)})"
+
+
+def match_key(item: PushItem, field_name: str) -> NaturalKey | str:
+    """The lookup that finds the destination's record for ``item`` by the sync's key
+    field, or why there can be none (the item has no usable value of it)."""
+    value = _scalar_text(item.data.get(field_name))
+    if value is None:
+        return (
+            f"cannot match the record at the destination: no text or integer value of "
+            f"{field_name!r}"
+        )
+    return NaturalKey(field_name, value)
+
+
+def no_match(obj: str, key: NaturalKey) -> str:
+    """The not_found reason of an update whose key the destination does not have."""
+    return f"no {obj} with {key.field} = {key.value!r} at the destination"
+
+
+def ambiguous(obj: str, key: NaturalKey, count: int) -> str:
+    """The rejection of an item whose key several destination records share."""
+    return (
+        f"{count} {obj} records have {key.field} = {key.value!r} at the destination; "
+        "cannot tell which one to write"
+    )
+
+
+def cannot_look_up(key: NaturalKey, status: int) -> str:
+    """The rejection of an item that must be matched on a server without lookups."""
+    return (
+        f"cannot match the record at the destination: it cannot look records up by "
+        f"{key.field} (HTTP {status})"
+    )
 
 
 def natural_key(item: PushItem, field_name: str | None) -> NaturalKey | str:

@@ -8,6 +8,10 @@ session, so posting a transfer again (after a lost answer, or when the batch is
 resent) updates the same records and never duplicates them: every request here may
 simply be retried.
 
+An ``insert`` or ``append`` sync sends ``disable_upsert: true``: its records are
+created, never merged into a matching one. Endgrate has no delete, and no ``update`` or
+``mirror`` sync reaches it (the config refuses them); a batch of one fails the push.
+
 Accepted is never rejected (``docs/push-wire.md``): only a 4xx answer to the transfer
 itself, or an error naming the item, rejects an entry. A failing follow-up read leaves
 the batch in flight, to be resent.
@@ -19,6 +23,7 @@ shared exchange and never touches SQLite.
 from __future__ import annotations
 
 import random
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +46,7 @@ from replicad.connectors.endgrate_protocol import (
     parse_transfer,
     rows_all_have_ids,
     transfer_body,
+    unsupported,
 )
 from replicad.connectors.errors import (
     ConnectorError,
@@ -57,6 +63,11 @@ NO_ERRORS_LIST = (404, 405)
 # Statuses of api/push/data that mean the server returns no data (the seed allows a
 # data webhook instead): the accepted transfer's entries are confirmed without ids.
 NO_RETURNED_DATA = (404, 405)
+# The credentials check reads the results of a transfer that does not exist; besides
+# any 2xx, these answers came past authentication (unknown transfer, no such route,
+# a transfer id the server finds malformed).
+CHECK_TRANSFER_ID = "replicad-check"
+CHECK_ACCEPT = (400, 404, 405, 422)
 
 
 class _NoReturnedData(Exception):
@@ -122,10 +133,24 @@ class EndgrateClient(HttpConnector):
             auth_hint="token rejected or not allowed to push",
         )
 
+    async def check_credentials(self, object: str) -> None:
+        """Read the data of a transfer that does not exist (read-only); raises
+        AuthRefused if the token is refused. ``object`` is not needed: Endgrate
+        authenticates per account, not per type."""
+        request = self._exchange.http.build_request(
+            "GET", "/api/push/data", params={"transfer_id": CHECK_TRANSFER_ID},
+            headers={"X-Tracking-ID": f"replicad-check-{uuid.uuid4()}"},
+        )  # fmt: skip
+        await self._exchange.send(request, "credentials check", accept=CHECK_ACCEPT)
+
     async def push(self, batch: PushBatch) -> PushResult:
         """Send a batch as one transfer; remote failures go to ``PushResult.error``."""
         if not batch.items:
             return PushResult()
+        refused = unsupported(batch)
+        if refused is not None:
+            # Nothing is sent: the entries stay in flight and the push fails loudly.
+            return self._failed(batch, ConnectorError(refused))
         try:
             # A body cut short is retried (posting again is idempotent by internal_id);
             # one that is no JSON at all still means accepted (see docs/push-wire.md).

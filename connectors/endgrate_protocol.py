@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from replicad.connectors.errors import ConnectorError
-from replicad.connectors.push_model import JSON, Associated, PushBatch, PushItem, PushOutcome
+from replicad.connectors.push_model import (
+    JSON,
+    Associated,
+    Operation,
+    PushBatch,
+    PushItem,
+    PushOutcome,
+)
 
 MAX_PAGE_LIMIT = 1000  # the most rows api/push/data returns per page
 NOT_COMPLETED = "transfer has not yet completed"
@@ -59,6 +66,28 @@ class TransferError:
 # --- requests -------------------------------------------------------------------------
 
 
+# Operations whose inserts must create a record, never merge into a matching one:
+# Endgrate would otherwise upsert a new internal_id into an existing record.
+CREATE_ONLY: frozenset[Operation] = frozenset({"insert", "append"})
+# Operations a transfer can carry. Endgrate has no delete (mirror) and no write that
+# only updates (update): the config refuses those syncs for it.
+TRANSFER_OPERATIONS: frozenset[Operation] = frozenset({"upsert", "insert", "append"})
+
+
+def unsupported(batch: PushBatch) -> str | None:
+    """Why ``batch`` cannot go to Endgrate at all, or None.
+
+    The config never builds such a batch (it refuses ``update`` and ``mirror`` for
+    Endgrate, and deletes come only from mirror pushes): one arriving is a bug, so it
+    fails the push, sending nothing, rather than write what the user did not ask for.
+    """
+    if batch.operation not in TRANSFER_OPERATIONS:
+        return f"endgrate cannot push the {batch.operation!r} operation"
+    if any(item.op == "delete" for item in batch.items):
+        return "endgrate cannot delete records"
+    return None
+
+
 def transfer_body(
     batch: PushBatch,
     *,
@@ -67,12 +96,16 @@ def transfer_body(
     disable_upsert: bool,
     sample_data: bool,
 ) -> dict[str, Any]:
-    """The ``POST api/push/transfer`` body; ``transfer_data[i]`` is ``batch.items[i]``."""
+    """The ``POST api/push/transfer`` body; ``transfer_data[i]`` is ``batch.items[i]``.
+
+    ``disable_upsert`` is sent true for an ``insert`` or ``append`` sync whatever the
+    setting: those create records and never change an existing one.
+    """
     return {
         "session_id": session_id,
         "endgrate_type": batch.object,
         "synchronous": synchronous,
-        "disable_upsert": disable_upsert,
+        "disable_upsert": disable_upsert or batch.operation in CREATE_ONLY,
         "sample_data": sample_data,
         "transfer_data": [item_payload(item) for item in batch.items],
     }

@@ -14,8 +14,11 @@ from typing import Any, Literal, Protocol
 
 JSON = Any  # a value json.dumps can write: None, bool, int, float, str, list, dict
 
-# delete: for destinations that can delete (mirror pushes); no outbox entry has it yet.
+# delete: only for destinations that can delete (mirror pushes).
 Op = Literal["insert", "update", "delete"]
+
+# The five Census operations of a push sync (CONTRACT §7).
+Operation = Literal["mirror", "upsert", "insert", "update", "append"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,14 @@ class PushBatch:
     object: str  # the destination's type (Endgrate endgrate_type, CDM object)
     items: tuple[PushItem, ...]
     resend: bool = False
+    # The sync's operation: an insert item of an ``upsert`` may update the record the
+    # destination already has under ``key_field``; of an ``insert`` it never changes
+    # one; an update item without an id (``update`` of a diffed source) is matched by
+    # ``key_field`` and ends not_found when the destination has no such record.
+    operation: Operation = "upsert"
+    # The destination field of a diffed sync's primary identifier (its value is in
+    # every item's data); None for a captured table (records are known by id).
+    key_field: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +78,9 @@ class PushOutcome:
     # False when the destination wrote nothing (Endgrate sample_data): no record will
     # ever come back through the pull for a create confirmed without an id.
     written: bool = True
+    # An update (or delete) of a record the destination does not have: final, counted
+    # apart from rejections (Census's not_found). ``rejected`` carries the reason.
+    not_found: bool = False
 
     @property
     def confirmed(self) -> bool:
@@ -91,6 +105,16 @@ class PushConnector(Protocol):
 
     async def push(self, batch: PushBatch) -> PushResult:
         """Send a batch; never raises for remote failures (see ``PushResult.error``)."""
+        ...
+
+    async def check_credentials(self, object: str) -> None:
+        """Try the token with one read-only request about ``object`` (``replicad
+        validate``); nothing is written.
+
+        Returns when the server answered past authentication; raises ``AuthRefused``
+        on 401/403, and another ``ConnectorError`` when the destination cannot be
+        reached (transport errors, 5xx after the retries).
+        """
         ...
 
     async def aclose(self) -> None:

@@ -3,7 +3,8 @@
 A rule is posted as JSON::
 
     {"endpoint": "start" | "fetch" | "ack" | "any"
-                 | "transfer" | "push_data" | "push_errors" | "cdm_write" | "cdm_list" | "push",
+                 | "transfer" | "push_data" | "push_errors" | "cdm_write" | "cdm_list"
+                 | "cdm_delete" | "push",
      "action": "status" | "truncate" | "delay" | "empty_page" | "failed_objects" | "malformed"
                | "lost_response" | "reject",
      "times": 1,   # how often it fires; 0 = forever
@@ -32,7 +33,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 SELL_ENDPOINTS: Final = ("start", "fetch", "ack")
-PUSH_ENDPOINTS: Final = ("transfer", "push_data", "push_errors", "cdm_write", "cdm_list")
+PUSH_ENDPOINTS: Final = (
+    "transfer",
+    "push_data",
+    "push_errors",
+    "cdm_write",
+    "cdm_list",
+    "cdm_delete",
+)
 ENDPOINTS: Final = (*SELL_ENDPOINTS, "any", *PUSH_ENDPOINTS, "push")
 ACTIONS: Final = (
     "status",

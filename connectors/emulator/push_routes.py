@@ -1,7 +1,8 @@
 """The push destination routes of docs/push-wire.md: Endgrate's push API and CDM writes.
 
 * ``POST /api/push/transfer``, ``GET /api/push/data``, ``GET /api/errors`` (Endgrate)
-* ``POST /api/{object}``, ``GET /api/{object}?field=value`` (CDM, Boss-Insights style)
+* ``POST /api/{object}``, ``GET /api/{object}?field=value``, ``DELETE /api/{object}/{id}``
+  (CDM, Boss-Insights style)
 
 Every route counts the request, checks the bearer token (401; no device header is
 needed), consults the fault rules, and only then touches state, so a ``status``
@@ -32,6 +33,7 @@ from replicad.connectors.emulator.push_state import (
     Transfer,
     UnknownTransferError,
     WireError,
+    cdm_delete,
     cdm_list,
     cdm_type,
     cdm_write,
@@ -79,6 +81,8 @@ def _items_in(endpoint: str, body: object) -> int:
     if endpoint == "transfer" and isinstance(body, dict):
         data = body.get("transfer_data")
         return len(data) if isinstance(data, list) else 0
+    if endpoint == "cdm_delete":
+        return 1
     return 1 if endpoint == "cdm_write" and isinstance(body, dict) else 0
 
 
@@ -238,12 +242,29 @@ async def cdm_get(request: Request, emulator: Emulator, endpoint: str, body: obj
     return Answer(json_response({"data": records}))
 
 
+async def cdm_remove(request: Request, emulator: Emulator, endpoint: str, body: object) -> Answer:
+    """``DELETE /api/{object}/{id}``: 200 ``{"data": {"id": …}}`` (variant: 204, no
+    body), 404 when the object is unknown or the record does not exist (any more)."""
+    type_ = cdm_type(request.path_params["object"])
+    if type_ is None:
+        return Answer(push_error(404, "Unknown object"))
+    try:
+        deleted = cdm_delete(emulator.state, type_, request.path_params["id"])
+    except CdmError as exc:
+        return Answer(push_error(exc.status, exc.message))
+    if emulator.variant:
+        return Answer(Response(status_code=204), applied=True)
+    return Answer(json_response({"data": {"id": deleted}}), applied=True)
+
+
 def push_routes() -> list[BaseRoute]:
-    """The push destination routes; ``/api/{object}`` comes last so it never shadows the rest."""
+    """The push destination routes; ``/api/{object}`` and ``/api/{object}/{id}`` come
+    last so they never shadow the rest (each route also matches by method)."""
     return [
         Route("/api/push/transfer", push_route("transfer", transfer), methods=["POST"]),
         Route("/api/push/data", push_route("push_data", push_data), methods=["GET"]),
         Route("/api/errors", push_route("push_errors", push_errors), methods=["GET"]),
         Route("/api/{object}", push_route("cdm_write", cdm_post), methods=["POST"]),
         Route("/api/{object}", push_route("cdm_list", cdm_get), methods=["GET"]),
+        Route("/api/{object}/{id}", push_route("cdm_delete", cdm_remove), methods=["DELETE"]),
     ]

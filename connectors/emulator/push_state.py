@@ -3,7 +3,8 @@
 Endgrate transfers and CDM writes go through :class:`~connectors.emulator.state.SyncState`,
 the same record store and device queues the Sell Sync API serves, so every pushed
 record comes back through the next pull with a new revision.  Creates take the next
-free id like any other create; updates merge the pushed fields into the record.
+free id like any other create; updates merge the pushed fields into the record; a CDM
+delete comes back through the pull as a delete entry.
 
 A transfer is applied in full when it is posted, item by item in push order.  An
 item and its associations succeed or fail together: all of them are checked first
@@ -395,6 +396,20 @@ def cdm_write(state: SyncState, type_: str, body: object, reject: Rejecter) -> C
     stored = state.store.current((type_, change.id))[0]
     assert stored is not None  # just written
     return CdmWrite(created=target is None, data=stored)
+
+
+def cdm_delete(state: SyncState, type_: str, raw_id: str) -> int:
+    """Delete the record ``raw_id`` names and return its id; raises :class:`CdmError`
+    (404) when there is no such live record (never was, or already deleted).
+
+    Goes through :meth:`SyncState.delete`, so the deletion reaches every device's
+    Sell sync queue as a delete entry.
+    """
+    target = record_id(raw_id)
+    if target is None or not state.store.exists((type_, target)):
+        raise CdmError(404, f"{type_} {raw_id!r} does not exist")
+    state.delete(type_, target)
+    return target
 
 
 def _text(value: object) -> str:

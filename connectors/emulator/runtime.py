@@ -16,7 +16,8 @@ from replicad.connectors.emulator.state import DEFAULT_PAGE_SIZE, DEFAULT_SESSIO
 # How the emulator answers where the seeds leave the wire open (docs/push-wire.md):
 # "standard" is the reading the docs fix; "variant" answers in the other legal ways
 # (201/202 transfers without "success", no errors list, numeric meta.next, CDM writes
-# answered 202/204 without body or tracking echo, acks answered with plain text).
+# answered 202/204 and deletes 204 without body or tracking echo, acks answered with
+# plain text).
 PROFILES: Final = ("standard", "variant")
 
 # The real basecrm client rejects tokens that are not exactly 64 characters long.

@@ -159,12 +159,15 @@ async def test_422_rejects_the_item_and_the_batch_goes_on() -> None:
     assert got == [(1, None, "email must contain @"), (2, "501", None)]
 
 
-async def test_404_update_of_unknown_id_is_a_rejection() -> None:
-    """An update of an unknown id (404) rejects that item only."""
+async def test_404_update_of_unknown_id_is_not_found() -> None:
+    """An update of an unknown id (404) ends that item not_found; the batch goes on."""
     server = FakeCdm()
     async with make(server) as c:
         result = await c.push(batch(item(1, rid="999"), item(2)))
-    assert result.outcomes[0].rejected == "HTTP 404: no such record"
+    first = result.outcomes[0]
+    assert first.not_found and first.rejected == (
+        "contact 999 does not exist at the destination (HTTP 404: no such record)"
+    )
     assert result.outcomes[1].confirmed and result.error is None
 
 
