@@ -94,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep", required=True, choices=("local", "remote"))
     p.set_defaults(func=cmd_conflicts)
 
-    p = with_config(sub.add_parser("validate", help="check the config and credentials"))
+    p = with_config(
+        sub.add_parser("validate", help="check the config, credentials and sources; change nothing")
+    )
+    p.add_argument("--json", action="store_true", help="answer in Census's {status, data} shape")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("emulator", help="serve the built-in emulator on 127.0.0.1")
@@ -283,7 +286,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Check the config, tokens and (when reachable) credentials; change nothing."""
     from replicad.daemon.validate import validate
 
-    return anyio.run(validate, _config(args))
+    if not args.json:
+        return anyio.run(validate, _config(args), False)
+    try:
+        config = _config(args)
+    except ConfigError as e:
+        json.dump({"status": "error", "data": {"error": str(e)}}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return exits.USAGE
+    return anyio.run(validate, config, True)
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:

@@ -17,17 +17,35 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from replicad.connectors.ratelimit import parse_rate
-from replicad.daemon.durations import parse_duration
+from replicad.daemon.census import (
+    PUSH_OPERATIONS,
+    AlertRule,
+    DiffedSource,
+    FieldMapping,
+    parse_alerts,
+    parse_field_options,
+    parse_high_water_mark,
+    parse_mappings,
+    parse_on_alert,
+    parse_source,
+    primary_mapping,
+)
 from replicad.daemon.kinds import KINDS, kind_only_keys, kinds_for
+from replicad.daemon.toml_checks import (
+    ConfigError,
+    check_duration,
+    check_keys,
+    check_opt,
+    check_req,
+    check_table,
+)
 from replicad.store.names import valid_prefix
 
 PULL_OPERATIONS = ("mirror", "upsert")
 CONFLICT_RULES = ("merge", "remote")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
-
-class ConfigError(ValueError):
-    """The configuration is unusable; the message names the key."""
+__all__ = ["Config", "ConfigError", "Connection", "Sync", "load_config", "read_token"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +99,36 @@ class Sync:
     push_to_source: bool = False
     sources: tuple[str, ...] = ()
     natural_key: str | None = None
+    # Census keys (CONTRACT §7)
+    name: str = ""  # ``label = "…"``: a display name (the TOML key stays the label)
+    diffed: DiffedSource | None = None
+    mappings: tuple[FieldMapping, ...] = ()
+    field_behavior: str = "sync_all_properties"
+    field_normalization: str = "match_source_names"
+    high_water_mark: str | None = None
+    alerts: tuple[AlertRule, ...] = ()
+    on_alert: tuple[str, ...] = ()
+
+    @property
+    def outbox_table(self) -> str:
+        """The name its outbox entries are kept under: the captured table, or the
+        sync's own name for a diffed source (no table of the replica has a ':')."""
+        return self.source if self.diffed is None else f"diff:{self.label}"
+
+    @property
+    def key_field(self) -> str | None:
+        """The destination field of a diffed source's primary identifier."""
+        if self.diffed is None:
+            return None
+        return next(m.to for m in self.mappings if m.primary)
+
+    @property
+    def shown_as(self) -> str:
+        """What the sync is called in source descriptions: a diffed source's origin."""
+        if self.diffed is None:
+            return self.source
+        where = str(self.diffed.database) if self.diffed.database else "the replica"
+        return f"{self.diffed.table or 'query'} on {where}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,19 +178,19 @@ def load_config(path: Path) -> Config:
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
     """Validate a decoded TOML document."""
-    _keys(raw, "", {"replica", "connections", "syncs"})
+    check_keys(raw, "", {"replica", "connections", "syncs"})
     base = path.parent
-    replica = _table(raw, "replica", "replica")
-    _keys(replica, "replica", {"path"})
-    rpath = _opt(replica, "path", str, "replica.path")
+    replica = check_table(raw, "replica", "replica")
+    check_keys(replica, "replica", {"path"})
+    rpath = check_opt(replica, "path", str, "replica.path")
     replica_path = _resolve(base, rpath) if rpath else default_replica_path()
     connections = {
-        name: _connection(name, _table(c, None, f"connections.{name}"), base)
-        for name, c in _table(raw, "connections", "connections").items()
+        name: _connection(name, check_table(c, None, f"connections.{name}"), base)
+        for name, c in check_table(raw, "connections", "connections").items()
     }
     syncs = {
-        label: _sync(label, _table(s, None, f"syncs.{label}"), connections)
-        for label, s in _table(raw, "syncs", "syncs").items()
+        label: _sync(label, check_table(s, None, f"syncs.{label}"), connections, base)
+        for label, s in check_table(raw, "syncs", "syncs").items()
     }
     _cross_checks(syncs)
     _budget_check(syncs, connections)
@@ -151,7 +199,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
 
 def _connection(name: str, c: dict[str, Any], base: Path) -> Connection:
     k = f"connections.{name}"
-    _keys(
+    check_keys(
         c,
         k,
         {
@@ -160,7 +208,7 @@ def _connection(name: str, c: dict[str, Any], base: Path) -> Connection:
             "session_id",
         },
     )  # fmt: skip
-    kind = _req(c, "kind", str, f"{k}.kind")
+    kind = check_req(c, "kind", str, f"{k}.kind")
     if kind not in KINDS:
         raise ConfigError(f"{k}.kind: {kind!r} is not one of {', '.join(KINDS)}")
     spec = KINDS[kind]
@@ -169,7 +217,7 @@ def _connection(name: str, c: dict[str, Any], base: Path) -> Connection:
         raise ConfigError(f"{k}.{key}: not used by {kind} connections")
     for key in sorted(spec.required_keys - c.keys()):
         raise ConfigError(f"{k}.{key}: required for {kind} connections")
-    base_url = _req(c, "base_url", str, f"{k}.base_url")
+    base_url = check_req(c, "base_url", str, f"{k}.base_url")
     url = urlsplit(base_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ConfigError(f"{k}.base_url: {base_url!r} is not an http(s) URL")
@@ -182,17 +230,17 @@ def _connection(name: str, c: dict[str, Any], base: Path) -> Connection:
     if url.scheme == "http" and url.hostname not in LOOPBACK:
         # The token would cross the network in clear text.
         raise ConfigError(f"{k}.base_url: plain http is only allowed to loopback; use https")
-    token_env = _opt(c, "token_env", str, f"{k}.token_env")
-    token_file = _opt(c, "token_file", str, f"{k}.token_file")
+    token_env = check_opt(c, "token_env", str, f"{k}.token_env")
+    token_file = check_opt(c, "token_file", str, f"{k}.token_file")
     if token_env and token_file:
         raise ConfigError(f"{k}: set token_env or token_file, not both")
     if not token_env and not token_file and not _credential_path(name):
         raise ConfigError(f"{k}: set token_env or token_file")
-    session_id = _opt(c, "session_id", str, f"{k}.session_id")
+    session_id = check_opt(c, "session_id", str, f"{k}.session_id")
     if "session_id" in c and not session_id:
         raise ConfigError(f"{k}.session_id: must not be empty")
     # Unset: Sell's documented budget for sell connections, none for the others.
-    rate = _opt(c, "rate_limit", str, f"{k}.rate_limit")
+    rate = check_opt(c, "rate_limit", str, f"{k}.rate_limit")
     try:
         if rate is not None:
             parse_rate(rate)
@@ -204,45 +252,56 @@ def _connection(name: str, c: dict[str, Any], base: Path) -> Connection:
         base_url=base_url,
         token_env=token_env,
         token_file=_resolve(base, token_file) if token_file else None,
-        device_uuid=_opt(c, "device_uuid", str, f"{k}.device_uuid"),
+        device_uuid=check_opt(c, "device_uuid", str, f"{k}.device_uuid"),
         rate_limit=rate,
-        timeout=_duration(c, "timeout", 30.0, k),
+        timeout=check_duration(c, "timeout", 30.0, k),
         max_retries=_count(c, "max_retries", 6, k, minimum=0),
-        retry_backoff=_duration(c, "retry_backoff", 0.5, k),
-        retry_backoff_max=_duration(c, "retry_backoff_max", 30.0, k),
+        retry_backoff=check_duration(c, "retry_backoff", 0.5, k),
+        retry_backoff_max=check_duration(c, "retry_backoff_max", 30.0, k),
         ack_batch=_count(c, "ack_batch", 1000, k, minimum=1),
         session_id=session_id,
     )
 
 
+_CENSUS_KEYS = {"label", "alert_attributes", "on_alert", "failed_record_notifications_enabled",
+                "failed_record_notifications_threshold_percent",
+                "failed_run_notifications_enabled"}  # fmt: skip
 _PULL_KEYS = {"direction", "connection", "operation", "interval", "prefix", "paused",
-              "max_sessions"}  # fmt: skip
+              "max_sessions"} | _CENSUS_KEYS  # fmt: skip
 _PUSH_KEYS = {"direction", "connection", "operation", "interval", "paused", "source", "object",
               "batch_size", "conflict", "disable_upsert", "sample_data", "associations",
-              "push_to_source", "sources", "natural_key"}  # fmt: skip
+              "push_to_source", "sources", "natural_key", "mappings", "field_behavior",
+              "field_normalization", "high_water_mark_attributes"} | _CENSUS_KEYS  # fmt: skip
+# Keys of Census's definition that only push syncs take in this version.
+_PUSH_ONLY = _PUSH_KEYS - _PULL_KEYS - {"source", "object", "batch_size", "conflict",
+                                         "disable_upsert", "sample_data", "associations",
+                                         "push_to_source", "sources", "natural_key"}  # fmt: skip
 
 
-def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection]) -> Sync:
+def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection], base: Path) -> Sync:
     k = f"syncs.{label}"
-    direction = _req(s, "direction", str, f"{k}.direction")
+    direction = check_req(s, "direction", str, f"{k}.direction")
     if direction not in ("pull", "push"):
         raise ConfigError(f"{k}.direction: {direction!r} is not 'pull' or 'push'")
-    _keys(s, k, _PULL_KEYS if direction == "pull" else _PUSH_KEYS)
-    conn = _req(s, "connection", str, f"{k}.connection")
+    if direction == "pull":
+        for key in sorted(_PUSH_ONLY & s.keys()):
+            raise ConfigError(f"{k}.{key}: not supported for pull syncs by this version")
+    check_keys(s, k, _PULL_KEYS if direction == "pull" else _PUSH_KEYS)
+    conn = check_req(s, "connection", str, f"{k}.connection")
     if conn not in connections:
         raise ConfigError(f"{k}.connection: no connection named {conn!r} in [connections]")
     if direction == "push":
-        return _push_sync(label, s, connections[conn])
+        return _push_sync(label, s, connections[conn], base)
     if KINDS[connections[conn].kind].direction != "pull":
         names = " or ".join(repr(n) for n in kinds_for("pull"))
         raise ConfigError(f"{k}.connection: pull syncs need a {names} connection")
-    operation = _opt(s, "operation", str, f"{k}.operation") or "mirror"
+    operation = check_opt(s, "operation", str, f"{k}.operation") or "mirror"
     if operation not in PULL_OPERATIONS:
         raise ConfigError(
             f"{k}.operation: {operation!r} is not supported for pull syncs "
             f"(use {' or '.join(PULL_OPERATIONS)})"
         )
-    prefix = _opt(s, "prefix", str, f"{k}.prefix") or ""
+    prefix = check_opt(s, "prefix", str, f"{k}.prefix") or ""
     if not valid_prefix(prefix):
         raise ConfigError(f"{k}.prefix: {prefix!r} must be letters, digits and _")
     return Sync(
@@ -252,12 +311,22 @@ def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection]) -> 
         operation=operation,
         interval=_interval(s, 30.0, k),
         prefix=prefix,
-        paused=bool(_opt(s, "paused", bool, f"{k}.paused")),
+        paused=bool(check_opt(s, "paused", bool, f"{k}.paused")),
         max_sessions=_count(s, "max_sessions", 4, k, minimum=1),
+        name=_name(s, k),
+        alerts=parse_alerts(s, k),
+        on_alert=parse_on_alert(s, k),
     )
 
 
-def _push_sync(label: str, s: dict[str, Any], conn: Connection) -> Sync:
+def _name(s: dict[str, Any], k: str) -> str:
+    name = check_opt(s, "label", str, f"{k}.label")
+    if name is not None and not name.strip():
+        raise ConfigError(f"{k}.label: must not be empty")
+    return name or ""
+
+
+def _push_sync(label: str, s: dict[str, Any], conn: Connection, base: Path) -> Sync:
     k = f"syncs.{label}"
     spec = KINDS[conn.kind]
     if spec.direction != "push":
@@ -267,22 +336,49 @@ def _push_sync(label: str, s: dict[str, Any], conn: Connection) -> Sync:
         )
     for key in sorted((kind_only_keys() - spec.sync_keys) & s.keys()):
         raise ConfigError(f"{k}.{key}: not used by {conn.kind} connections")
-    operation = _opt(s, "operation", str, f"{k}.operation") or "upsert"
-    if operation != "upsert":
+    operation = check_opt(s, "operation", str, f"{k}.operation") or "upsert"
+    if operation not in PUSH_OPERATIONS:
         raise ConfigError(
-            f"{k}.operation: {operation!r} is not supported for push syncs by this version "
-            "(use 'upsert')"
+            f"{k}.operation: {operation!r} is not one of {', '.join(PUSH_OPERATIONS)}"
         )
-    source = _req(s, "source", str, f"{k}.source")
-    if not valid_prefix(source) or not source:
+    if operation not in spec.push_operations:
+        why = dict(spec.cannot).get(operation, f"{conn.kind} destinations cannot")
+        raise ConfigError(f"{k}.operation: {operation!r} is not possible here: {why}")
+    if "source" not in s:
+        raise ConfigError(f"{k}.source: required")
+    source, diffed = parse_source(s["source"], k, base)
+    if diffed is None and (not valid_prefix(source) or not source):
         raise ConfigError(f"{k}.source: {source!r} is not a table name")
-    obj = _req(s, "object", str, f"{k}.object")
+    mappings = parse_mappings(s, k)
+    behavior, style = parse_field_options(
+        s, k, "specific_properties" if mappings else "sync_all_properties"
+    )
+    if diffed is not None:
+        primary_mapping(mappings, k)
+        for key in ("associations", "conflict"):
+            if key in s:
+                raise ConfigError(
+                    f"{k}.{key}: only for a captured source (a replica table); this "
+                    "sync's source is diffed"
+                )
+    elif any(m.primary for m in mappings):
+        raise ConfigError(
+            f"{k}.mappings: is_primary_identifier is for diffed sources; a captured "
+            "table's rows are known by their id"
+        )
+    hwm = parse_high_water_mark(s, k, operation)
+    if hwm is not None and diffed is None:
+        raise ConfigError(
+            f"{k}.high_water_mark_attributes: only for a diffed source (source = {{ query "
+            "= … }}); a captured table pushes every edit"
+        )
+    obj = check_req(s, "object", str, f"{k}.object")
     if not obj:
         raise ConfigError(f"{k}.object: must not be empty")
-    conflict = _opt(s, "conflict", str, f"{k}.conflict") or "merge"
+    conflict = check_opt(s, "conflict", str, f"{k}.conflict") or "merge"
     if conflict not in CONFLICT_RULES:
         raise ConfigError(f"{k}.conflict: {conflict!r} is not 'merge' or 'remote'")
-    sources = _opt(s, "sources", list, f"{k}.sources") or []
+    sources = check_opt(s, "sources", list, f"{k}.sources") or []
     if not all(isinstance(x, str) and x and "," not in x for x in sources):
         raise ConfigError(f"{k}.sources: must be a list of names (no commas)")
     return Sync(
@@ -292,40 +388,48 @@ def _push_sync(label: str, s: dict[str, Any], conn: Connection) -> Sync:
         operation=operation,
         # A push interval only paces looks at the local outbox (file events wake the
         # daemon anyway): no remote budget at stake, so no minimum.
-        interval=_duration(s, "interval", 5.0, k),
-        paused=bool(_opt(s, "paused", bool, f"{k}.paused")),
+        interval=check_duration(s, "interval", 5.0, k),
+        paused=bool(check_opt(s, "paused", bool, f"{k}.paused")),
         source=source,
         object=obj,
         # A kind that writes one record per request (CDM: its answer is the only proof
         # it arrived) takes one entry per batch, so an entry is never in flight unsent.
         batch_size=_count(s, "batch_size", 100, k, minimum=1) if spec.batches else 1,
         conflict=conflict,
-        disable_upsert=bool(_opt(s, "disable_upsert", bool, f"{k}.disable_upsert")),
-        sample_data=bool(_opt(s, "sample_data", bool, f"{k}.sample_data")),
+        disable_upsert=bool(check_opt(s, "disable_upsert", bool, f"{k}.disable_upsert")),
+        sample_data=bool(check_opt(s, "sample_data", bool, f"{k}.sample_data")),
         associations=_associations(s, k),
-        push_to_source=bool(_opt(s, "push_to_source", bool, f"{k}.push_to_source")),
+        push_to_source=bool(check_opt(s, "push_to_source", bool, f"{k}.push_to_source")),
         sources=tuple(sources),
-        natural_key=_opt(s, "natural_key", str, f"{k}.natural_key"),
+        natural_key=check_opt(s, "natural_key", str, f"{k}.natural_key"),
+        name=_name(s, k),
+        diffed=diffed,
+        mappings=mappings,
+        field_behavior=behavior,
+        field_normalization=style,
+        high_water_mark=hwm,
+        alerts=parse_alerts(s, k),
+        on_alert=parse_on_alert(s, k),
     )
 
 
 def _associations(s: dict[str, Any], k: str) -> tuple[Association, ...]:
     out = []
-    for column, spec in _table(s, "associations", f"{k}.associations").items():
+    for column, spec in check_table(s, "associations", f"{k}.associations").items():
         where = f"{k}.associations.{column}"
-        spec = _table(spec, None, where)
-        _keys(spec, where, {"source", "object"})
-        source = _req(spec, "source", str, f"{where}.source")
+        spec = check_table(spec, None, where)
+        check_keys(spec, where, {"source", "object"})
+        source = check_req(spec, "source", str, f"{where}.source")
         if not valid_prefix(source) or not source:
             raise ConfigError(f"{where}.source: {source!r} is not a table name")
-        out.append(Association(column, source, _req(spec, "object", str, f"{where}.object")))
+        out.append(Association(column, source, check_req(spec, "object", str, f"{where}.object")))
     return tuple(out)
 
 
 def _cross_checks(syncs: dict[str, Sync]) -> None:
     pushed: dict[str, str] = {}
     for s in syncs.values():
-        if s.direction != "push":
+        if s.direction != "push" or s.diffed is not None:
             continue
         if s.source in pushed:
             raise ConfigError(
@@ -398,63 +502,12 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def _keys(d: dict[str, Any], where: str, allowed: set[str]) -> None:
-    for key in d:
-        if key not in allowed:
-            name = f"{where}.{key}" if where else key
-            raise ConfigError(f"{name}: unknown key (allowed: {', '.join(sorted(allowed))})")
-
-
-def _table(d: dict[str, Any], key: str | None, name: str) -> dict[str, Any]:
-    value = d.get(key, {}) if key is not None else d
-    if not isinstance(value, dict):
-        raise ConfigError(f"{name}: must be a table")
-    return value
-
-
-def _opt(d: dict[str, Any], key: str, typ: type, name: str) -> Any:
-    if key not in d:
-        return None
-    value = d[key]
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ConfigError(f"{name}: must be {_TOML_TYPES[typ]}, not {_toml_type(value)}")
-    return value
-
-
-_TOML_TYPES: dict[type, str] = {
-    str: "a string", int: "an integer", bool: "true or false", list: "an array",
-    dict: "a table", float: "a number",
-}  # fmt: skip
-
-
-def _toml_type(value: Any) -> str:
-    for typ in (bool, int, float, str, list, dict):
-        if isinstance(value, typ):
-            return _TOML_TYPES[typ]
-    return type(value).__name__
-
-
-def _req(d: dict[str, Any], key: str, typ: type, name: str) -> Any:
-    if key not in d:
-        raise ConfigError(f"{name}: required")
-    return _opt(d, key, typ, name)
-
-
-def _duration(d: dict[str, Any], key: str, default: float, where: str) -> float:
-    if key not in d:
-        return default
-    try:
-        return parse_duration(d[key])
-    except ValueError as e:
-        raise ConfigError(f"{where}.{key}: {e}") from None
-
-
 # Shorter pull intervals only burn the remote's budget: a cycle is at least one request.
 MIN_INTERVAL = 1.0
 
 
 def _interval(d: dict[str, Any], default: float, where: str) -> float:
-    value = _duration(d, "interval", default, where)
+    value = check_duration(d, "interval", default, where)
     if value < MIN_INTERVAL:
         raise ConfigError(
             f"{where}.interval: {d['interval']!r} is shorter than the minimum of 1s "
@@ -484,7 +537,7 @@ def _budget_check(syncs: dict[str, Sync], connections: dict[str, Connection]) ->
 
 
 def _count(d: dict[str, Any], key: str, default: int, where: str, *, minimum: int) -> int:
-    value = _opt(d, key, int, f"{where}.{key}")
+    value = check_opt(d, key, int, f"{where}.{key}")
     if value is None:
         return default
     if value < minimum:

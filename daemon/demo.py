@@ -26,7 +26,8 @@ from replicad.store.lock import is_held
 from replicad.store.operate import OperatorError, unsent_edits
 
 # Only these are removed when the demo starts over; anything else in the folder stays.
-DEMO_FILES = ("config.toml", "token", "replica.db", "replica.db-wal", "replica.db-shm")
+DEMO_FILES = ("config.toml", "token", "replica.db", "replica.db-wal", "replica.db-shm",
+              "invoices.db", "invoices.db-wal", "invoices.db-shm")  # fmt: skip
 
 CONFIG = """\
 # Written by `replicad demo`: a replica of the built-in emulator's account.
@@ -58,6 +59,27 @@ direction = "push"
 connection = "outbound"
 source = "contact"
 object = "crm-contact"
+
+# Another app's own SQLite file (an invoicing tool's invoices.db), diffed each cycle
+# as Census does: new and changed invoices are upserted as deals through the CDM.
+[connections.cdm]
+kind = "cdm"
+base_url = "{url}"
+token_file = "token"
+max_retries = 3
+
+[syncs.invoices-out]
+direction = "push"
+connection = "cdm"
+source = {{ table = "invoices", database = "invoices.db" }}
+object = "deal"
+operation = "upsert"
+mappings = [
+  {{ from = "invoice_no", to = "name", is_primary_identifier = true }},
+  {{ from = "total", to = "value" }},
+  {{ from = "currency", to = "currency" }},
+  {{ from = {{ type = "constant_value", data = "invoicing-app" }}, to = "source" }},
+]
 """
 
 
@@ -66,6 +88,27 @@ LOCAL_EDITS = (
     f"INSERT INTO contact (first_name, last_name, email) VALUES ('Ada', 'Byron', '{DEMO_EMAIL}')",
     'UPDATE contact SET tags = \'["vip","demo","local"]\' WHERE id = 1',
 )
+
+
+INVOICES = (
+    ("INV-1001", "ada.demo@example.org", 1200.0, "EUR", "sent"),
+    ("INV-1002", "grace@example.org", 480.5, "USD", "paid"),
+    ("INV-1003", "alan@example.org", 99.0, "GBP", "draft"),
+)
+INVOICE_EDITS = (
+    "UPDATE invoices SET total = 1350.0 WHERE invoice_no = 'INV-1001'",
+    "INSERT INTO invoices VALUES ('INV-1004', 'edsger@example.org', 64.0, 'EUR', 'sent')",
+)
+
+
+def _invoicing_app(path: Path, statements: tuple[str, ...] = ()) -> None:
+    """The invoicing app's own file (the demo plays that app)."""
+    create = (
+        "CREATE TABLE IF NOT EXISTS invoices (invoice_no TEXT PRIMARY KEY, "
+        "customer_email TEXT, total REAL, currency TEXT, status TEXT)"
+    )
+    rows = ["INSERT INTO invoices VALUES ('{}', '{}', {}, '{}', '{}')".format(*r) for r in INVOICES]
+    edit_locally(path, statements or (create, *rows))
 
 
 def _not_a_demo_folder(folder: Path) -> str | None:
@@ -117,8 +160,10 @@ def run_demo(folder: Path, records: int, force: bool = False) -> int:
         with os.fdopen(fd, "w") as f:
             f.write(DEFAULT_TOKEN + "\n")
         (folder / "config.toml").write_text(CONFIG.format(url=url), encoding="utf-8")
+        _invoicing_app(folder / "invoices.db")
         config = load_config(folder / "config.toml")
-        _say(f"2. Wrote {folder / 'config.toml'}; first sync into {replica}:")
+        _say(f"2. Wrote {folder / 'config.toml'} and an invoicing app's {folder / 'invoices.db'}")
+        _say(f"   ({len(INVOICES)} invoices); first sync into {replica}:")
         code = anyio.run(sync_once, config, show)
         if code:
             return code
@@ -139,6 +184,10 @@ def run_demo(folder: Path, records: int, force: bool = False) -> int:
         for sql in LOCAL_EDITS:
             _say(f"     {sql}")
         edit_locally(replica, LOCAL_EDITS)
+        _say("   and in the invoicing app's own file:")
+        for sql in INVOICE_EDITS:
+            _say(f"     {sql}")
+        _invoicing_app(folder / "invoices.db", INVOICE_EDITS)
         _say("   Syncing again (push the edits, then pull):")
         code = anyio.run(sync_once, config, show)
         if code:
@@ -153,12 +202,20 @@ def run_demo(folder: Path, records: int, force: bool = False) -> int:
         ) or (None, None)
         _say(f"   Upstream: contact {remote_ids} has email {DEMO_EMAIL}; locally the row "
              f"now has id {local[0]} and _pending = {local[1]}.")  # fmt: skip
+        deals = {
+            d.get("name"): d.get("value")
+            for d in remote.state()["records"]["deal"].values()
+            if d and str(d.get("name", "")).startswith("INV-")
+        }
+        _say(f"   Upstream deals from the invoices (name: value): {dict(sorted(deals.items()))}")
     _say("5. Status:\n")
     _say(render_status(status_report(config)))
     rel = os.path.relpath(replica)
     _say("6. Try these queries (the replica is plain SQLite; read it while replicad runs):\n")
     _say(f'  sqlite3 {rel} "SELECT id, name, email FROM contact WHERE id = 1"')
     _say(f'  sqlite3 {rel} "SELECT entry, state, op, internal_id, remote_id FROM replicad_outbox"')
+    _say(f'  sqlite3 {rel} "SELECT run, sync, status, processed, created, updated '
+         'FROM replicad_runs"')  # fmt: skip
     _say(f"  sqlite3 {rel} \"SELECT currency, count(*), round(sum(value)) FROM deal "
          "GROUP BY currency\"")  # fmt: skip
     _say(f"  sqlite3 {rel} \"SELECT json_extract(address, '$.city') AS city, count(*) "

@@ -14,6 +14,7 @@ import anyio
 import structlog
 
 from replicad.connectors.retry import RetryPolicy
+from replicad.daemon.alerts import Alerts
 from replicad.daemon.config import Config, ConfigError, Connection, Sync, read_token
 from replicad.daemon.kinds import KINDS
 from replicad.daemon.logs import register_secret
@@ -66,6 +67,10 @@ class Engine:
     replica: Replica
     clients: dict[str, SellClient] = field(default_factory=dict)
     pushers: dict[str, PushConnector] = field(default_factory=dict)
+    alerts: Alerts = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.alerts = Alerts(self.replica)
 
     async def client(self, conn: Connection) -> SellClient:
         """The (cached) client of a connection, its rate budget taken over from the
@@ -110,8 +115,19 @@ class Engine:
         """One pull cycle of a sync."""
         conn = self.config.connections[sync.connection]
         client = await self.client(conn)
+        outcome = PullOutcome()
         try:
-            outcome = await pull_cycle(self.replica, sync, conn, client, progress)
+            async with self.alerts.run(sync) as run:
+                try:
+                    await pull_cycle(self.replica, sync, conn, client, progress, outcome)
+                finally:
+                    c = run.counts
+                    c.created, c.updated, c.deleted = (
+                        outcome.created,
+                        outcome.updated,
+                        outcome.deleted,
+                    )
+                    c.quarantined = outcome.quarantined
         finally:
             log_repairs(self.replica)
             with anyio.CancelScope(shield=True):
@@ -136,7 +152,10 @@ class Engine:
         if sync.label not in self.pushers:
             conn = self.config.connections[sync.connection]
             self.pushers[sync.label] = push_connector(conn, sync)
-        report = await push_cycle(self.replica, sync, self.pushers[sync.label], on_batch)
+        async with self.alerts.run(sync) as run:
+            report = await push_cycle(
+                self.replica, sync, self.pushers[sync.label], on_batch, run.counts
+            )
         if report.batches:
             log.info(
                 "push.done", sync=sync.label, batches=report.batches, sent=report.sent,
@@ -182,7 +201,7 @@ def check_push_sources(config: Config, tables: Collection[str]) -> None:
     if not tables:
         return  # a new replica: the first pull creates the tables
     for s in config.syncs.values():
-        if s.direction != "push" or s.source in tables:
+        if s.direction != "push" or s.diffed is not None or s.source in tables:
             continue
         close = difflib.get_close_matches(s.source, list(tables), n=1, cutoff=0.6)
         if close:
@@ -219,6 +238,7 @@ async def open_engine(
     engine = Engine(config, replica)
     try:
         await register(replica, config)
+        await engine.alerts.load()
         yield engine
     finally:
         try:

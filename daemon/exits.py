@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from replicad.connectors.errors import AuthRefused, ConnectorError, RemoteUnreachable
 from replicad.daemon.config import ConfigError
-from replicad.store import ReplicaBusy, ReplicaRefused
+from replicad.store import ReplicaBusy, ReplicaRefused, SourceError
 from replicad.store.operate import OperatorError
 
 OK = 0
@@ -30,7 +30,8 @@ def exit_code(error: BaseException) -> int:
 def expected(error: BaseException) -> bool:
     """Whether an error is a known failure mode (its message alone says enough)."""
     return isinstance(
-        error, ConnectorError | ConfigError | ReplicaBusy | ReplicaRefused | OperatorError
+        error,
+        ConnectorError | ConfigError | ReplicaBusy | ReplicaRefused | OperatorError | SourceError,
     )
 
 

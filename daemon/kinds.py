@@ -39,6 +39,10 @@ class Kind:
     # whose answer is the only proof it arrived must never be in flight unsent).
     batches: bool = False
     default_rate_limit: str | None = None
+    # Push operations this destination can carry out, and why it cannot the others
+    # (config refuses a sync asking for one, with that reason).
+    push_operations: frozenset[str] = frozenset()
+    cannot: tuple[tuple[str, str], ...] = ()
     pull_client: PullFactory | None = None
     push_client: PushFactory | None = None
 
@@ -67,7 +71,8 @@ def _endgrate_client(conn: Connection, sync: Sync, token: str, retry: RetryPolic
             base_url=conn.base_url,
             token=token,
             session_id=conn.session_id,
-            disable_upsert=sync.disable_upsert,
+            # insert and append create, never merge into a record the destination has.
+            disable_upsert=sync.disable_upsert or sync.operation in ("insert", "append"),
             sample_data=sync.sample_data,
             timeout=conn.timeout,
             retry=retry,
@@ -107,12 +112,23 @@ ENDGRATE = Kind(
     required_keys=frozenset({"session_id"}),
     sync_keys=frozenset({"disable_upsert", "sample_data", "associations", "batch_size"}),
     batches=True,
+    push_operations=frozenset({"upsert", "insert", "append"}),
+    cannot=(
+        ("mirror", "Endgrate push transfers cannot delete records (its API has no delete)"),
+        (
+            "update",
+            "an Endgrate transfer creates or upserts; it cannot change only records the "
+            "destination already has",
+        ),
+    ),
     push_client=_endgrate_client,
 )
 CDM = Kind(
     "cdm",
     "push",
     sync_keys=frozenset({"push_to_source", "sources", "natural_key"}),
+    # DELETE api/{object}/{id} makes mirror possible; updates by id or by lookup.
+    push_operations=frozenset({"mirror", "upsert", "insert", "update", "append"}),
     push_client=_cdm_client,
 )
 REST = Kind("rest", None)

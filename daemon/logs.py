@@ -46,7 +46,7 @@ def redact_processor(
     return event
 
 
-_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}
 
 
 def under_journald() -> bool:
@@ -69,7 +69,9 @@ class JournalRenderer:
 
     def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
         """Render one event."""
-        priority = _PRIORITY.get(str(event.get("level", "info")), 6)
+        # ``syslog_priority`` names a level Python's logging lacks (notice).
+        level = event.pop("syslog_priority", None) or event.get("level", "info")
+        priority = _PRIORITY.get(str(level), 6)
         rendered = self._json(logger, name, event)
         text = rendered.decode() if isinstance(rendered, bytes) else rendered
         return f"<{priority}>{text}"

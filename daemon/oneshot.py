@@ -15,7 +15,9 @@ from replicad.daemon import exits
 from replicad.daemon.config import Config
 from replicad.daemon.engine import open_engine
 from replicad.daemon.logs import redact
+from replicad.daemon.sources import check_diffed_sources
 from replicad.daemon.status_view import status_report
+from replicad.store import SourceError
 from replicad.store.lock import is_held
 from replicad.store.outbox import utcnow
 
@@ -30,6 +32,9 @@ async def sync_once(config: Config, show_progress: bool) -> int:
     pid = is_held(config.replica_path)
     if pid is not None and pid > 0:
         return await ask_daemon(config, pid)
+    problems = await anyio.to_thread.run_sync(check_diffed_sources, config)
+    if problems:
+        raise problems[0]
     code = exits.OK
     rejected = quarantined = 0
     async with open_engine(config) as engine:
@@ -42,7 +47,7 @@ async def sync_once(config: Config, show_progress: bool) -> int:
         for push in pushes:
             try:
                 report = await engine.push(push)
-            except ConnectorError as error:
+            except (ConnectorError, SourceError) as error:
                 code = code or exits.exit_code(error)
                 print(f"replicad: sync {push.label}: {redact(str(error))}", file=sys.stderr)
                 continue

@@ -78,6 +78,9 @@ class PullOutcome:
     applied: int = 0
     quarantined: int = 0
     failed_objects: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
 
 
 def pull_target(sync: Sync, resync: bool = False) -> PullTarget:
@@ -106,13 +109,15 @@ async def pull_cycle(
     conn: Connection,
     client: SellClient,
     progress: PullProgress | None = None,
+    outcome: PullOutcome | None = None,
 ) -> PullOutcome:
     """Run one pull cycle; raises connector errors after recording them in status.
 
     The sync must be registered in the replica (``open_engine`` does it at start-up).
+    ``outcome`` is filled in as the cycle goes (so a failed cycle's counts are known).
     """
     progress = progress or NoProgress()
-    outcome = PullOutcome()
+    outcome = outcome if outcome is not None else PullOutcome()
     async with recorded_cycle(replica, sync.label):
         await flush_acks(replica, client, conn)
         # A full pull (a copy's, or `replicad resync`) notes every id it brings.
@@ -210,6 +215,9 @@ async def _drain(
                     outcome.pages += 1
                     outcome.items += page.count
                     outcome.applied += result.inserted + result.updated + result.deleted
+                    outcome.created += result.inserted
+                    outcome.updated += result.updated
+                    outcome.deleted += result.deleted
                     outcome.quarantined += result.quarantined
                     outcome.failed_objects += len(page.batch.failed_objects)
                     again = again or bool(page.batch.failed_objects)

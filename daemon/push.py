@@ -11,15 +11,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import anyio
 import structlog
 
 from replicad.connectors.errors import ConnectorError
-from replicad.connectors.push_model import PushBatch, PushConnector
+from replicad.connectors.push_model import (
+    Operation,
+    PushBatch,
+    PushConnector,
+    PushItem,
+    PushOutcome,
+    PushResult,
+)
 from replicad.daemon.config import Sync
 from replicad.daemon.cycle_status import recorded_cycle
-from replicad.store import Association, OutboxBatch, PushSource, Replica
+from replicad.daemon.mapping import map_item, mapped_columns
+from replicad.store import (
+    Association,
+    DiffSpec,
+    OutboxBatch,
+    PushSource,
+    Replica,
+    RunCounts,
+    SourceError,
+)
 
 log = structlog.get_logger("replicad.push")
 
@@ -33,21 +50,52 @@ class PushReport:
     confirmed: int = 0
     rejected: int = 0
     merged: int = 0
+    not_found: int = 0
 
 
 def push_source(sync: Sync) -> PushSource:
     """The store's view of a push sync."""
     return PushSource(
         sync.label,
-        sync.source,
+        sync.outbox_table,
         sync.conflict,
         tuple(Association(a.column, a.source, a.object) for a in sync.associations),
+        sync.operation,
     )
 
 
-def to_wire(batch: OutboxBatch, obj: str) -> PushBatch:
-    """An outbox batch as the connectors take it, for the destination type ``obj``."""
-    return PushBatch(batch.tracking_id, obj, batch.items, batch.resend)
+def diff_spec(sync: Sync) -> DiffSpec:
+    """The store's view of a diffed source."""
+    assert sync.diffed is not None
+    key = next(m.column for m in sync.mappings if m.primary)
+    assert key is not None
+    return DiffSpec(
+        sync.label,
+        sync.diffed.query,
+        sync.diffed.database,
+        key,
+        mapped_columns(sync),
+        sync.operation,
+        sync.high_water_mark,
+    )
+
+
+def to_wire(batch: OutboxBatch, sync: Sync) -> tuple[PushBatch, list[PushOutcome]]:
+    """An outbox batch as the connectors take it (mapped), and the outcomes of the
+    entries with nothing to send (confirmed at once)."""
+    items: list[PushItem] = []
+    nothing: list[PushOutcome] = []
+    for item in batch.items:
+        mapped = map_item(item, sync)
+        if mapped is None:
+            nothing.append(PushOutcome(item.entry, id=item.id))
+        else:
+            items.append(mapped)
+    operation = cast(Operation, sync.operation)
+    wire = PushBatch(
+        batch.tracking_id, sync.object, tuple(items), batch.resend, operation, sync.key_field
+    )
+    return wire, nothing
 
 
 async def push_cycle(
@@ -55,6 +103,7 @@ async def push_cycle(
     sync: Sync,
     connector: PushConnector,
     on_batch: Callable[[], None] | None = None,
+    run: RunCounts | None = None,
 ) -> PushReport:
     """Push the sync's outbox until it is empty; raises the destination's failure.
 
@@ -64,21 +113,39 @@ async def push_cycle(
     flight, to be resent with the same tracking id and internal ids.
     """
     report = PushReport()
+    counts_out = run if run is not None else RunCounts()
     source = push_source(sync)
     await replica.sync_started(sync.label, None)
     async with recorded_cycle(replica, sync.label):
+        if sync.diffed is not None:
+            try:
+                found = await replica.diff_source(diff_spec(sync))
+            except SourceError as e:
+                raise SourceError(f"{sync.shown_as}: {e}") from None
+            counts_out.rejected += found.invalid
+            if found.rows or found.invalid:
+                log.info(
+                    "push.diffed", sync=sync.label, changed=found.rows, created=found.created,
+                    updated=found.updated, deleted=found.deleted, invalid=found.invalid,
+                )  # fmt: skip
         while (batch := await replica.take_push_batch(source, sync.batch_size)) is not None:
-            wire = to_wire(batch, sync.object)
-            result = await connector.push(wire)
+            wire, nothing = to_wire(batch, sync)
+            result = await connector.push(wire) if wire.items else PushResult()
             # Outcomes received are recorded even if the daemon is stopping: dropping a
             # confirmation would resend (and for CDM, re-check) an entry that arrived.
             with anyio.CancelScope(shield=True):
-                counts = await replica.record_push(sync.source, result.outcomes)
+                counts = await replica.record_push(source.table, nothing + result.outcomes)
+            counts_out.created += counts.created
+            counts_out.updated += counts.updated
+            counts_out.deleted += counts.deleted
+            counts_out.rejected += counts.rejected
+            counts_out.not_found += counts.not_found
             report.batches += 1
             if on_batch is not None and counts.confirmed + counts.rejected:
                 on_batch()  # progress: a batch without outcomes is no progress
             report.sent += len(wire.items)
             report.confirmed += counts.confirmed
+            report.not_found += counts.not_found
             report.rejected += counts.rejected
             report.merged += counts.merged
             log.info(
@@ -93,7 +160,7 @@ async def push_cycle(
                     )  # fmt: skip
             if result.error is not None:
                 raise result.error
-            if len(result.outcomes) < len(wire.items):
+            if len(result.outcomes) + len(nothing) < len(batch.items):
                 # Without this the same batch would be resent forever.
                 raise ConnectorError(
                     f"push {sync.label}: the destination answered for {len(result.outcomes)} "

@@ -35,7 +35,8 @@ from replicad.daemon.engine import Engine, open_engine
 from replicad.daemon.heartbeat import LoopState, Supervision, write_heartbeat
 from replicad.daemon.notify import Notifier
 from replicad.daemon.pull import flush_acks
-from replicad.store import as_corruption
+from replicad.daemon.sources import check_diffed_sources
+from replicad.store import SourceError, as_corruption
 
 log = structlog.get_logger("replicad.run")
 
@@ -46,9 +47,12 @@ BACKOFF_CAP = 300.0
 PUSH_BACKOFF_BASE = 1.0
 SHUTDOWN_FLUSH = 5.0
 HEARTBEAT_EVERY = 5.0
+STALE_CHECK_EVERY = 30.0
 # Coalesce file events: a commit touches the WAL several times within milliseconds.
 WATCH_STEP_MS = 10
 WATCH_DEBOUNCE_MS = 50
+# The shortest pause between two diffs of one source, seconds.
+MIN_DIFF_GAP = 1.0
 # Probes after a wake-up that found nothing (see Supervisor._wait_for_edits), seconds.
 RECHECK_AFTER = (0.05, 0.25, 1.0, 3.0)
 
@@ -71,12 +75,14 @@ class Supervisor:
         self.reload_requested = anyio.Event()
         self.stopping = False
         self._rng = random.Random()
+        self._diffed_at: dict[str, float] = {}
 
     async def run(self, received: SignalReceiver) -> None:
         """Until SIGTERM/SIGINT (arriving on ``received``)."""
         async with anyio.create_task_group() as root:
             root.start_soon(self._signals, received)
             root.start_soon(self._watch_replica)
+            root.start_soon(self._watch_sources)
             root.start_soon(self._watch_config)
             root.start_soon(self._heartbeat)
             first = True
@@ -107,7 +113,10 @@ class Supervisor:
         state = self.state.syncs[sync.label]
         while True:
             if sync.direction == "push" and failures == 0:
-                await self._wait_for_edits(sync)
+                if sync.diffed is not None:
+                    await self._wait_for_source(sync)
+                else:
+                    await self._wait_for_edits(sync)
             state.busy()
             progress_before = state.progress
             try:
@@ -133,7 +142,7 @@ class Supervisor:
                     failures,
                     self._rng,
                 )
-                expected = isinstance(e, ConnectorError)
+                expected = isinstance(e, ConnectorError | SourceError)
                 state.failed(one_line(e), delay)
                 log.warning(
                     f"{sync.direction}.failed", sync=sync.label, error=one_line(e),
@@ -160,7 +169,7 @@ class Supervisor:
         rechecks: list[float] = []
         while True:
             event = self.wakeups.setdefault(sync.label, anyio.Event())
-            if await self.engine.replica.has_outbox_work(sync.source):
+            if await self.engine.replica.has_outbox_work(sync.outbox_table):
                 return
             if rechecks:
                 timeout: float | None = rechecks.pop(0)
@@ -174,10 +183,26 @@ class Supervisor:
                 self.wakeups.pop(sync.label, None)
                 rechecks = list(RECHECK_AFTER)
 
+    async def _wait_for_source(self, sync: Sync) -> None:
+        """A diffed source is read every ``interval``, and soon after another app's
+        file changes (never more than once a second: a diff reads the whole source)."""
+        last = self._diffed_at.get(sync.label)
+        if last is not None:
+            event = self.wakeups.setdefault(sync.label, anyio.Event())
+            with anyio.move_on_after(max(0.0, last + sync.interval - time.monotonic())):
+                await event.wait()
+            self.wakeups.pop(sync.label, None)
+            await anyio.sleep(max(0.0, last + MIN_DIFF_GAP - time.monotonic()))
+        self._diffed_at[sync.label] = time.monotonic()
+
     def _wake_pushers(self) -> None:
-        for event in list(self.wakeups.values()):
-            event.set()
-        self.wakeups.clear()
+        """A replica change wakes the captured push syncs. Not the diffed ones: the
+        daemon's own writes change the replica all the time, and a diff reads its
+        whole source (one on the replica runs every interval; one on another file is
+        woken by that file's events)."""
+        diffed = {s.label for s in self.engine.push_syncs() if s.diffed is not None}
+        for label in [x for x in self.wakeups if x not in diffed]:
+            self.wakeups.pop(label).set()
 
     # -- watchers ----------------------------------------------------------------
 
@@ -199,6 +224,36 @@ class Supervisor:
             self.state.watching = False
             self._wake_pushers()
             log.warning("watch.failed", path=str(db.parent), error=str(e))
+
+    async def _watch_sources(self) -> None:
+        """File events on other apps' databases wake the diffed syncs that read them."""
+        readers: dict[Path, list[str]] = {}
+        for s in self.engine.push_syncs():
+            if s.diffed is not None and s.diffed.database is not None:
+                readers.setdefault(s.diffed.database.resolve(), []).append(s.label)
+        if not readers:
+            return
+        names = {
+            p.parent / (p.name + suffix): labels
+            for p, labels in readers.items()
+            for suffix in ("", "-wal", "-journal")
+        }
+
+        def relevant(_change: Change, path: str) -> bool:
+            return Path(path) in names
+
+        try:
+            async for changes in awatch(
+                *{p.parent for p in readers}, watch_filter=relevant, step=WATCH_STEP_MS,
+                debounce=WATCH_DEBOUNCE_MS, recursive=False,
+            ):  # fmt: skip
+                for _change, path in changes:
+                    for label in names.get(Path(path), []):
+                        event = self.wakeups.pop(label, None)
+                        if event is not None:
+                            event.set()
+        except Exception as e:
+            log.warning("watch.failed", what="diffed sources", error=str(e))
 
     async def _watch_config(self) -> None:
         config = self.engine.config
@@ -257,9 +312,17 @@ class Supervisor:
         tick = min(interval, 1.0) if interval else 1.0
         last_file = 0.0
         last_dog = 0.0
+        last_stale = 0.0
+        alerts = self.engine.alerts
         while True:
             now = time.monotonic()
-            summary = self.state.summary()
+            if now - last_stale >= STALE_CHECK_EVERY:
+                last_stale = now
+                try:
+                    await alerts.check_stale(self.engine.push_syncs() + self.engine.pull_syncs())
+                except Exception as e:  # a busy replica: next time
+                    log.warning("alert.check_failed", error=str(e))
+            summary = "; ".join(x for x in (self.state.summary(), alerts.summary()) if x)
             self.notifier.status(summary)
             due = interval and now - last_dog >= interval and self.state.healthy(now)
             # A ping that could not go (a full socket) is tried again next tick.
@@ -310,6 +373,9 @@ async def run_daemon(config: Config) -> None:
     # the default action's death by signal.
     try:
         with anyio.open_signal_receiver(*SIGNALS) as received:
+            for problem in await anyio.to_thread.run_sync(check_diffed_sources, config):
+                # That sync's runs fail (and alert) until the source or config is fixed.
+                log.error("config.source_mismatch", error=str(problem))
             async with AsyncExitStack() as stack:
                 engine = await _start(stack, config, waiting, received)
                 if engine is None:

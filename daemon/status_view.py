@@ -69,6 +69,21 @@ def render_status(report: dict[str, Any]) -> str:
         lines.append(f"  last success   {s.get('last_success') or '-'}")
         if s.get("last_error"):
             lines.append(f"  last error     {s['last_error']}  at {s.get('last_error_at')}")
+        run = s.get("last_run")
+        if run:
+            counts = ", ".join(
+                f"{run[k]} {k.replace('_', ' ')}"
+                for k in ("created", "updated", "deleted", "rejected", "not_found")
+                if run.get(k)
+            )
+            lines.append(
+                f"  last run       {run['status']} at {run['finished_at']}: "
+                f"{run['processed']} processed" + (f" ({counts})" if counts else "")
+            )
+        for alert in s.get("alerts") or []:
+            lines.append(
+                f"  ALERT          {alert['type']}: {alert['message']} (since {alert['raised_at']})"
+            )
         if s.get("resync_since"):
             lines.append(
                 f"  full pull      running since {s['resync_since']} (a copy, or resync): "

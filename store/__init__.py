@@ -1,5 +1,6 @@
 """Everything that touches SQLite: the replica's schema, per-type tables, applying pages."""
 
+from replicad.store.diff import DiffCounts, DiffSpec, SourceError, outbox_name
 from replicad.store.lock import ReplicaBusy
 from replicad.store.model import (
     ApplyResult,
@@ -13,11 +14,14 @@ from replicad.store.model import (
     RecordChange,
 )
 from replicad.store.replica import Replica, ReplicaCorrupt, ReplicaRefused, as_corruption
+from replicad.store.runs import Run, RunCounts
 
 __all__ = [
     "ApplyResult",
     "Association",
     "BadItem",
+    "DiffCounts",
+    "DiffSpec",
     "FailedObject",
     "OutboxBatch",
     "PageBatch",
@@ -28,5 +32,9 @@ __all__ = [
     "ReplicaBusy",
     "ReplicaCorrupt",
     "ReplicaRefused",
+    "Run",
+    "RunCounts",
+    "SourceError",
     "as_corruption",
+    "outbox_name",
 ]

@@ -73,9 +73,10 @@ class PushSource:
     """Where a push sync reads: its label, table and conflict rule."""
 
     sync: str
-    table: str
+    table: str  # a type table (captured), or the diffed sync's outbox name
     conflict: str = "merge"
     associations: tuple[Association, ...] = ()
+    operation: str = "upsert"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,8 @@ class Outcome(Protocol):
     def transfer_id(self) -> str | None: ...
     @property
     def written(self) -> bool: ...
+    @property
+    def not_found(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -113,3 +116,7 @@ class OutcomeCounts:
     confirmed: int = 0
     rejected: int = 0
     merged: int = 0
+    not_found: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0

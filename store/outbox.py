@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from replicad.connectors.push_model import Associated, Op, PushItem
+from replicad.store.diff import DIFF_PREFIX, is_diffed
 from replicad.store.local_edits import journal, open_columns, settle_pending_flag
 from replicad.store.model import OutboxBatch, Outcome, OutcomeCounts, PushSource
 from replicad.store.names import quote
@@ -40,8 +41,9 @@ def register_push(db: sqlite3.Connection, sources: Iterable[PushSource]) -> None
     try:
         db.execute("DELETE FROM _replicad_push")
         db.executemany(
-            "INSERT INTO _replicad_push (tbl, sync, conflict) VALUES (?, ?, ?)",
-            [(s.table, s.sync, s.conflict) for s in sources],
+            "INSERT INTO _replicad_push (tbl, sync, conflict, operation, can_delete) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(s.table, s.sync, s.conflict, s.operation, s.operation == "mirror") for s in sources],
         )
         db.execute("COMMIT")
     except BaseException:
@@ -55,7 +57,7 @@ def take_batch(
     """The next batch to send: an unconfirmed in-flight batch first (resent as it was),
     else up to ``limit`` pending entries, oldest first. None when nothing waits."""
     info = catalog.tables.get(source.table)
-    if info is None:
+    if info is None and not is_diffed(source.table):
         return None
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -97,14 +99,14 @@ def _in_flight(db: sqlite3.Connection, tbl: str, now: str) -> OutboxBatch | None
 def _new_batch(
     db: sqlite3.Connection,
     catalog: TableCatalog,
-    info: TableInfo,
+    info: TableInfo | None,
     source: PushSource,
     limit: int,
     now: str,
 ) -> OutboxBatch | None:
     tbl = source.table
     pending = db.execute(
-        "SELECT seq, internal_id, op, fields FROM _replicad_outbox "
+        "SELECT seq, internal_id, op, fields, payload, remote_id FROM _replicad_outbox "
         "WHERE state = 'pending' AND tbl = ? ORDER BY seq LIMIT ?",
         (tbl, limit),
     ).fetchall()
@@ -112,7 +114,19 @@ def _new_batch(
         return None
     tracking = str(uuid.uuid4())
     items: list[PushItem] = []
-    for seq, iid, op, fields in pending:
+    for seq, iid, op, fields, payload, remote in pending:
+        if op == "delete" or info is None:
+            # A delete (its row is gone) or a diffed source's entry: the values were
+            # fixed when the entry was made.
+            item = _fixed_item(db, tbl, int(seq), str(iid), str(op), payload, remote)
+            encoded = _encode_item(item)
+            db.execute(
+                "UPDATE _replicad_outbox SET state = 'in_flight', batch = ?, payload = ?, "
+                "attempts = attempts + 1, sent_at = ?, updated_at = ? WHERE seq = ?",
+                (tracking, encoded, now, now, seq),
+            )
+            items.append(item)
+            continue
         row = _row(db, tbl, info, str(iid))
         if row is None:
             # Apps cannot delete rows of a pushed table; only a remote delete removes
@@ -155,6 +169,30 @@ def _new_batch(
         )
         items.append(item)
     return OutboxBatch(tracking, tuple(items), resend=False) if items else None
+
+
+def _fixed_item(
+    db: sqlite3.Connection,
+    tbl: str,
+    seq: int,
+    iid: str,
+    op: str,
+    payload: str | None,
+    remote: str | None,
+) -> PushItem:
+    """An entry whose values were fixed when it was made (deletes, diffed rows). An
+    update of a diffed row takes the remote id its create has learned since."""
+    if payload is None:
+        return PushItem(seq, iid, _op(op), {}, remote)
+    item = _decode_item(seq, iid, op, payload)
+    if item.id is None and is_diffed(tbl):
+        hit = db.execute(
+            "SELECT remote_id FROM _replicad_diff WHERE internal_id = ? AND sync = ?",
+            (iid, tbl[len(DIFF_PREFIX) :]),
+        ).fetchone()
+        if hit is not None and hit[0] is not None:
+            return PushItem(seq, iid, item.op, item.data, str(hit[0]))
+    return item
 
 
 def _op(op: str) -> Op:
@@ -262,6 +300,7 @@ def record_outcomes(
     """Record confirmations (remote ids onto rows) and rejections, in one transaction."""
     counts = OutcomeCounts()
     awaiting = False
+    diffed = is_diffed(tbl)
     db.execute("BEGIN IMMEDIATE")
     try:
         # Writing ids onto rows (and merging duplicates) must not look like app edits.
@@ -277,13 +316,22 @@ def record_outcomes(
             iid = str(row[0])
             if outcome.rejected is None:
                 db.execute(
-                    "UPDATE _replicad_outbox SET state = 'confirmed', remote_id = ?, "
-                    "sync_id = ?, transfer_id = ?, reason = NULL, finished_at = ?, "
-                    "updated_at = ? WHERE seq = ?",
+                    "UPDATE _replicad_outbox SET state = 'confirmed', "
+                    "remote_id = coalesce(?, remote_id), sync_id = ?, transfer_id = ?, "
+                    "reason = NULL, finished_at = ?, updated_at = ? WHERE seq = ?",
                     (outcome.id, outcome.sync_id, outcome.transfer_id, now, now, outcome.entry),
                 )
                 counts.confirmed += 1
+                _count_op(counts, str(row[1]))
                 sent = list(json.loads(row[3] or "{}").get("data", {}))
+                if diffed:
+                    if outcome.id is not None:
+                        db.execute(
+                            "UPDATE _replicad_diff SET remote_id = ? WHERE internal_id = ? "
+                            "AND sync = ?",
+                            (outcome.id, iid, tbl[len(DIFF_PREFIX) :]),
+                        )
+                    continue
                 if outcome.id is not None and _learn_id(
                     db, catalog, tbl, iid, outcome.id, sent, now
                 ):
@@ -295,16 +343,29 @@ def record_outcomes(
                         (outcome.entry,),
                     )
                     awaiting = True
+            elif outcome.not_found:
+                # Final, like a rejection, but the record simply is not there (an
+                # update operation, a delete of a record already gone): counted apart.
+                db.execute(
+                    "UPDATE _replicad_outbox SET state = 'not_found', reason = ?, "
+                    "finished_at = ?, updated_at = ? WHERE seq = ?",
+                    (outcome.rejected, now, now, outcome.entry),
+                )
+                counts.not_found += 1
             else:
-                _reject(db, tbl, outcome.entry, iid, str(row[1]), row[2], outcome.rejected, now)
+                _reject(
+                    db, tbl, outcome.entry, iid, str(row[1]), row[2], outcome.rejected, now,
+                    diffed=diffed, payload=row[3],
+                )  # fmt: skip
                 counts.rejected += 1
-            settle_pending_flag(db, tbl, iid)
+            if not diffed:
+                settle_pending_flag(db, tbl, iid)
         if awaiting:
             # The pull may have brought the record before its create was confirmed.
             counts.merged += adopt_pulled_creates(db, catalog, tbl, None, now)
         db.execute(
-            "DELETE FROM _replicad_outbox WHERE state IN ('confirmed', 'cancelled') "
-            "AND finished_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?)",
+            "DELETE FROM _replicad_outbox WHERE state IN ('confirmed', 'cancelled', "
+            "'not_found') AND finished_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?)",
             (KEEP_FINISHED,),
         )
         db.execute("DELETE FROM _replicad_applying")
@@ -313,6 +374,15 @@ def record_outcomes(
         db.execute("ROLLBACK")
         raise
     return counts
+
+
+def _count_op(counts: OutcomeCounts, op: str) -> None:
+    if op == "insert":
+        counts.created += 1
+    elif op == "delete":
+        counts.deleted += 1
+    else:
+        counts.updated += 1
 
 
 def _reject(
@@ -324,6 +394,9 @@ def _reject(
     fields: str | None,
     reason: str,
     now: str,
+    *,
+    diffed: bool = False,
+    payload: str | None = None,
 ) -> None:
     """Mark an entry rejected, keeping its payload and the reason.
 
@@ -343,9 +416,41 @@ def _reject(
             (reason, now, now, seq),
         )
         return
-    _fold(
-        db, (seq, op, fields), newer, now, f"requeued after a newer edit; last rejection: {reason}"
-    )
+    why = f"requeued after a newer edit; last rejection: {reason}"
+    if diffed:
+        # A diffed entry's payload is its only copy of the values: merge, never drop.
+        newer_payload = db.execute(
+            "SELECT payload FROM _replicad_outbox WHERE seq = ?", (newer[0],)
+        ).fetchone()[0]
+        merged_op, merged = merge_payloads(op, payload, str(newer[1]), newer_payload)
+        db.execute("DELETE FROM _replicad_outbox WHERE seq = ?", (newer[0],))
+        db.execute(
+            "UPDATE _replicad_outbox SET state = 'pending', op = ?, payload = ?, batch = NULL, "
+            "reason = ?, updated_at = ? WHERE seq = ?",
+            (merged_op, merged, why, now, seq),
+        )
+        return
+    _fold(db, (seq, op, fields), newer, now, why)
+
+
+def merge_payloads(old_op: str, old: str | None, new_op: str, new: str | None) -> tuple[str, str]:
+    """Two entries of one diffed row as one (the newer values win): an insert absorbs
+    an update; a delete after anything is a delete; anything after a delete is the
+    newer entry (the row came back)."""
+    a = json.loads(old or '{"data": {}}')
+    b = json.loads(new or '{"data": {}}')
+    if new_op == "delete":
+        return new_op, json.dumps(b, ensure_ascii=False)
+    if old_op == "delete":
+        # The row came back before its delete went: the record is still there.
+        if a.get("id") is None:
+            return new_op, json.dumps(b, ensure_ascii=False)
+        back = {"data": b.get("data", {}), "id": a["id"], "associations": []}
+        return "update", json.dumps(back, ensure_ascii=False, allow_nan=False)
+    op = "insert" if "insert" in (old_op, new_op) else "update"
+    data = {**a.get("data", {}), **b.get("data", {})}
+    merged = {"data": data, "id": b.get("id") or a.get("id"), "associations": []}
+    return op, json.dumps(merged, ensure_ascii=False, allow_nan=False)
 
 
 def _remote_id(value: str) -> int | str:
@@ -566,9 +671,11 @@ def requeue_at(path: Path, entry: int | None) -> int:
 
 def requeue(db: sqlite3.Connection, entry: int | None, now: str) -> int:
     """Rejected entries (one, or all) back to pending; how many."""
+    # A diffed entry keeps its payload: it is the only copy of the values it sends
+    # (a captured entry's are read from its row again).
     sql = (
-        "UPDATE _replicad_outbox SET state = 'pending', payload = NULL, batch = NULL, "
-        "updated_at = ? WHERE state = 'rejected'"
+        "UPDATE _replicad_outbox SET state = 'pending', batch = NULL, payload = CASE WHEN "
+        f"tbl LIKE '{DIFF_PREFIX}%' THEN payload END, updated_at = ? WHERE state = 'rejected'"
     )
     if entry is None:
         cur = db.execute(sql, (now,))

@@ -24,8 +24,10 @@ import aiosqlite
 import anyio
 import anyio.to_thread
 
-from replicad.store import identity, outbox
+from replicad.store import identity, outbox, runs
 from replicad.store.apply import apply_page
+from replicad.store.diff import DiffCounts, DiffSpec
+from replicad.store.diff_enqueue import run_diff
 from replicad.store.identity import check_identity
 from replicad.store.lock import ReplicaLock, create_private
 from replicad.store.model import (
@@ -39,6 +41,7 @@ from replicad.store.model import (
 )
 from replicad.store.outbox import utcnow
 from replicad.store.reconcile import reconcile
+from replicad.store.runs import Run
 from replicad.store.schema import APPLICATION_ID, SCHEMA_VERSION, migrate
 from replicad.store.tables import TableCatalog
 
@@ -365,6 +368,30 @@ class Replica:
     async def record_push(self, table: str, outcomes: Sequence[Outcome]) -> OutcomeCounts:
         """Record what the destination said about a batch's entries."""
         return await self._write(outbox.record_outcomes, self.catalog, table, outcomes, utcnow())
+
+    async def record_run(self, run: Run) -> None:
+        """Keep a finished cycle in ``replicad_runs``."""
+        await self._write(runs.record_run, run)
+
+    async def raise_alert(self, sync: str, type_: str, message: str) -> bool:
+        """Open an alert (True), unless one of that type is already open."""
+        return await self._write(runs.raise_alert, sync, type_, message, utcnow())
+
+    async def resolve_alert(self, sync: str, type_: str) -> str | None:
+        """Close an open alert; its message, or None if none was open."""
+        return await self._write(runs.resolve_alert, sync, type_, utcnow())
+
+    async def open_alerts(self) -> list[tuple[str, str, str, str]]:
+        """(sync, type, raised_at, message) of the open alerts."""
+        return await self._write(lambda db: runs.open_alerts(db))
+
+    async def last_success(self, sync: str) -> str | None:
+        """When the sync last finished a cycle without error."""
+        return await self._write(runs.last_success, sync)
+
+    async def diff_source(self, spec: DiffSpec) -> DiffCounts:
+        """Run a diffed sync's source query and enqueue what changed (``store.diff``)."""
+        return await self._write(run_diff, self.path, spec, utcnow)
 
     async def has_outbox_work(self, table: str) -> bool:
         """Whether a table has entries to send (pending, or in flight unconfirmed).

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Callable
 
 from replicad.store.names import quote
-from replicad.store.tables import rebuild
+from replicad.store.tables import rebuild, triggers
 
 APPLICATION_ID = 0x52504C44  # "RPLD"
 
@@ -213,6 +213,74 @@ MIGRATIONS: list[str] = [
     SELECT seq, tbl AS "table", internal_id, id, field, local_value, remote_value,
            revision, resolution, at, closed_at, kept FROM _replicad_conflicts;
     """,
+    # v4: Census sync definitions. Push operations, diffed sources, runs and alerts.
+    """
+    -- The push operation of a captured table, read by its guard triggers at edit time.
+    ALTER TABLE _replicad_push ADD COLUMN operation TEXT NOT NULL DEFAULT 'upsert';
+
+    -- Per diffed sync and primary identifier: the values last enqueued (JSON text,
+    -- compared in SQL), the entry's internal id and the remote id once confirmed.
+    -- The key keeps its SQL type (no affinity): 1 and '1' are different rows.
+    CREATE TABLE _replicad_diff (
+        sync TEXT NOT NULL,
+        key NOT NULL,
+        vals TEXT NOT NULL,
+        internal_id TEXT NOT NULL,
+        remote_id TEXT,
+        PRIMARY KEY (sync, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX _replicad_diff_iid ON _replicad_diff (internal_id);
+
+    -- Per diffed sync: the columns its stored values are in, and an append's
+    -- high-water mark with the keys already sent at exactly that mark (ties).
+    CREATE TABLE _replicad_diff_syncs (
+        sync TEXT PRIMARY KEY,
+        columns TEXT NOT NULL,
+        mark,
+        mark_keys TEXT
+    ) WITHOUT ROWID;
+
+    -- One row per cycle of every sync (kept 30 days).
+    CREATE TABLE _replicad_runs (
+        seq INTEGER PRIMARY KEY,
+        sync TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT NOT NULL,
+        status TEXT NOT NULL,
+        processed INTEGER NOT NULL DEFAULT 0,
+        created INTEGER NOT NULL DEFAULT 0,
+        updated INTEGER NOT NULL DEFAULT 0,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        rejected INTEGER NOT NULL DEFAULT 0,
+        not_found INTEGER NOT NULL DEFAULT 0,
+        quarantined INTEGER NOT NULL DEFAULT 0,
+        skipped INTEGER NOT NULL DEFAULT 0,
+        error TEXT
+    );
+    CREATE INDEX _replicad_runs_sync ON _replicad_runs (sync, seq);
+
+    CREATE TABLE _replicad_alerts (
+        seq INTEGER PRIMARY KEY,
+        sync TEXT NOT NULL,
+        type TEXT NOT NULL,
+        raised_at TEXT NOT NULL,
+        resolved_at TEXT,
+        message TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX _replicad_alerts_open ON _replicad_alerts (sync, type)
+        WHERE resolved_at IS NULL;
+
+    CREATE VIEW replicad_runs AS
+    SELECT seq AS run, sync, direction, started_at, finished_at, status, processed,
+           created, updated, deleted, rejected, not_found, quarantined, skipped, error
+    FROM _replicad_runs;
+
+    CREATE VIEW replicad_alerts AS
+    SELECT seq AS alert, sync, type, raised_at, resolved_at, message,
+           resolved_at IS NULL AS open
+    FROM _replicad_alerts;
+    """,
 ]
 
 # Python steps run after a migration's script, in the same transaction.
@@ -251,6 +319,29 @@ def _is_json_container(text: str) -> bool:
 
 
 HOOKS[1] = _rebuild_type_tables
+
+
+def _regenerate_triggers(db: sqlite3.Connection) -> None:
+    """v4 guards edits by push operation and captures deletes: new triggers."""
+    for tbl, sync in db.execute("SELECT tbl, sync FROM _replicad_types").fetchall():
+        cols = [
+            str(c)
+            for (c,) in db.execute(
+                "SELECT col FROM _replicad_fields WHERE tbl = ? ORDER BY position", (tbl,)
+            )
+        ]
+        old = db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
+            "AND name LIKE '\\_replicad\\_%' ESCAPE '\\'",
+            (tbl,),
+        ).fetchall()
+        for (name,) in old:
+            db.execute(f"DROP TRIGGER {quote(str(name))}")
+        for trigger in triggers(tbl, sync, cols):
+            db.execute(trigger)
+
+
+HOOKS[3] = _regenerate_triggers
 
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -34,6 +34,26 @@ def _local_edits(db: sqlite3.Connection, syncs: list[dict[str, Any]]) -> None:
         s["conflicts"] = conflicts.get(s["sync"], 0)
 
 
+def _runs_and_alerts(db: sqlite3.Connection, syncs: list[dict[str, Any]]) -> None:
+    """Each sync's open alerts and last run (``replicad_runs``, ``replicad_alerts``)."""
+    for sync in syncs:
+        sync["alerts"] = [
+            dict(r)
+            for r in db.execute(
+                "SELECT type, raised_at, message FROM replicad_alerts WHERE sync = ? AND open "
+                "ORDER BY alert",
+                (sync["sync"],),
+            )
+        ]
+        last = db.execute(
+            "SELECT started_at, finished_at, status, processed, created, updated, deleted, "
+            "rejected, not_found, quarantined, skipped, error FROM replicad_runs "
+            "WHERE sync = ? ORDER BY run DESC LIMIT 1",
+            (sync["sync"],),
+        ).fetchone()
+        sync["last_run"] = None if last is None else dict(last)
+
+
 def read_status(path: Path) -> dict[str, Any]:
     """Status of a replica as plain data; works whether or not the daemon runs."""
     pid = is_held(path)
@@ -61,6 +81,8 @@ def read_status(path: Path) -> dict[str, Any]:
                     sync["state"] = "interrupted"
         if report["schema_version"] >= 2:
             _local_edits(db, report["syncs"])
+        if report["schema_version"] >= 4:
+            _runs_and_alerts(db, report["syncs"])
         resyncs = dict(
             db.execute(
                 "SELECT substr(key, 8), value FROM _replicad_meta WHERE key LIKE 'resync.%'"

@@ -165,6 +165,58 @@ def triggers(tbl: str, sync: str, columns: list[str]) -> list[str]:
         f"(SELECT 1 FROM _replicad_push WHERE tbl = {t} AND can_delete) "
         f"BEGIN SELECT RAISE(ABORT, {no_delete}); END"
     )
+    no_insert = literal(
+        f"replicad: table {tbl} is pushed with operation 'update': rows can be changed, "
+        "not inserted (the destination only updates records it has); nothing changed"
+    )
+    no_update = literal(
+        f"replicad: table {tbl} is pushed with operation 'insert' or 'append': a row "
+        "already sent upstream is never updated there, so the UPDATE was refused and "
+        "nothing changed"
+    )
+    creating = literal(
+        f"replicad: this row of table {tbl} is being created upstream and has no id "
+        "yet; delete it once the push has confirmed it (a moment)"
+    )
+    out.append(
+        f"CREATE TRIGGER {quote(f'_replicad_noinsert_{tbl}')} BEFORE INSERT ON {q} "
+        f"WHEN NOT {_APPLYING} AND EXISTS (SELECT 1 FROM _replicad_push WHERE tbl = {t} "
+        f"AND operation = 'update') BEGIN SELECT RAISE(ABORT, {no_insert}); END"
+    )
+    # An insert or append table may still change a row whose create is not sent yet
+    # (the change rides along with the create).
+    out.append(
+        f"CREATE TRIGGER {quote(f'_replicad_noupdate_{tbl}')} BEFORE UPDATE ON {q} "
+        f"WHEN NOT {_APPLYING} AND EXISTS (SELECT 1 FROM _replicad_push WHERE tbl = {t} "
+        "AND operation IN ('insert', 'append')) AND NOT EXISTS (SELECT 1 FROM "
+        f"_replicad_outbox WHERE tbl = {t} AND internal_id = OLD._internal_id "
+        "AND op = 'insert' AND state = 'pending') "
+        f"BEGIN SELECT RAISE(ABORT, {no_update}); END"
+    )
+    # A row whose create is in flight (or was accepted without an id) cannot be
+    # deleted upstream yet: the delete would have no id to name.
+    out.append(
+        f"CREATE TRIGGER {quote(f'_replicad_delete_creating_{tbl}')} BEFORE DELETE ON {q} "
+        f"WHEN NOT {_APPLYING} AND OLD.id IS NULL AND EXISTS (SELECT 1 FROM _replicad_outbox "
+        f"WHERE tbl = {t} AND internal_id = OLD._internal_id AND op = 'insert' "
+        "AND (state = 'in_flight' OR awaiting_id = 1)) "
+        f"BEGIN SELECT RAISE(ABORT, {creating}); END"
+    )
+    # mirror: an app's DELETE becomes a delete upstream. Entries not yet sent go (the
+    # record is going); a tombstone keeps the pull from bringing the row back before
+    # the delete arrives.
+    out.append(
+        f"CREATE TRIGGER {quote(f'_replicad_capture_delete_{tbl}')} AFTER DELETE ON {q} "
+        f"WHEN NOT {_APPLYING} BEGIN "
+        f"DELETE FROM _replicad_outbox WHERE tbl = {t} AND internal_id = OLD._internal_id "
+        "AND state IN ('pending', 'rejected'); "
+        "INSERT INTO _replicad_outbox (tbl, internal_id, op, state, remote_id, created_at, "
+        f"updated_at) SELECT {t}, OLD._internal_id, 'delete', 'pending', OLD.id, {_NOW}, "
+        f"{_NOW} WHERE OLD.id IS NOT NULL; "
+        "INSERT OR REPLACE INTO _replicad_tombstones (tbl, id, revision, deleted_at) "
+        f"SELECT {t}, OLD.id, OLD._revision, {_NOW} WHERE OLD.id IS NOT NULL; "
+        "END"
+    )
     reinsert = literal(
         f"replicad: an INSERT into table {tbl} may not set id, _revision, _synced_at or "
         "_pending, nor reuse the _internal_id of an existing row (that would replace a "

@@ -66,6 +66,8 @@ class Case:
 
 
 SYNC = ("sync", "--once", "--no-progress")
+DIFFED = '{ query = "SELECT 1 AS a" }'
+KEYED = '[{ from = "mail", to = "email", is_primary_identifier = true }]'
 CASES = [
     # -- the config file ----------------------------------------------------------------
     Case("no config file", None, SYNC, 2, "no config file"),
@@ -129,7 +131,7 @@ CASES = [
     Case("unknown pull operation", cfg(GOOD_CONN, GOOD_PULL + 'operation = "sideways"\n'),
          SYNC, 2, "not supported for pull syncs"),
     Case("unsupported push operation", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN,
-         push(operation='"teleport"')), SYNC, 2, "not supported for push syncs"),
+         push(operation='"teleport"')), SYNC, 2, "is not one of mirror, upsert"),
     Case("push source not a name", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN,
          push(source='"con tact"')), SYNC, 2, "is not a table name"),
     Case("push source typo", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN, push(source='"contacts"')),
@@ -173,6 +175,40 @@ CASES = [
          env={"CRM_TOKEN": "wrong-token"}, replica=True),
     Case("remote unreachable", cfg(GOOD_CONN.replace('"{url}"', '"http://127.0.0.1:9"'),
          GOOD_PULL), SYNC, 4, "gave up after 1 retries", replica=True),
+    # -- Census sync definitions (CONTRACT §7) ----------------------------------------
+    Case("mirror on endgrate", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN,
+         push(operation='"mirror"')), SYNC, 2, "cannot delete records"),
+    Case("update on endgrate", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN,
+         push(operation='"update"')), SYNC, 2, "syncs.up.operation: 'update' is not possible"),
+    Case("two primary identifiers", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN,
+         push(source=DIFFED, mappings='[{ from = "a", to = "x", is_primary_identifier = true '
+              '}, { from = "b", to = "y", is_primary_identifier = true }]')), SYNC, 2,
+         "exactly one mapping with is_primary_identifier"),
+    Case("diffed source without identifier", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN,
+         push(source=DIFFED, mappings='[{ from = "a", to = "x" }]')), SYNC, 2,
+         "syncs.up.mappings: a diffed source needs exactly one"),
+    Case("mapped column missing from the source", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN,
+         push(source='{ query = "SELECT 1 AS mail", database = "app.db" }',
+              mappings='[{ from = "mail", to = "email", is_primary_identifier = true }, '
+              '{ from = "nope", to = "y" }]')), SYNC, 2,
+         "syncs.up.mappings[1].from: source has no column 'nope'",
+         files={"app.db": ("", 0o600)}),
+    Case("high-water mark on upsert", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN,
+         push(source=DIFFED, mappings=KEYED, high_water_mark_attributes='{ column = "t" }')),
+         SYNC, 2, "syncs.up.high_water_mark_attributes: only for operation = 'append'"),
+    Case("a source query that writes", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN,
+         push(source='{ query = "DELETE FROM contact" }', mappings=KEYED)), SYNC, 2,
+         "syncs.up.source.query: must be a SELECT"),
+    Case("source file missing", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN,
+         push(source='{ table = "t", database = "nowhere.db" }', mappings=KEYED)), SYNC, 2,
+         "syncs.up.source.database: no SQLite file at"),
+    Case("constant of a type JSON lacks", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN,
+         push(mappings='[{ from = { type = "constant_value", data = 2026-01-01 }, to = "d" }]')),
+         SYNC, 2, "syncs.up.mappings[0].from.data: a constant must be"),
+    Case("mappings on a pull sync", cfg(GOOD_CONN, GOOD_PULL + 'field_behavior = "x"\n'),
+         SYNC, 2, "syncs.mirror.field_behavior: not supported for pull syncs"),
+    Case("bad alert", cfg(GOOD_CONN, GOOD_PULL + 'alert_attributes = [{ type = "rejected_records"'
+         ' }]\n'), SYNC, 2, "alert_attributes[0].threshold_percent: required"),
 ]  # fmt: skip
 
 

@@ -140,6 +140,7 @@ class Said:
     rejected: str | None = None
     sync_id: str | None = None
     transfer_id: str | None = None
+    not_found: bool = False
 
 
 @dataclass

@@ -26,6 +26,7 @@ class Said:
     sync_id: str | None = None
     transfer_id: str | None = None
     written: bool = True
+    not_found: bool = False
 
 
 @pytest.fixture

@@ -203,6 +203,9 @@ async def test_a_batch_without_outcomes_is_not_progress(tmp_path: Path) -> None:
             async def push(self, batch: PushBatch) -> PushResult:
                 return PushResult(error=RemoteUnreachable("down"))
 
+            async def check_credentials(self, object: str) -> None:
+                pass
+
             async def aclose(self) -> None:
                 pass
 
