@@ -52,13 +52,16 @@ async def sync_once(config: Config, show_progress: bool) -> int:
                 print(f"replicad: sync {push.label}: {redact(str(error))}", file=sys.stderr)
                 continue
             rejected += report.rejected
+            # A diffed source has changes of its rows, not edits of the replica.
+            what = "local edit" if push.diffed is None else "source change"
             if report.sent == 0:
-                print(f"{push.label}: no local edits to push")
+                print(f"{push.label}: no {what}s to push")
                 continue
+            missing = f", {report.not_found} not found" if report.not_found else ""
             print(
-                f"{push.label}: pushed {report.sent} local edit{_plural(report.sent)} in "
+                f"{push.label}: pushed {report.sent} {what}{_plural(report.sent)} in "
                 f"{report.batches} batch{'' if report.batches == 1 else 'es'} "
-                f"({report.confirmed} confirmed, {report.rejected} rejected)"
+                f"({report.confirmed} confirmed, {report.rejected} rejected{missing})"
             )
         if show_progress:
             # Imported only for a terminal: rich is a large import for one sync.

@@ -34,8 +34,10 @@ from replicad.store.values import SQLValue
 DIFF_PREFIX = "diff:"
 # Changed rows taken per write transaction: short transactions, bounded memory.
 CHUNK = 2000
-# Pages copied per backup step of a source not in WAL mode (the lock is let go between).
-BACKUP_PAGES = 256
+# Pages copied per backup step of a source not in WAL mode (its read lock is let go
+# between steps, for a short pause in which the app's writers get their turn).
+BACKUP_PAGES = 1024
+BACKUP_PAUSE = 0.005
 # Duplicate identifiers reported in an error (all are counted).
 SHOWN_DUPLICATES = 5
 _IID_NAMESPACE = uuid.UUID("8d3f6b0e-5c1a-4f57-9b61-3f0c2d7a9e41")
@@ -121,7 +123,7 @@ def source_connection(spec: DiffSpec, replica: Path) -> Iterator[sqlite3.Connect
             with tempfile.TemporaryDirectory(prefix="replicad-diff-") as tmp:
                 copy = sqlite3.connect(Path(tmp) / "source.db", isolation_level=None)
                 try:
-                    db.backup(copy, pages=BACKUP_PAGES)
+                    db.backup(copy, pages=BACKUP_PAGES, sleep=BACKUP_PAUSE)
                 finally:
                     copy.close()
                 db.close()
@@ -138,8 +140,9 @@ def source_connection(spec: DiffSpec, replica: Path) -> Iterator[sqlite3.Connect
 def _open_ro(path: Path) -> sqlite3.Connection:
     uri = f"file:{_uri_path(path)}?mode=ro"
     try:
+        # mode=ro: the source (and the replica, attached the same way) cannot be
+        # written through this connection; its own temp schema (staging) can.
         db = sqlite3.connect(uri, uri=True, timeout=10, isolation_level=None)
-        db.execute("PRAGMA query_only = 1")
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as e:
         raise SourceError(f"cannot open source database {path}: {e}") from None
@@ -256,6 +259,9 @@ def changed_rows(
     stored values were compared by (they change with the mappings)."""
     fingerprint = _values_sql(compared)
     select = ", ".join(f"q.{quote(c)}" for c in compared)
+    # ``+q.key``: no affinity on the source's side, so the comparison is exact (1 and
+    # '1' stay apart) and SQLite can use the diff state's primary key; with the
+    # column's affinity it would scan the whole state for every source row.
     k = quote(spec.key)
     if spec.high_water_mark is not None:
         yield from _past_mark(db, spec, compared, select, fingerprint)
@@ -265,7 +271,7 @@ def changed_rows(
     sql = (
         f"SELECT {select}, {fingerprint}, d.vals, d.internal_id, d.remote_id "
         f"FROM ({spec.query}) AS q LEFT JOIN rd._replicad_diff d "
-        f"ON d.sync = ? AND d.key = q.{k} WHERE q.{k} IS NOT NULL AND {where}"
+        f"ON d.sync = ? AND d.key = +q.{k} WHERE q.{k} IS NOT NULL AND {where}"
     )
     n = len(compared)
     for row in _run(db, sql, (spec.sync,)):
@@ -317,7 +323,7 @@ def vanished_keys(
     k = quote(spec.key)
     sql = (
         "SELECT d.key, d.internal_id, d.remote_id FROM rd._replicad_diff d WHERE d.sync = ? "
-        f"AND d.key NOT IN (SELECT q.{k} FROM ({spec.query}) AS q WHERE q.{k} IS NOT NULL)"
+        f"AND d.key NOT IN (SELECT +q.{k} FROM ({spec.query}) AS q WHERE q.{k} IS NOT NULL)"
     )
     for key, iid, rid in _run(db, sql, (spec.sync,)):
         yield key, str(iid), None if rid is None else str(rid)
@@ -335,10 +341,21 @@ def invalid_rows(db: sqlite3.Connection, spec: DiffSpec) -> int:
 
 
 def _run(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``sql``, staged in a temporary table first.
+
+    The query reads the source and the replica's diff state in one statement, which
+    ends (and lets go of both files' read snapshots) before the first row is
+    handed out. The caller then commits outbox entries between chunks: a read held
+    open on the replica meanwhile would keep its WAL from being reset, and every
+    commit of a long diff would make it grow.
+    """
     try:
-        cur = db.execute(sql, args)
+        db.execute("DROP TABLE IF EXISTS temp._replicad_stage")
+        db.execute(f"CREATE TEMP TABLE _replicad_stage AS {sql}", args)
+        cur = db.execute("SELECT * FROM temp._replicad_stage ORDER BY rowid")
         while rows := cur.fetchmany(500):
             yield from rows
+        db.execute("DROP TABLE IF EXISTS temp._replicad_stage")
     except sqlite3.Error as e:
         text = str(e)
         if "BLOB" in text:

@@ -106,8 +106,16 @@ def _enqueue_rows(
             data = {c: v for c, v in r.values.items() if prev.get(c, _ABSENT) != v}
             data[spec.key] = r.key  # the destination may find the record by it
             counts.updated += 1
+        try:
+            _put(db, tbl, iid, op, {"data": data, "id": r.remote_id, "associations": []}, now)
+        except ValueError:
+            # ±Infinity (SQLite stores it; JSON has none): never sendable, so the row
+            # is counted invalid each cycle until the app fixes it.
+            counts.invalid += 1
+            counts.created -= new and op == "insert"
+            counts.updated -= not (new and op == "insert")
+            continue
         counts.rows += 1
-        _put(db, tbl, iid, op, {"data": data, "id": r.remote_id, "associations": []}, now)
         if spec.high_water_mark is None:
             db.execute(
                 "INSERT INTO _replicad_diff (sync, key, vals, internal_id) VALUES (?, ?, ?, ?) "

@@ -146,8 +146,9 @@ def triggers(tbl: str, sync: str, columns: list[str]) -> list[str]:
         "local edits upstream; the edit was refused and nothing changed"
     )
     no_delete = literal(
-        f"replicad: DELETE on table {tbl} cannot be carried upstream (its push "
-        "destination cannot delete records); the row was kept and nothing changed"
+        f"replicad: DELETE on table {tbl} is not carried upstream (only a push sync with "
+        "operation 'mirror' deletes records, and only where the destination can); the "
+        "row was kept and nothing changed"
     )
     identity = literal(
         f"replicad: id, _internal_id, _revision, _synced_at and _pending of table {tbl} "

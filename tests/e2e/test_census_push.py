@@ -21,6 +21,7 @@ from tests.e2e.harness import (
     query,
     replicad,
     start_replicad,
+    wait_for,
     write_config,
 )
 
@@ -430,3 +431,27 @@ def test_validate_json_checks_sources(tmp_path: Path) -> None:
         answer = json.loads(out.stdout)
         assert answer["status"] == "error"
         assert "ada@inv.example" in answer["data"]["syncs"]["up"]["error"]
+
+
+def test_the_daemon_is_woken_by_the_source_files_changes(tmp_path: Path) -> None:
+    """`replicad run` diffs another app's file when it changes, not only every
+    interval (here an hour): an edit there reaches the destination within seconds."""
+    app = tmp_path / "app.db"
+    app_file(app, ROWS)
+    with emulator(records=5) as emu:
+        body = (
+            'source = { table = "customers", database = "app.db" }\nobject = "contact"\n'
+            'interval = "1h"\n' + MAPPINGS
+        )
+        cfg = census_config(tmp_path, emu.url, body)
+        proc = start_replicad("run", "--config", str(cfg))
+        try:
+            wait_for(lambda: "cy@inv.example" in contacts_by_email(emu))
+            app_sql(app, "UPDATE customers SET first = 'Woken' WHERE cust_id = 3")
+            wait_for(
+                lambda: contacts_by_email(emu)["cy@inv.example"][0]["first_name"] == "Woken",
+                timeout=15,
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0

@@ -19,7 +19,9 @@ def test_demo_runs_twice_from_scratch(tmp_path: Path) -> None:
             timeout=120,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        assert "3000 items" in done.stdout and "replicad_syncs" in done.stdout
+        # The account's 3000 records, and the 3 deals the demo's invoices became.
+        assert "3003 items" in done.stdout and "replicad_syncs" in done.stdout
+        assert "'INV-1001': 1350.0" in done.stdout and "'INV-1004': 64.0" in done.stdout
     db = sqlite3.connect(tmp_path / "replicad-demo" / "replica.db")
     assert db.execute("SELECT name FROM contact WHERE id = 1").fetchone() == ("Ada Lovelace",)
     assert db.execute("SELECT count(*) FROM deal WHERE id = 2").fetchone() == (0,)

@@ -175,3 +175,14 @@ async def test_specific_columns_ignore_other_changes(replica: Replica, tmp_path:
     await settle(replica)
     source(app, [(1, "a", 99, None)])
     assert (await replica.diff_source(s)).rows == 0
+
+
+async def test_a_value_json_cannot_carry_is_invalid_not_fatal(
+    replica: Replica, tmp_path: Path
+) -> None:
+    """Infinity (which SQLite stores) makes its row invalid; the other rows still go."""
+    app = tmp_path / "app.db"
+    source(app, [(1, "a", float("inf"), None), (2, "b", 2, None)])
+    counts = await replica.diff_source(spec(app))
+    assert (counts.created, counts.invalid) == (1, 1)
+    assert [d["k"] for _, _, d in await entries(replica)] == [2]
