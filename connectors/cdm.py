@@ -334,7 +334,10 @@ class CdmClient(HttpConnector):
         The record is looked for by the configured natural key, else by the sync's
         key field (a diffed sync's primary identifier).
         """
-        key = natural_key(item, self.settings.natural_key or batch.key_field)
+        # An append creates a record per row on purpose, several per key over time:
+        # the key cannot tell ours from an earlier one, only a configured natural key.
+        by_key = batch.key_field if batch.operation != "append" else None
+        key = natural_key(item, self.settings.natural_key or by_key)
         if not isinstance(key, NaturalKey):
             return PushOutcome(item.entry, rejected=key)
         found = await self._lookup(batch.object, key, tracking_id)

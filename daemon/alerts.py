@@ -28,6 +28,8 @@ from replicad.store import Replica, Run, RunCounts
 log = structlog.get_logger("replicad.alerts")
 
 ON_ALERT_TIMEOUT = 10.0
+# Recording a run and acting on its alerts (on_alert commands included), at most.
+RECORD_BUDGET = 60.0
 
 
 def utc_iso(epoch: float | None = None) -> str:
@@ -80,13 +82,17 @@ class Alerts:
             c = recorder.counts
             c.processed = c.created + c.updated + c.deleted + c.rejected + c.not_found
             run = Run(sync.label, sync.direction, started, utc_iso(), status, c, error)
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
+            # Shielded from a stop, bounded: the replica's writer may be busy (a long
+            # diff), and an on_alert command takes up to its own timeout.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(RECORD_BUDGET) as budget:
                 try:
                     await self.replica.record_run(run)
                     if status != "stopped":
                         await self.after_run(sync, run)
                 except Exception as e:  # never hide the cycle's own outcome
                     log.warning("run.not_recorded", sync=sync.label, error=str(e))
+            if budget.cancelled_caught:
+                log.warning("run.not_recorded", sync=sync.label, error="timed out")
 
     async def after_run(self, sync: Sync, run: Run) -> None:
         """Raise or resolve the run-based alerts of the sync."""
@@ -112,11 +118,18 @@ class Alerts:
                     await self.resolve(sync, "rejected_records")
 
     async def check_stale(self, syncs: list[Sync]) -> None:
-        """``stale``: no successful cycle for longer than the rule's ``after``."""
+        """``stale``: no successful cycle for longer than the rule's ``after`` (for a
+        captured push: while edits wait)."""
         now = time.time()
         for sync in syncs:
             for rule in sync.alerts:
                 if rule.type != "stale":
+                    continue
+                # A captured table's push runs only when there are edits: idle is not
+                # stale; edits waiting without a successful run are.
+                captured = sync.direction == "push" and sync.diffed is None
+                if captured and not await self.replica.has_outbox_work(sync.outbox_table):
+                    await self.resolve(sync, "stale")
                     continue
                 last = await self.replica.last_success(sync.label)
                 since = _epoch(last) if last else self.started

@@ -8,6 +8,7 @@ repr, logs or error messages.
 
 from __future__ import annotations
 
+import difflib
 import os
 import stat
 import tomllib
@@ -41,7 +42,7 @@ from replicad.daemon.toml_checks import (
 )
 from replicad.store.names import valid_prefix
 
-PULL_OPERATIONS = ("mirror", "upsert")
+PULL_OPERATIONS = ("mirror", "upsert", "insert", "update", "append")
 CONFLICT_RULES = ("merge", "remote")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -108,6 +109,7 @@ class Sync:
     high_water_mark: str | None = None
     alerts: tuple[AlertRule, ...] = ()
     on_alert: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()  # pull: only these remote types (empty: all)
 
     @property
     def outbox_table(self) -> str:
@@ -267,7 +269,7 @@ _CENSUS_KEYS = {"label", "alert_attributes", "on_alert", "failed_record_notifica
                 "failed_record_notifications_threshold_percent",
                 "failed_run_notifications_enabled"}  # fmt: skip
 _PULL_KEYS = {"direction", "connection", "operation", "interval", "prefix", "paused",
-              "max_sessions"} | _CENSUS_KEYS  # fmt: skip
+              "max_sessions", "types"} | _CENSUS_KEYS  # fmt: skip
 _PUSH_KEYS = {"direction", "connection", "operation", "interval", "paused", "source", "object",
               "batch_size", "conflict", "disable_upsert", "sample_data", "associations",
               "push_to_source", "sources", "natural_key", "mappings", "field_behavior",
@@ -275,7 +277,8 @@ _PUSH_KEYS = {"direction", "connection", "operation", "interval", "paused", "sou
 # Keys of Census's definition that only push syncs take in this version.
 _PUSH_ONLY = _PUSH_KEYS - _PULL_KEYS - {"source", "object", "batch_size", "conflict",
                                          "disable_upsert", "sample_data", "associations",
-                                         "push_to_source", "sources", "natural_key"}  # fmt: skip
+                                         "push_to_source", "sources", "natural_key",
+                                         "types"}  # fmt: skip
 
 
 def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection], base: Path) -> Sync:
@@ -313,10 +316,30 @@ def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection], bas
         prefix=prefix,
         paused=bool(check_opt(s, "paused", bool, f"{k}.paused")),
         max_sessions=_count(s, "max_sessions", 4, k, minimum=1),
+        types=_types(s, k, KINDS[connections[conn].kind].known_types),
         name=_name(s, k),
         alerts=parse_alerts(s, k),
         on_alert=parse_on_alert(s, k),
     )
+
+
+def _types(s: dict[str, Any], k: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    """``types``: the remote types a pull keeps (others are acknowledged, skipped)."""
+    raw = check_opt(s, "types", list, f"{k}.types")
+    if raw is None:
+        return ()
+    if not raw:
+        raise ConfigError(f"{k}.types: must name at least one type (leave it out for all)")
+    for n, t in enumerate(raw):
+        if not isinstance(t, str) or not valid_prefix(t) or not t:
+            raise ConfigError(f"{k}.types[{n}]: {t!r} is not a type name")
+        if t not in known:
+            close = difflib.get_close_matches(t, known, n=1, cutoff=0.75)
+            if close:
+                raise ConfigError(f"{k}.types[{n}]: unknown type {t!r}; did you mean {close[0]!r}?")
+    if len(set(raw)) != len(raw):
+        raise ConfigError(f"{k}.types: a type is named twice")
+    return tuple(raw)
 
 
 def _name(s: dict[str, Any], k: str) -> str:

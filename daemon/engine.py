@@ -127,7 +127,7 @@ class Engine:
                         outcome.updated,
                         outcome.deleted,
                     )
-                    c.quarantined = outcome.quarantined
+                    c.quarantined, c.skipped = outcome.quarantined, outcome.skipped
         finally:
             log_repairs(self.replica)
             with anyio.CancelScope(shield=True):

@@ -42,6 +42,9 @@ class Kind:
     # Push operations this destination can carry out, and why it cannot the others
     # (config refuses a sync asking for one, with that reason).
     push_operations: frozenset[str] = frozenset()
+    # Pull: the types this remote is known to send (a name close to one of them but
+    # not equal is taken for a typo in ``types``).
+    known_types: tuple[str, ...] = ()
     cannot: tuple[tuple[str, str], ...] = ()
     pull_client: PullFactory | None = None
     push_client: PushFactory | None = None
@@ -98,11 +101,21 @@ def _cdm_client(conn: Connection, sync: Sync, token: str, retry: RetryPolicy) ->
     )
 
 
+# The types Sell's Sync API sends (for spotting typos in a pull's ``types``).
+SELL_TYPES = (
+    "account", "associated_contact", "call", "call_outcome", "collaboration", "contact",
+    "deal", "deal_source", "deal_unqualified_reason", "lead", "lead_source",
+    "lead_unqualified_reason", "line_item", "loss_reason", "note", "order", "pipeline",
+    "product", "source", "stage", "tag", "task", "text_message", "user", "visit",
+    "visit_outcome",
+)  # fmt: skip
+
 SELL = Kind(
     "sell",
     "pull",
     connection_keys=frozenset({"device_uuid", "ack_batch"}),
     default_rate_limit=SELL_DEFAULT,  # Sell's documented budget per token
+    known_types=SELL_TYPES,
     pull_client=_sell_client,
 )
 ENDGRATE = Kind(

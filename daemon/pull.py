@@ -81,11 +81,20 @@ class PullOutcome:
     created: int = 0
     updated: int = 0
     deleted: int = 0
+    skipped: int = 0
 
 
 def pull_target(sync: Sync, resync: bool = False) -> PullTarget:
     """The store's view of a pull sync (``resync``: a full pull is running)."""
-    return PullTarget(sync.label, sync.connection, sync.prefix, sync.operation == "mirror", resync)
+    return PullTarget(
+        sync.label,
+        sync.connection,
+        sync.prefix,
+        sync.operation == "mirror",
+        resync,
+        sync.operation,
+        frozenset(sync.types) if sync.types else None,
+    )
 
 
 async def flush_acks(replica: Replica, client: SellClient, conn: Connection) -> int:
@@ -218,6 +227,7 @@ async def _drain(
                     outcome.created += result.inserted
                     outcome.updated += result.updated
                     outcome.deleted += result.deleted
+                    outcome.skipped += result.skipped
                     outcome.quarantined += result.quarantined
                     outcome.failed_objects += len(page.batch.failed_objects)
                     again = again or bool(page.batch.failed_objects)

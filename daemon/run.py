@@ -85,6 +85,7 @@ class Supervisor:
             root.start_soon(self._watch_sources)
             root.start_soon(self._watch_config)
             root.start_soon(self._heartbeat)
+            root.start_soon(self._stale_checks)
             first = True
             while not self.stopping:
                 running = self.engine.push_syncs() + self.engine.pull_syncs()
@@ -312,16 +313,9 @@ class Supervisor:
         tick = min(interval, 1.0) if interval else 1.0
         last_file = 0.0
         last_dog = 0.0
-        last_stale = 0.0
         alerts = self.engine.alerts
         while True:
             now = time.monotonic()
-            if now - last_stale >= STALE_CHECK_EVERY:
-                last_stale = now
-                try:
-                    await alerts.check_stale(self.engine.push_syncs() + self.engine.pull_syncs())
-                except Exception as e:  # a busy replica: next time
-                    log.warning("alert.check_failed", error=str(e))
             summary = "; ".join(x for x in (self.state.summary(), alerts.summary()) if x)
             self.notifier.status(summary)
             due = interval and now - last_dog >= interval and self.state.healthy(now)
@@ -337,6 +331,19 @@ class Supervisor:
                     log.warning("heartbeat.failed", error=str(e))
                 last_file = now
             await anyio.sleep(tick)
+
+    async def _stale_checks(self) -> None:
+        """The ``stale`` alerts, in their own task: a check waits for the replica's
+        writer (and runs on_alert commands), which must never hold up the heartbeat
+        and its watchdog pings."""
+        while True:
+            await anyio.sleep(STALE_CHECK_EVERY)
+            try:
+                await self.engine.alerts.check_stale(
+                    self.engine.push_syncs() + self.engine.pull_syncs()
+                )
+            except Exception as e:  # a busy replica: next time
+                log.warning("alert.check_failed", error=str(e))
 
     async def _flush_acks(self) -> None:
         """Send committed acks before exiting, if the network allows, in bounded time."""

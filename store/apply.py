@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from replicad.connectors.pull_model import dumps_raw
+from replicad.store.history import append_history, history_name
 from replicad.store.identity import note_seen
 from replicad.store.local_edits import (
     cancel_entries,
@@ -63,8 +64,10 @@ def apply_page(
 ) -> ApplyResult:
     """Apply a page; everything or nothing is committed."""
     result = ApplyResult()
-    routed, bad = _route(db, catalog, target, batch.changes)
+    routed, bad, skipped = _route(db, catalog, target, batch.changes)
     bad.extend(batch.bad_items)
+    result.skipped = skipped
+    history = target.operation == "append"
     db.execute("BEGIN IMMEDIATE")
     try:
         db.execute("INSERT INTO _replicad_applying (flag) VALUES (1)")
@@ -76,10 +79,12 @@ def apply_page(
         for tbl, flds in fields.items():
             changes = per_table[tbl]
             result.new_columns += catalog.ensure(
-                db, tbl, changes[0].type, target.sync, list(flds), now
+                db, tbl, changes[0].type, target.sync, list(flds), now, history=history
             )
             _learn_kinds(db, catalog, tbl, changes)
-        for run in split_runs(routed):
+        for tbl, changes in per_table.items() if history else ():
+            append_history(db, catalog, tbl, changes, now, result)
+        for run in split_runs(routed) if not history else ():
             by_table: dict[str, list[RecordChange]] = defaultdict(list)
             for tbl, change in run:
                 by_table[tbl].append(change)
@@ -140,7 +145,7 @@ def _route(
     catalog: TableCatalog,
     target: PullTarget,
     changes: Iterable[RecordChange],
-) -> tuple[list[tuple[str, RecordChange]], list[BadItem]]:
+) -> tuple[list[tuple[str, RecordChange]], list[BadItem], int]:
     """Pair each change with its table; changes that cannot be stored become BadItems.
 
     Checked here, before the page's transaction, so that one such item is quarantined
@@ -151,10 +156,16 @@ def _route(
     """
     routed: list[tuple[str, RecordChange]] = []
     bad: list[BadItem] = []
+    skipped = 0
     known: dict[str, set[str]] = {}  # fields per table, with those this page adds
     for change in changes:
+        if target.types is not None and change.type not in target.types:
+            skipped += 1  # not kept, but acknowledged with the page
+            continue
         try:
             tbl = table_name(target.prefix, change.type)
+            if target.operation == "append":
+                tbl = history_name(tbl)
         except UnstorableName as e:
             bad.append(BadItem(_raw(change), str(e), change.ack_key))  # no table: no row
             continue
@@ -179,7 +190,7 @@ def _route(
             bad.append(BadItem(_raw(change), reason, change.ack_key, change.type, change.id))
             continue
         routed.append((tbl, change))
-    return routed, bad
+    return routed, bad, skipped
 
 
 def _name_taken(db: sqlite3.Connection, catalog: TableCatalog, tbl: str) -> str | None:
@@ -261,7 +272,9 @@ def _apply_table(
         (tbl,),
         ids,
     )
-    plan = plan_table(changes, existing, tombs, apply_deletes=target.apply_deletes)
+    plan = plan_table(
+        changes, existing, tombs, apply_deletes=target.apply_deletes, operation=target.operation
+    )
     result.stale += plan.stale
     columns = catalog.tables[tbl].columns
     fields = list(columns)

@@ -168,7 +168,7 @@ def _attach(db: sqlite3.Connection, replica: Path) -> None:
 def source_columns(db: sqlite3.Connection, query: str) -> list[str]:
     """The columns the source query gives (it is prepared, not run to the end)."""
     try:
-        cur = db.execute(f"SELECT * FROM ({query}) LIMIT 0")
+        cur = db.execute(f"SELECT * FROM ({query}\n) LIMIT 0")
     except sqlite3.Error as e:
         raise SourceError(f"source query failed: {e}") from None
     return [str(d[0]) for d in cur.description]
@@ -179,7 +179,8 @@ def duplicate_keys(db: sqlite3.Connection, spec: DiffSpec) -> tuple[int, list[SQ
     k = quote(spec.key)
     try:
         rows = db.execute(
-            f"SELECT {k} FROM ({spec.query}) WHERE {k} IS NOT NULL GROUP BY {k} HAVING count(*) > 1"
+            f"SELECT {k} FROM ({spec.query}\n) WHERE {k} IS NOT NULL GROUP BY {k} "
+            "HAVING count(*) > 1"
         ).fetchall()
     except sqlite3.Error as e:
         raise SourceError(f"source query failed: {e}") from None
@@ -212,23 +213,38 @@ def check_source(db: sqlite3.Connection, spec: DiffSpec) -> list[str]:
     return cols
 
 
+# A real as its exact text (quote() writes as many digits as the value needs; json_*
+# would round it to 15 and miss a change in the 16th); infinities stay as they are.
+_EXACT = (
+    "CASE WHEN typeof(q.{c}) = 'real' AND abs(q.{c}) <= 1.7976931348623157e308 "
+    "THEN json(quote(q.{c})) ELSE q.{c} END"
+)
+
+
 def _values_sql(cols: Sequence[str]) -> str:
-    """SQL for a row's compared values as JSON text (chunks: json_array takes at most
-    127 arguments)."""
+    """SQL for a row's compared values as JSON text: an array of objects by column name
+    (json_object takes at most 127 arguments, so 60 columns per object), so values
+    stored under an earlier column layout (other mappings) still decode by name."""
     parts = []
-    for i in range(0, len(cols), 100):
-        parts.append("json_array(" + ", ".join(f"q.{quote(c)}" for c in cols[i : i + 100]) + ")")
+    for i in range(0, len(cols), 60):
+        pairs = ", ".join(f"{_literal(c)}, " + _EXACT.format(c=quote(c)) for c in cols[i : i + 60])
+        parts.append(f"json_object({pairs})")
     if not parts:
         return "'[]'"
     return "'[' || " + " || ',' || ".join(parts) + " || ']'"
 
 
-def _decode_values(text: str | None, cols: Sequence[str]) -> dict[str, Any] | None:
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _decode_values(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
-    chunks = json.loads(text)
-    flat = [v for chunk in chunks for v in chunk]
-    return dict(zip(cols, flat, strict=False))
+    out: dict[str, Any] = {}
+    for chunk in json.loads(text):
+        out.update(chunk)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,14 +267,15 @@ def compared_columns(spec: DiffSpec, cols: list[str]) -> list[str]:
 
 
 def changed_rows(
-    db: sqlite3.Connection, spec: DiffSpec, compared: list[str], before: list[str]
+    db: sqlite3.Connection, spec: DiffSpec, compared: list[str]
 ) -> Iterator[SourceRow]:
     """Rows that are new or differ from the diff state (new only, for insert and
     append). For an append with a high-water mark: rows at or past the mark whose
-    (key, mark) was not sent yet, in mark order. ``before`` names the columns the
-    stored values were compared by (they change with the mappings)."""
+    (key, mark) was not sent yet, in mark order."""
     fingerprint = _values_sql(compared)
-    select = ", ".join(f"q.{quote(c)}" for c in compared)
+    # ``+``: no affinity, so staging the rows in a temporary table keeps each value's
+    # type ('7' stays text even where a UNION mixes column types).
+    select = ", ".join(f"+q.{quote(c)}" for c in compared)
     # ``+q.key``: no affinity on the source's side, so the comparison is exact (1 and
     # '1' stay apart) and SQLite can use the diff state's primary key; with the
     # column's affinity it would scan the whole state for every source row.
@@ -270,7 +287,7 @@ def changed_rows(
     where = "d.key IS NULL" if only_new else f"d.vals IS NOT {fingerprint}"
     sql = (
         f"SELECT {select}, {fingerprint}, d.vals, d.internal_id, d.remote_id "
-        f"FROM ({spec.query}) AS q LEFT JOIN rd._replicad_diff d "
+        f"FROM ({spec.query}\n) AS q LEFT JOIN rd._replicad_diff d "
         f"ON d.sync = ? AND d.key = +q.{k} WHERE q.{k} IS NOT NULL AND {where}"
     )
     n = len(compared)
@@ -282,7 +299,7 @@ def changed_rows(
             fingerprint=str(row[n]),
             internal_id=None if row[n + 2] is None else str(row[n + 2]),
             remote_id=None if row[n + 3] is None else str(row[n + 3]),
-            previous=_decode_values(row[n + 1], before),
+            previous=_decode_values(row[n + 1]),
         )
 
 
@@ -301,7 +318,7 @@ def _past_mark(
     # with the mark and skipped; everything strictly past it is new.
     mark, sent = (None, []) if state is None else (state[0], json.loads(state[1]))
     sql = (
-        f"SELECT {select}, {fingerprint}, q.{m} FROM ({spec.query}) AS q "
+        f"SELECT {select}, {fingerprint}, +q.{m} FROM ({spec.query}\n) AS q "
         f"WHERE q.{k} IS NOT NULL AND q.{m} IS NOT NULL"
         + ("" if state is None else f" AND q.{m} >= ?")
         + f" ORDER BY q.{m}, q.{k}"
@@ -318,23 +335,29 @@ def _past_mark(
 
 def vanished_keys(
     db: sqlite3.Connection, spec: DiffSpec
-) -> Iterator[tuple[SQLValue, str, str | None]]:
-    """(key, internal id, remote id) of keys last enqueued that the source no longer has."""
+) -> Iterator[tuple[SQLValue, str, str | None, bool]]:
+    """(key, internal id, remote id, create confirmed) of keys last enqueued that the
+    source no longer has."""
     k = quote(spec.key)
     sql = (
-        "SELECT d.key, d.internal_id, d.remote_id FROM rd._replicad_diff d WHERE d.sync = ? "
-        f"AND d.key NOT IN (SELECT +q.{k} FROM ({spec.query}) AS q WHERE q.{k} IS NOT NULL)"
+        "SELECT d.key, d.internal_id, d.remote_id, d.confirmed FROM rd._replicad_diff d "
+        f"WHERE d.sync = ? AND d.key NOT IN (SELECT +q.{k} FROM ({spec.query}\n) AS q "
+        f"WHERE q.{k} IS NOT NULL)"
     )
-    for key, iid, rid in _run(db, sql, (spec.sync,)):
-        yield key, str(iid), None if rid is None else str(rid)
+    for key, iid, rid, confirmed in _run(db, sql, (spec.sync,)):
+        yield key, str(iid), None if rid is None else str(rid), bool(confirmed)
 
 
 def invalid_rows(db: sqlite3.Connection, spec: DiffSpec) -> int:
     """Source rows without an identifier: never sent, counted as invalid."""
     k = quote(spec.key)
+    # An append's rows without a mark are never read either.
+    mark = "" if spec.high_water_mark is None else f" OR {quote(spec.high_water_mark)} IS NULL"
     try:
         return int(
-            db.execute(f"SELECT count(*) FROM ({spec.query}) WHERE {k} IS NULL").fetchone()[0]
+            db.execute(f"SELECT count(*) FROM ({spec.query}\n) WHERE {k} IS NULL{mark}").fetchone()[
+                0
+            ]
         )
     except sqlite3.Error as e:
         raise SourceError(f"source query failed: {e}") from None

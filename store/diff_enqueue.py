@@ -52,10 +52,9 @@ def run_diff(
         cols = check_source(src, spec)
         compared = compared_columns(spec, cols)
         counts.columns = compared
-        before = _stored_columns(db, spec.sync) or compared
         counts.invalid = invalid_rows(src, spec)
         chunk: list[SourceRow] = []
-        for row in changed_rows(src, spec, compared, before):
+        for row in changed_rows(src, spec, compared):
             chunk.append(row)
             if len(chunk) >= CHUNK:
                 _commit(db, _enqueue_rows, spec, chunk, compared, now(), counts)
@@ -78,11 +77,6 @@ def _commit(db: sqlite3.Connection, work: Callable[..., None], *args: Any) -> No
         raise
 
 
-def _stored_columns(db: sqlite3.Connection, sync: str) -> list[str] | None:
-    row = db.execute("SELECT columns FROM _replicad_diff_syncs WHERE sync = ?", (sync,)).fetchone()
-    return None if row is None else list(json.loads(row[0]))
-
-
 def _enqueue_rows(
     db: sqlite3.Connection,
     spec: DiffSpec,
@@ -92,6 +86,7 @@ def _enqueue_rows(
     counts: DiffCounts,
 ) -> None:
     tbl = outbox_name(spec.sync)
+    done: list[SourceRow] = []
     for r in rows:
         new = r.internal_id is None
         iid = r.internal_id or internal_id(spec.sync, r.key, r.mark)
@@ -116,13 +111,15 @@ def _enqueue_rows(
             counts.updated -= not (new and op == "insert")
             continue
         counts.rows += 1
+        done.append(r)
         if spec.high_water_mark is None:
             db.execute(
                 "INSERT INTO _replicad_diff (sync, key, vals, internal_id) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (sync, key) DO UPDATE SET vals = excluded.vals",
                 (spec.sync, r.key, r.fingerprint, iid),
             )
-    _save_state(db, spec, rows, compared)
+    # A row that could not be enqueued is not past the mark: it is read again.
+    _save_state(db, spec, done, compared)
 
 
 def _save_state(
@@ -156,26 +153,23 @@ def _keys(text: str | None) -> list[str] | None:
 def _enqueue_deletes(
     db: sqlite3.Connection,
     spec: DiffSpec,
-    gone: Iterable[tuple[SQLValue, str, str | None]],
+    gone: Iterable[tuple[SQLValue, str, str | None, bool]],
     now: str,
     counts: DiffCounts,
 ) -> None:
-    """Keys the source no longer has (mirror): a delete upstream where the record is
-    known; a create never sent is simply dropped; a create in flight is left for a
-    later cycle (its record's id is not known yet)."""
+    """Keys the source no longer has (mirror): a delete upstream once the record's
+    create was confirmed (by id, or found by its identifier); a create never sent is
+    simply dropped; a create in flight is left for a later cycle."""
     tbl = outbox_name(spec.sync)
-    for key, iid, remote in gone:
-        if remote is None:
-            remote = _learned_id(db, tbl, iid)
-        states = {
-            str(st)
-            for (st,) in db.execute(
-                "SELECT state FROM _replicad_outbox WHERE tbl = ? AND internal_id = ?", (tbl, iid)
-            )
-        }
-        if remote is None and "in_flight" in states:
-            continue  # its create may be arriving: decide once it has an outcome
-        if remote is None and "confirmed" not in states:
+    for key, iid, remote, confirmed in gone:
+        if not confirmed:
+            sending = db.execute(
+                "SELECT 1 FROM _replicad_outbox WHERE tbl = ? AND internal_id = ? "
+                "AND state = 'in_flight' AND op <> 'delete'",
+                (tbl, iid),
+            ).fetchone()
+            if sending is not None:
+                continue  # its create may be arriving: decide once it has an outcome
             # Never created upstream (not sent yet, or refused): nothing to delete.
             db.execute(
                 "DELETE FROM _replicad_outbox WHERE tbl = ? AND internal_id = ? "
@@ -190,15 +184,6 @@ def _enqueue_deletes(
             counts.deleted += 1
             counts.rows += 1
         db.execute("DELETE FROM _replicad_diff WHERE sync = ? AND key = ?", (spec.sync, key))
-
-
-def _learned_id(db: sqlite3.Connection, tbl: str, iid: str) -> str | None:
-    row = db.execute(
-        "SELECT remote_id FROM _replicad_outbox WHERE tbl = ? AND internal_id = ? "
-        "AND remote_id IS NOT NULL ORDER BY seq DESC LIMIT 1",
-        (tbl, iid),
-    ).fetchone()
-    return None if row is None else str(row[0])
 
 
 def _put(

@@ -42,6 +42,8 @@ class PullTarget:
     prefix: str = ""
     apply_deletes: bool = True
     resync: bool = False  # a full pull: note every id brought (see store.identity)
+    operation: str = "mirror"  # CONTRACT §7: mirror | upsert | insert | update | append
+    types: frozenset[str] | None = None  # only these types are kept (None: every type)
 
 
 @dataclass(slots=True)
@@ -53,6 +55,7 @@ class ApplyResult:
     deleted: int = 0
     stale: int = 0
     quarantined: int = 0
+    skipped: int = 0  # items of types the sync does not keep (acknowledged)
     ack_keys: int = 0
     conflicts: int = 0
     new_columns: list[str] = field(default_factory=list)

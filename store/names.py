@@ -8,6 +8,7 @@ never become SQL.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 MAX_NAME = 64
 _TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -59,13 +60,17 @@ def normalize_field(name: str) -> str:
     return col
 
 
-def assign_columns(fields: list[str], taken: dict[str, str]) -> dict[str, str]:
+def assign_columns(
+    fields: list[str], taken: dict[str, str], reserved: Sequence[str] | None = None
+) -> dict[str, str]:
     """Columns for new fields, given the existing field→column map of the table.
 
     Column names are compared case-insensitively, as SQLite does; a clash gets a
-    numeric suffix. Returns only the new assignments, in the order given.
+    numeric suffix. Returns only the new assignments, in the order given. ``reserved``
+    are the table's own columns (a type table's by default).
     """
-    used = {c.lower() for c in taken.values()} | {c.lower() for c in SYSTEM_COLUMNS}
+    own = SYSTEM_COLUMNS if reserved is None else reserved
+    used = {c.lower() for c in taken.values()} | {c.lower() for c in own}
     new: dict[str, str] = {}
     for f in fields:
         if f in taken or f in new or f == "id":

@@ -197,7 +197,8 @@ def _check_tables(db: sqlite3.Connection, d: Diagnosis) -> None:
                 (tbl,),
             )
         }
-        for name, sql in triggers_by_name(tbl, info.sync, list(info.columns.values())).items():
+        wanted = triggers_by_name(tbl, info.sync, list(info.columns.values()), history=info.history)
+        for name, sql in wanted.items():
             if have.get(name) != sql:
                 problems.append(f"trigger {name} {'changed' if name in have else 'missing'}")
     detail = "; ".join(problems[:3]) if problems else f"{len(catalog.tables)} type tables, current"

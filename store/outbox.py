@@ -325,10 +325,12 @@ def record_outcomes(
                 _count_op(counts, str(row[1]))
                 sent = list(json.loads(row[3] or "{}").get("data", {}))
                 if diffed:
-                    if outcome.id is not None:
+                    if row[1] != "delete":
+                        # A delete's answer names the record of a key's earlier life:
+                        # never the id of a row that came back since.
                         db.execute(
-                            "UPDATE _replicad_diff SET remote_id = ? WHERE internal_id = ? "
-                            "AND sync = ?",
+                            "UPDATE _replicad_diff SET remote_id = coalesce(?, remote_id), "
+                            "confirmed = 1 WHERE internal_id = ? AND sync = ?",
                             (outcome.id, iid, tbl[len(DIFF_PREFIX) :]),
                         )
                     continue

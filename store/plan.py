@@ -65,6 +65,7 @@ def plan_table(
     tombstones: Mapping[int, int],
     *,
     apply_deletes: bool = True,
+    operation: str = "mirror",
 ) -> TablePlan:
     """Decide the writes for changes to one table, given current revisions.
 
@@ -74,9 +75,21 @@ def plan_table(
     the tombstone; a delete of a record never seen leaves a tombstone at an unknown
     revision (``UNKNOWN_REVISION``: no later item revives it); a delete of a record
     already deleted does nothing.
+
+    ``operation`` (CONTRACT §7): ``insert`` never changes a row once there, ``update``
+    changes only rows already there (new records are skipped); neither applies
+    deletes. A skipped item counts as stale.
     """
     plan = TablePlan()
+    if operation in ("insert", "update"):
+        apply_deletes = False
     for c in changes:
+        if operation == "insert" and not c.deleted and c.id in existing:
+            plan.stale += 1
+            continue
+        if operation == "update" and not c.deleted and c.id not in existing:
+            plan.stale += 1
+            continue
         if c.deleted:
             if apply_deletes and c.id in existing:
                 plan.deletes.append((c.id, existing[c.id]))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 
 from replicad.store.names import SYSTEM_COLUMNS, quote
-from replicad.store.tables import TableCatalog, triggers_by_name
+from replicad.store.tables import HISTORY_COLUMNS, TableCatalog, triggers_by_name
 
 
 def reconcile(db: sqlite3.Connection, catalog: TableCatalog) -> list[str]:
@@ -33,14 +33,15 @@ def reconcile(db: sqlite3.Connection, catalog: TableCatalog) -> list[str]:
             actual = [str(r[1]) for r in db.execute(f"PRAGMA table_info({quote(tbl)})").fetchall()]
             if not actual:
                 continue  # the table itself is gone: nothing here can bring its rows back
-            repairs += _columns(db, tbl, info.columns, actual)
+            own = HISTORY_COLUMNS if info.history else SYSTEM_COLUMNS
+            repairs += _columns(db, tbl, info.columns, actual, own)
             cols = [
                 str(c)
                 for (c,) in db.execute(
                     "SELECT col FROM _replicad_fields WHERE tbl = ? ORDER BY position", (tbl,)
                 )
             ]
-            repairs += _triggers(db, tbl, info.sync, cols)
+            repairs += _triggers(db, tbl, info.sync, cols, info.history)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -52,10 +53,14 @@ def reconcile(db: sqlite3.Connection, catalog: TableCatalog) -> list[str]:
 
 
 def _columns(
-    db: sqlite3.Connection, tbl: str, mapped: dict[str, str], actual: list[str]
+    db: sqlite3.Connection,
+    tbl: str,
+    mapped: dict[str, str],
+    actual: list[str],
+    own: tuple[str, ...],
 ) -> list[str]:
     present = {c.lower() for c in actual}
-    known = {c.lower() for c in mapped.values()} | {c.lower() for c in SYSTEM_COLUMNS}
+    known = {c.lower() for c in mapped.values()} | {c.lower() for c in own}
     missing = [(f, c) for f, c in mapped.items() if c.lower() not in present]
     unknown = [c for c in actual if c.lower() not in known]
     if not missing:
@@ -87,8 +92,10 @@ def _in_place(mapped: dict[str, str], actual: list[str], _field: str, old: str, 
     return seen == wanted
 
 
-def _triggers(db: sqlite3.Connection, tbl: str, sync: str, cols: list[str]) -> list[str]:
-    want = triggers_by_name(tbl, sync, cols)
+def _triggers(
+    db: sqlite3.Connection, tbl: str, sync: str, cols: list[str], history: bool
+) -> list[str]:
+    want = triggers_by_name(tbl, sync, cols, history=history)
     have = {
         str(name): str(sql)
         for name, sql in db.execute(

@@ -218,6 +218,9 @@ MIGRATIONS: list[str] = [
     -- The push operation of a captured table, read by its guard triggers at edit time.
     ALTER TABLE _replicad_push ADD COLUMN operation TEXT NOT NULL DEFAULT 'upsert';
 
+    -- 'history': a pull append's <type>_history table (append-only), not a type table.
+    ALTER TABLE _replicad_types ADD COLUMN kind TEXT NOT NULL DEFAULT 'table';
+
     -- Per diffed sync and primary identifier: the values last enqueued (JSON text,
     -- compared in SQL), the entry's internal id and the remote id once confirmed.
     -- The key keeps its SQL type (no affinity): 1 and '1' are different rows.
@@ -227,6 +230,9 @@ MIGRATIONS: list[str] = [
         vals TEXT NOT NULL,
         internal_id TEXT NOT NULL,
         remote_id TEXT,
+        -- 1 once the destination confirmed the row's create (with or without an id):
+        -- a vanished key is then deleted upstream, found by its identifier if need be.
+        confirmed INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (sync, key)
     ) WITHOUT ROWID;
     CREATE INDEX _replicad_diff_iid ON _replicad_diff (internal_id);
@@ -322,7 +328,8 @@ HOOKS[1] = _rebuild_type_tables
 
 
 def _regenerate_triggers(db: sqlite3.Connection) -> None:
-    """v4 guards edits by push operation and captures deletes: new triggers."""
+    """v4 guards edits by push operation and captures deletes: new triggers (no history
+    table exists before v4)."""
     for tbl, sync in db.execute("SELECT tbl, sync FROM _replicad_types").fetchall():
         cols = [
             str(c)

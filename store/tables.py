@@ -45,6 +45,7 @@ class TableInfo:
     columns: dict[str, str] = field(default_factory=dict)
     # column → "boolean" | "json" | "scalar"; absent until a non-null value is seen.
     kinds: dict[str, str] = field(default_factory=dict)
+    history: bool = False  # a pull append's <type>_history table (store.history)
 
 
 class TableCatalog:
@@ -56,8 +57,12 @@ class TableCatalog:
     def load(self, db: sqlite3.Connection) -> None:
         """(Re)read the catalog from the replica."""
         self.tables = {}
-        for tbl, type_, sync in db.execute("SELECT tbl, type, sync FROM _replicad_types"):
-            self.tables[tbl] = TableInfo(type_, sync)
+        has_kind = any(r[1] == "kind" for r in db.execute("PRAGMA table_info(_replicad_types)"))
+        kinds = "kind" if has_kind else "'table'"  # before v4 (a migration reads it)
+        for tbl, type_, sync, kind in db.execute(
+            f"SELECT tbl, type, sync, {kinds} FROM _replicad_types"
+        ):
+            self.tables[tbl] = TableInfo(type_, sync, history=kind == "history")
         for tbl, fld, col, kind in db.execute(
             "SELECT tbl, field, col, kind FROM _replicad_fields ORDER BY tbl, position"
         ):
@@ -67,26 +72,37 @@ class TableCatalog:
                 info.kinds[col] = kind
 
     def ensure(
-        self, db: sqlite3.Connection, tbl: str, type_: str, sync: str, fields: list[str], now: str
+        self,
+        db: sqlite3.Connection,
+        tbl: str,
+        type_: str,
+        sync: str,
+        fields: list[str],
+        now: str,
+        *,
+        history: bool = False,
     ) -> list[str]:
         """Create the table or add columns for unseen fields; returns new column names.
 
         Must run inside the caller's write transaction so the ALTER, the regenerated
         capture trigger and the rows that need them commit (or roll back) together.
+        ``history``: a pull append's history table (``store.history``).
         """
         info = self.tables.get(tbl)
         created = info is None
         if info is None:
-            info = TableInfo(type_, sync)
-        new = assign_columns(fields, info.columns)
+            info = TableInfo(type_, sync, history=history)
+        new = assign_columns(fields, info.columns, HISTORY_COLUMNS if history else None)
         position = len(info.columns)
         if created:
             # One CREATE with the first page's columns: each ALTER would make SQLite
             # re-read the whole schema.
-            db.execute(create_table_sql(tbl, list(new.values())))
+            make = history_table_sql if history else create_table_sql
+            db.execute(make(tbl, list(new.values())))
             db.execute(
-                "INSERT INTO _replicad_types (tbl, type, sync, created_at) VALUES (?, ?, ?, ?)",
-                (tbl, type_, sync, now),
+                "INSERT INTO _replicad_types (tbl, type, sync, created_at, kind) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (tbl, type_, sync, now, "history" if history else "table"),
             )
             self.tables[tbl] = info
         for fld, col in new.items():
@@ -99,9 +115,9 @@ class TableCatalog:
             position += 1
             info.columns[fld] = col
         if created:
-            for trigger in triggers(tbl, sync, list(info.columns.values())):
+            for trigger in table_triggers(tbl, info):
                 db.execute(trigger)
-        elif new:
+        elif new and not history:
             # The capture trigger lists the data columns it compares.
             db.execute(f"DROP TRIGGER IF EXISTS {quote(_capture_update_name(tbl))}")
             db.execute(_capture_update(tbl, list(info.columns.values())))
@@ -185,13 +201,13 @@ def triggers(tbl: str, sync: str, columns: list[str]) -> list[str]:
         f"AND operation = 'update') BEGIN SELECT RAISE(ABORT, {no_insert}); END"
     )
     # An insert or append table may still change a row whose create is not sent yet
-    # (the change rides along with the create).
+    # or was rejected (the change rides along with the create; a fix requeues it).
     out.append(
         f"CREATE TRIGGER {quote(f'_replicad_noupdate_{tbl}')} BEFORE UPDATE ON {q} "
         f"WHEN NOT {_APPLYING} AND EXISTS (SELECT 1 FROM _replicad_push WHERE tbl = {t} "
         "AND operation IN ('insert', 'append')) AND NOT EXISTS (SELECT 1 FROM "
         f"_replicad_outbox WHERE tbl = {t} AND internal_id = OLD._internal_id "
-        "AND op = 'insert' AND state = 'pending') "
+        "AND op = 'insert' AND state IN ('pending', 'rejected')) "
         f"BEGIN SELECT RAISE(ABORT, {no_update}); END"
     )
     # A row whose create is in flight (or was accepted without an id) cannot be
@@ -258,15 +274,55 @@ def triggers(tbl: str, sync: str, columns: list[str]) -> list[str]:
 _TRIGGER_NAME = re.compile(r'^CREATE TRIGGER "((?:[^"]|"")+)"')
 
 
-def triggers_by_name(tbl: str, sync: str, columns: list[str]) -> dict[str, str]:
-    """Every trigger of a type table, by name (what reconcile and doctor compare the
+def table_triggers(tbl: str, info: TableInfo) -> list[str]:
+    """The triggers a managed table has: a type table's, or a history table's."""
+    if info.history:
+        return history_triggers(tbl)
+    return triggers(tbl, info.sync, list(info.columns.values()))
+
+
+def triggers_by_name(
+    tbl: str, sync: str, columns: list[str], *, history: bool = False
+) -> dict[str, str]:
+    """Every trigger of a managed table, by name (what reconcile and doctor compare the
     schema with)."""
     out = {}
-    for sql in triggers(tbl, sync, columns):
+    for sql in history_triggers(tbl) if history else triggers(tbl, sync, columns):
         m = _TRIGGER_NAME.match(sql)
         assert m is not None
         out[m.group(1).replace('""', '"')] = sql
     return out
+
+
+# A history table's own columns (store.history); data columns never take these names.
+HISTORY_COLUMNS = ("_seq", "id", "_event_type", "_revision", "_received_at")
+
+
+def history_table_sql(tbl: str, columns: list[str]) -> str:
+    """A pull append's history table: one row per item received, never updated.
+
+    A redelivered item (same record, event and revision) is not appended twice.
+    """
+    data = "".join(f", {quote(c)}" for c in columns)
+    return (
+        f"CREATE TABLE {quote(tbl)} (_seq INTEGER PRIMARY KEY, id INTEGER NOT NULL, "
+        "_event_type TEXT NOT NULL, _revision INTEGER NOT NULL, _received_at TEXT NOT NULL"
+        f"{data}, UNIQUE (id, _event_type, _revision))"
+    )
+
+
+def history_triggers(tbl: str) -> list[str]:
+    """A history table is append-only for apps: every edit is refused."""
+    q = quote(tbl)
+    refused = literal(
+        f"replicad: table {tbl} is a change history (a pull with operation 'append'); it "
+        "only grows as items arrive, and apps cannot change it"
+    )
+    return [
+        f"CREATE TRIGGER {quote(f'_replicad_history_{op.lower()}_{tbl}')} BEFORE {op} ON {q} "
+        f"WHEN NOT {_APPLYING} BEGIN SELECT RAISE(ABORT, {refused}); END"
+        for op in ("INSERT", "UPDATE", "DELETE")
+    ]
 
 
 def _capture_update_name(tbl: str) -> str:

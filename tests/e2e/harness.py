@@ -138,7 +138,7 @@ def replica_state(path: Path) -> dict[str, dict[int, dict[str, Any]]]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         out: dict[str, dict[int, dict[str, Any]]] = {}
-        for tbl, type_ in db.execute("SELECT tbl, type FROM _replicad_types"):
+        for tbl, type_ in db.execute("SELECT tbl, type FROM _replicad_types WHERE kind = 'table'"):
             fields = db.execute(
                 "SELECT field, col FROM _replicad_fields WHERE tbl = ?", (tbl,)
             ).fetchall()

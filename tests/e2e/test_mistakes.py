@@ -205,6 +205,8 @@ CASES = [
     Case("constant of a type JSON lacks", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN,
          push(mappings='[{ from = { type = "constant_value", data = 2026-01-01 }, to = "d" }]')),
          SYNC, 2, "syncs.up.mappings[0].from.data: a constant must be"),
+    Case("a pull type misspelled", cfg(GOOD_CONN, GOOD_PULL + 'types = ["contacts"]\n'), SYNC,
+         2, "syncs.mirror.types[0]: unknown type 'contacts'; did you mean 'contact'?"),
     Case("mappings on a pull sync", cfg(GOOD_CONN, GOOD_PULL + 'field_behavior = "x"\n'),
          SYNC, 2, "syncs.mirror.field_behavior: not supported for pull syncs"),
     Case("bad alert", cfg(GOOD_CONN, GOOD_PULL + 'alert_attributes = [{ type = "rejected_records"'

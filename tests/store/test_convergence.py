@@ -18,7 +18,7 @@ import anyio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replicad.store import PageBatch, RecordChange, Replica
+from replicad.store import PageBatch, PullTarget, RecordChange, Replica
 from tests.store.conftest import TARGET, gone, rows, up
 
 TYPES = ("contact", "deal")
@@ -81,13 +81,27 @@ def scenario(draw: st.DrawFn) -> tuple[list[list[RecordChange]], list[RecordChan
     return hs, stream, sizes
 
 
-async def _replay(pages: list[list[RecordChange]]) -> dict[str, Any]:
+async def _replay(
+    pages: list[list[RecordChange]], target: PullTarget = TARGET, *, raw: bool = False
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         replica = await Replica.open(Path(tmp) / "r.db")
         try:
             await replica.register_sync("mirror", "pull", "crm")
             for p in pages:
-                await replica.apply_page(TARGET, PageBatch(p))
+                await replica.apply_page(target, PageBatch(p))
+            if raw:
+                out: dict[str, Any] = {}
+                for (t,) in await replica.db.execute_fetchall("SELECT name FROM replicad_tables"):
+                    cur = await replica.db.execute(f'SELECT * FROM "{t}" ORDER BY _seq')
+                    names = [d[0] for d in cur.description]
+                    out[t] = [
+                        (r["id"], r["_event_type"], r["_revision"], r.get("v"))
+                        for r in (
+                            dict(zip(names, row, strict=True)) for row in await cur.fetchall()
+                        )
+                    ]
+                return out
             tables = [r[0] for r in await replica.db.execute_fetchall(
                 "SELECT name FROM replicad_tables")]  # fmt: skip
             state = {}
@@ -119,3 +133,41 @@ def test_messy_delivery_converges_to_clean_run(
     clean = anyio.run(_replay, [[h[-1] for h in hs]])
     messy = anyio.run(_replay, _pages(stream, sizes))
     assert messy == clean
+
+
+APPEND = PullTarget(sync="mirror", connection="crm", apply_deletes=False, operation="append")
+INSERT = PullTarget(sync="mirror", connection="crm", apply_deletes=False, operation="insert")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario())
+def test_append_keeps_each_item_once_in_arrival_order(
+    case: tuple[list[list[RecordChange]], list[RecordChange], list[int]],
+) -> None:
+    """append: every distinct item (deletes too) is one history row, in the order it
+    first arrived; duplicates and re-deliveries add nothing, whatever the page split."""
+    _hs, stream, sizes = case
+    got = anyio.run(lambda: _replay(_pages(stream, sizes), APPEND, raw=True))
+    for type_ in TYPES:
+        want: list[tuple[Any, ...]] = []
+        for c in stream:
+            item = (c.id, "deleted" if c.deleted else "updated", c.revision, c.data.get("v"))
+            if c.type == type_ and item not in want:
+                want.append(item)
+        assert got.get(f"{type_}_history", []) == want
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario())
+def test_insert_keeps_the_first_version_seen(
+    case: tuple[list[list[RecordChange]], list[RecordChange], list[int]],
+) -> None:
+    """insert: each record's row is the first version that arrived, never changed
+    after (later revisions and deletes included), whatever the page split."""
+    _hs, stream, sizes = case
+    got = anyio.run(lambda: _replay(_pages(stream, sizes), INSERT))
+    first: dict[str, dict[int, int]] = {}
+    for c in stream:
+        if not c.deleted:
+            first.setdefault(c.type, {}).setdefault(c.id, c.data["v"])
+    assert {t: {i: r["v"] for i, r in v.items()} for t, v in got.items()} == first

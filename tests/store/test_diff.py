@@ -186,3 +186,77 @@ async def test_a_value_json_cannot_carry_is_invalid_not_fatal(
     counts = await replica.diff_source(spec(app))
     assert (counts.created, counts.invalid) == (1, 1)
     assert [d["k"] for _, _, d in await entries(replica)] == [2]
+
+
+async def test_a_change_in_the_sixteenth_digit_of_a_real_is_a_change(
+    replica: Replica, tmp_path: Path
+) -> None:
+    """Reals are compared exactly, not as JSON's 15 digits."""
+    app = tmp_path / "app.db"
+    source(app, [(1, "a", 1234567.891234567, None)])
+    await replica.diff_source(spec(app))
+    await settle(replica)
+    source(app, [(1, "a", 1234567.891234568, None)])
+    assert (await replica.diff_source(spec(app))).updated == 1
+    assert (await entries(replica))[-1][2] == {"k": 1, "price": 1234567.891234568}
+
+
+async def test_a_key_back_after_its_delete_never_takes_the_deleted_records_id(
+    replica: Replica, tmp_path: Path
+) -> None:
+    """A key that vanishes (its delete in flight) and comes back is created anew: the
+    delete's answer never names the new row's record."""
+    app = tmp_path / "app.db"
+    src = PushSource("s", outbox_name("s"))
+    source(app, [(1, "a", 1, None)])
+    await replica.diff_source(spec(app, "mirror"))
+    await settle(replica)  # created as record 1001
+    source(app, [])
+    await replica.diff_source(spec(app, "mirror"))
+    delete = await replica.take_push_batch(src, 10)
+    assert delete is not None and [(i.op, i.id) for i in delete.items] == [("delete", "1001")]
+    source(app, [(1, "a", 1, None)])
+    await replica.diff_source(spec(app, "mirror"))
+    await replica.record_push(src.table, [_Ok(delete.items[0].entry, "1001")])
+    again = await replica.take_push_batch(src, 10)
+    assert again is not None and [(i.op, i.id) for i in again.items] == [("insert", None)]
+
+
+async def test_a_create_confirmed_without_id_is_deleted_by_key_even_much_later(
+    replica: Replica, tmp_path: Path
+) -> None:
+    """A create accepted without an id (a 202) is still deleted when its key vanishes,
+    after its outbox entry is long gone: by its identifier."""
+    app = tmp_path / "app.db"
+    src = PushSource("s", outbox_name("s"))
+    source(app, [(5, "a", 1, None)])
+    await replica.diff_source(spec(app, "mirror"))
+    batch = await replica.take_push_batch(src, 10)
+    assert batch is not None
+    ok = _Ok(batch.items[0].entry, "x")
+    ok.id = None  # type: ignore[assignment]
+    await replica.record_push(src.table, [ok])
+    await replica.db.execute("DELETE FROM _replicad_outbox")  # purged after 7 days
+    await replica.db.commit()
+    source(app, [])
+    assert (await replica.diff_source(spec(app, "mirror"))).deleted == 1
+    assert await entries(replica) == [("delete", "pending", {"k": 5})]
+
+
+async def test_staging_keeps_each_values_type_and_comments_end_queries(
+    replica: Replica, tmp_path: Path
+) -> None:
+    """A UNION of an integer and a text column keeps '7' text (two keys, stable across
+    cycles), and a query ending in a -- comment works."""
+    app = tmp_path / "app.db"
+    source(app, [(7, "int", 1, None)])
+    db = sqlite3.connect(app)
+    db.execute("CREATE TABLE other (k TEXT, name, price, t)")
+    db.execute("INSERT INTO other VALUES ('7', 'text', 1, NULL)")
+    db.commit()
+    db.close()
+    query = "SELECT * FROM items UNION ALL SELECT * FROM other -- both"
+    s = DiffSpec("s", query, app, "k", None, "mirror")
+    assert (await replica.diff_source(s)).created == 2
+    again = await replica.diff_source(s)
+    assert (again.rows, again.deleted) == (0, 0)

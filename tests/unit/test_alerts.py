@@ -14,8 +14,8 @@ from replicad.daemon.config import Sync
 from replicad.store import Replica, RunCounts
 
 
-def sync_with(*rules: AlertRule, on_alert: tuple[str, ...] = ()) -> Sync:
-    return Sync("up", "push", "out", source="contact", object="c", alerts=rules,
+def sync_with(*rules: AlertRule, on_alert: tuple[str, ...] = (), direction: str = "push") -> Sync:
+    return Sync("up", direction, "out", source="contact", object="c", alerts=rules,
                 on_alert=on_alert)  # fmt: skip
 
 
@@ -72,11 +72,16 @@ async def test_stale_and_on_alert_command(tmp_path: Path) -> None:
         await replica.register_sync("up", "push", "out")
         alerts = Alerts(replica)
         alerts.started -= 120
-        sync = sync_with(AlertRule("stale", after=60), on_alert=(sys.executable, str(hook)))
+        idle = sync_with(AlertRule("stale", after=60))
+        await alerts.check_stale([idle])  # a captured push without edits is idle, not stale
+        assert await open_alerts(replica) == []
+        sync = sync_with(
+            AlertRule("stale", after=60), on_alert=(sys.executable, str(hook)), direction="pull"
+        )
         await alerts.check_stale([sync])
         told = json.loads(seen.read_text())
         assert (told["type"], told["state"], told["sync"]) == ("stale", "raised", "up")
-        assert "since the daemon started" in told["message"]
+        assert "no successful pull since the daemon started" in told["message"]
         failing = sync_with(AlertRule("failed_run"), on_alert=(sys.executable, "-c", "exit(3)"))
         with pytest.raises(ValueError):
             async with alerts.run(failing):
