@@ -34,8 +34,6 @@ sys.path.insert(0, str(ROOT))
 from replicad.connectors.emulator_control import EmulatorControl  # noqa: E402
 from tests.e2e.harness import REPLICAD, TOKEN, emulator, write_config  # noqa: E402
 
-CLIENTS = ("plain loop", "replicad")
-
 
 @dataclass(frozen=True, slots=True)
 class Run:
@@ -65,19 +63,30 @@ def _requests(control: EmulatorControl) -> int:
     return int(stats["start"] + stats["fetch"] + stats["ack"])
 
 
-def bench(size: int, page_size: int, repeat: int) -> list[Run]:
-    """``repeat`` rounds of both clients against one emulator holding ``size`` records."""
+def _clients(operations: list[str]) -> tuple[str, ...]:
+    """The plain loop, and replicad once per pull operation ("replicad" is mirror)."""
+    return (
+        "plain loop",
+        *("replicad" if op == "mirror" else f"replicad {op}" for op in operations),
+    )
+
+
+def bench(size: int, page_size: int, repeat: int, clients: tuple[str, ...]) -> list[Run]:
+    """``repeat`` rounds of the clients against one emulator holding ``size`` records."""
     runs = []
     pages = math.ceil(size / page_size)
     with emulator(records=size, page_size=page_size) as emu, tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "CRM_TOKEN": TOKEN}
         for round_ in range(repeat):
-            for name in CLIENTS if round_ % 2 == 0 else CLIENTS[::-1]:
+            for name in clients if round_ % 2 == 0 else clients[::-1]:
                 folder = Path(tmp) / f"{name.replace(' ', '_')}{round_}"
                 folder.mkdir()
                 emu.control.reset_stats()
-                if name == "replicad":
+                if name.startswith("replicad"):
                     cfg = write_config(folder, emu.url)
+                    operation = name.partition(" ")[2]
+                    if operation:  # the pull sync is the config's last table
+                        cfg.write_text(cfg.read_text() + f'operation = "{operation}"\n')
                     cmd = [REPLICAD, "sync", "--once", "--config", str(cfg)]
                 else:
                     cmd = [sys.executable, str(ROOT / "bench" / "plain_loop.py"), emu.url, TOKEN,
@@ -95,15 +104,15 @@ def _table(rows: list[tuple[str, ...]]) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
-def _summary(runs: list[Run]) -> list[tuple[str, ...]]:
+def _summary(runs: list[Run], clients: tuple[str, ...]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = [
         ("records", "client", "runs", "median s", "min s", "max s", "items/s (median)",
          "req/page", "peak RSS MiB", "time vs plain"),
     ]  # fmt: skip
     for size in sorted({r.size for r in runs}):
-        times = {c: [r.seconds for r in runs if r.size == size and r.client == c] for c in CLIENTS}
+        times = {c: [r.seconds for r in runs if r.size == size and r.client == c] for c in clients}
         plain = statistics.median(times["plain loop"])
-        for client in CLIENTS:
+        for client in clients:
             mine = [r for r in runs if r.size == size and r.client == client]
             med = statistics.median(times[client])
             if client == "plain loop":
@@ -126,12 +135,18 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--page-size", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5, help="rounds per size (default 5)")
+    parser.add_argument(
+        "--operations",
+        default="mirror",
+        help="pull operations to run replicad with, e.g. mirror,append (default mirror)",
+    )
     args = parser.parse_args()
+    clients = _clients(args.operations.split(","))
     for package in ("daemon", "store", "connectors"):
         compileall.compile_dir(ROOT / package, quiet=1)
     runs: list[Run] = []
     for size in (int(s) for s in args.sizes.split(",")):
-        runs += bench(size, args.page_size, args.repeat)
+        runs += bench(size, args.page_size, args.repeat, clients)
     _table([
         ("records", "client", "seconds", "items/s", "requests", "pages", "req/page",
          "peak RSS MiB"),
@@ -142,7 +157,7 @@ def main() -> None:
         ],
     ])  # fmt: skip
     print()
-    _table(_summary(runs))
+    _table(_summary(runs, clients))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@ class AuthRefused(ConnectorError):
     """401/403: the token is wrong, expired or lacks the needed scope."""
 
 
+class ProtocolError(ConnectorError):
+    """The remote answered something its protocol does not allow (each kind's own
+    protocol errors derive from this; the pull's drain loop catches it)."""
+
+
 class RemoteRefused(ConnectorError):
     """The remote refused the request for a reason retrying will not fix."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 JSONObject = dict[str, Any]
 
@@ -68,3 +68,108 @@ class PageBatch:
     changes: list[RecordChange]
     bad_items: list[BadItem] = field(default_factory=list)
     failed_objects: list[FailedObject] = field(default_factory=list)
+
+
+class PullSession(Protocol):
+    """A started pull session: its id and, when the remote says, how many items wait."""
+
+    @property
+    def id(self) -> str:
+        """The session's id, given back to ``fetch``."""
+        ...
+
+    @property
+    def total_count(self) -> int | None:
+        """Items waiting, if known (for progress)."""
+        ...
+
+
+class PulledPage(Protocol):
+    """One decoded page: what the store applies, how many items, how many are left."""
+
+    @property
+    def batch(self) -> PageBatch:
+        """The page's items, for one transaction."""
+        ...
+
+    @property
+    def count(self) -> int:
+        """Items on the page."""
+        ...
+
+    @property
+    def count_left(self) -> int | None:
+        """Items still waiting after it, if known."""
+        ...
+
+
+class RequestCount(Protocol):
+    """A connector's request counter."""
+
+    @property
+    def total(self) -> int:
+        """Every request sent, retries included."""
+        ...
+
+
+class Budget(Protocol):
+    """A connection's rate budget, kept across restarts (``connectors.ratelimit``)."""
+
+    def state(self, wall: float) -> dict[str, Any]:
+        """What to keep."""
+        ...
+
+    def restore(self, state: Any, wall: float) -> bool:
+        """Take over a kept state; False if it does not fit."""
+        ...
+
+
+class PullConnector(Protocol):
+    """The seam every pull kind implements; the drain loop (``daemon.pull``) lives once
+    above it.
+
+    A cycle: ``start`` a session, ``fetch`` raw pages until None, ``decode`` each (a
+    pure function; the daemon runs it on the replica's writer thread), and after the
+    store has committed a page's checkpoint tokens in the page's transaction,
+    ``confirm`` them (Sell: acknowledge the ack keys; a cursor kind would save its
+    cursor). The tokens are opaque to the store and the daemon.
+    """
+
+    @property
+    def identity(self) -> str:
+        """Who the remote knows this replica as (Sell: the device UUID)."""
+        ...
+
+    @property
+    def bucket(self) -> Budget:
+        """The connection's rate budget."""
+        ...
+
+    @property
+    def stats(self) -> RequestCount:
+        """Requests sent so far."""
+        ...
+
+    async def check_credentials(self) -> None:
+        """A read-only request; raises AuthRefused when the token is refused."""
+        ...
+
+    async def start(self) -> PullSession | None:
+        """Start a session; None when there is nothing new."""
+        ...
+
+    async def fetch(self, session_id: str) -> tuple[bytes | None, bool]:
+        """The next raw page (None at the end) and whether one may have been lost."""
+        ...
+
+    def decode(self, raw: bytes) -> PulledPage:
+        """A raw page as neutral items; raises a ConnectorError if malformed."""
+        ...
+
+    async def confirm(self, tokens: list[str]) -> None:
+        """Tell the remote that these committed tokens are stored."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        ...

@@ -18,8 +18,10 @@ from replicad.connectors.exchange import Answer, ConnectorSettings, Exchange, Ht
 from replicad.connectors.ratelimit import SELL_DEFAULT, TokenBucket, parse_rate
 from replicad.connectors.sell_protocol import (
     ProtocolError,
+    QueuePage,
     SyncSession,
     ack_body,
+    decode_page,
     error_message,
     parse_start,
 )
@@ -114,6 +116,20 @@ class SellClient(HttpConnector):
         if answer.status != 200:
             raise ProtocolError(f"unexpected status {answer.status} from the main queue")
         return answer.content, answer.lossy
+
+    @property
+    def identity(self) -> str:
+        """The device UUID the Sync API knows this replica by."""
+        return self.settings.device_uuid
+
+    def decode(self, raw: bytes) -> QueuePage:
+        """A page body as neutral items (``sell_protocol.decode_page``; pure, so the
+        daemon runs it off the event loop)."""
+        return decode_page(raw)
+
+    async def confirm(self, tokens: list[str]) -> None:
+        """Acknowledge committed items (the seam's name for it)."""
+        await self.ack(tokens)
 
     async def ack(self, keys: list[str]) -> None:
         """Acknowledge committed items: any 2xx is success, whatever its body (the

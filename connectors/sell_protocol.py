@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from replicad.connectors.errors import ConnectorError
+from replicad.connectors.errors import ProtocolError as AnyProtocolError
 from replicad.connectors.pull_model import (
     BadItem,
     FailedObject,
@@ -26,7 +26,7 @@ from replicad.connectors.salvage import NotAPage, ack_key_in, split_page, storab
 _INT64 = 2**63
 
 
-class ProtocolError(ConnectorError):
+class ProtocolError(AnyProtocolError):
     """The server answered something the Sync API does not allow."""
 
 

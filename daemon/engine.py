@@ -23,8 +23,8 @@ from replicad.daemon.push import PushReport, push_cycle, push_source
 from replicad.store import Replica
 
 if TYPE_CHECKING:
+    from replicad.connectors.pull_model import PullConnector
     from replicad.connectors.push_model import PushConnector
-    from replicad.connectors.sell import SellClient
 
 log = structlog.get_logger("replicad.engine")
 
@@ -45,7 +45,9 @@ def connection_token(conn: Connection) -> str:
     return token
 
 
-def pull_client(conn: Connection, device_uuid: str, retry: RetryPolicy | None = None) -> SellClient:
+def pull_client(
+    conn: Connection, device_uuid: str, retry: RetryPolicy | None = None
+) -> PullConnector:
     """The client a pull connection reads with (its kind's factory); reads the token now."""
     factory = KINDS[conn.kind].pull_client
     assert factory is not None  # config checks that pull syncs name a pull kind
@@ -65,19 +67,19 @@ class Engine:
 
     config: Config
     replica: Replica
-    clients: dict[str, SellClient] = field(default_factory=dict)
+    clients: dict[str, PullConnector] = field(default_factory=dict)
     pushers: dict[str, PushConnector] = field(default_factory=dict)
     alerts: Alerts = field(init=False)
 
     def __post_init__(self) -> None:
         self.alerts = Alerts(self.replica)
 
-    async def client(self, conn: Connection) -> SellClient:
+    async def client(self, conn: Connection) -> PullConnector:
         """The (cached) client of a connection, its rate budget taken over from the
         previous client or process (see ``save_budget``)."""
         device = await self.replica.device_uuid(conn.name, conn.device_uuid)
         cached = self.clients.get(conn.name)
-        if cached is not None and cached.settings.device_uuid != device:
+        if cached is not None and cached.identity != device:
             # `replicad resync` gave the connection a new identity while the daemon ran.
             await self.save_budget(conn.name)
             await cached.aclose()

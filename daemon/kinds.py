@@ -16,12 +16,13 @@ from replicad.connectors.ratelimit import SELL_DEFAULT
 from replicad.connectors.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from replicad.connectors.pull_model import PullConnector
     from replicad.connectors.push_model import PushConnector
     from replicad.connectors.sell import SellClient
     from replicad.daemon.config import Connection, Sync
 
 PushFactory = Callable[["Connection", "Sync", str, RetryPolicy], "PushConnector"]
-PullFactory = Callable[["Connection", str, str, RetryPolicy], "SellClient"]
+PullFactory = Callable[["Connection", str, str, RetryPolicy], "PullConnector"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,11 @@
-"""The pull engine: one cycle of the Sell Sync flow for one sync.
+"""The pull engine: one cycle of a pull sync, over any pull connector.
 
-flush pending acks → start a session → drain the main queue (the next page is fetched
-while the current one is applied) → flush acks. Another session follows, up to
-``max_sessions``, while the last one reported failed objects or may have lost a page.
+flush confirmations pending → start a session → drain it (the next page is fetched
+while the current one is decoded and applied) → flush confirmations. Another session
+follows, up to ``max_sessions``, while the last one reported failed objects or may
+have lost a page. Written against ``connectors.pull_model.PullConnector`` (the seam):
+Sell's ack keys are the checkpoint tokens the store commits with each page and the
+connector confirms afterwards.
 """
 
 from __future__ import annotations
@@ -15,9 +18,8 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from replicad.connectors.errors import ConnectorError
-from replicad.connectors.sell import SellClient
-from replicad.connectors.sell_protocol import ProtocolError, QueuePage, decode_page
+from replicad.connectors.errors import ConnectorError, ProtocolError
+from replicad.connectors.pull_model import PullConnector, PulledPage
 from replicad.daemon.config import Connection, Sync
 from replicad.daemon.cycle_status import recorded_cycle
 from replicad.daemon.exits import unwrap
@@ -97,12 +99,12 @@ def pull_target(sync: Sync, resync: bool = False) -> PullTarget:
     )
 
 
-async def flush_acks(replica: Replica, client: SellClient, conn: Connection) -> int:
+async def flush_acks(replica: Replica, client: PullConnector, conn: Connection) -> int:
     """Send every committed-but-unacknowledged key, in batches; returns how many."""
     sent = 0
     while (batch := await replica.pending_acks(conn.name, conn.ack_batch)).seqs:
         if batch.keys:
-            await client.ack(batch.keys)
+            await client.confirm(batch.keys)
         await replica.forget_acks(batch)
         sent += len(batch.keys)
     return sent
@@ -116,7 +118,7 @@ async def pull_cycle(
     replica: Replica,
     sync: Sync,
     conn: Connection,
-    client: SellClient,
+    client: PullConnector,
     progress: PullProgress | None = None,
     outcome: PullOutcome | None = None,
 ) -> PullOutcome:
@@ -166,7 +168,7 @@ async def _drain(
     replica: Replica,
     sync: Sync,
     conn: Connection,
-    client: SellClient,
+    client: PullConnector,
     session_id: str,
     target: PullTarget,
     progress: PullProgress,
@@ -194,7 +196,7 @@ async def _drain(
                     else:
                         try:
                             page, result = await replica.decode_and_apply(
-                                target, functools.partial(_decode, raw)
+                                target, functools.partial(_decode, client, raw)
                             )
                         except ProtocolError as e:
                             bad = e
@@ -247,13 +249,13 @@ async def _drain(
     return again, lost
 
 
-def _decode(raw: bytes) -> tuple[QueuePage, PageBatch]:
-    page = decode_page(raw)
+def _decode(client: PullConnector, raw: bytes) -> tuple[PulledPage, PageBatch]:
+    page = client.decode(raw)
     return page, page.batch
 
 
 async def _fetch_pages(
-    client: SellClient,
+    client: PullConnector,
     session_id: str,
     send: MemoryObjectSendStream[_Fetched],
 ) -> None:

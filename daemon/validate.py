@@ -89,8 +89,11 @@ async def _connection(conn: Connection, config: Config) -> dict[str, Any]:
         if spec.pull_client is not None:
             # The device UUID is irrelevant to the read-only check; the replica stays closed.
             device = conn.device_uuid or str(uuid.UUID(int=0))
-            async with pull_client(quick, device, QUICK) as client:
+            client = pull_client(quick, device, QUICK)
+            try:
                 await client.check_credentials()
+            finally:
+                await client.aclose()
         elif spec.push_client is not None:
             users = [s for s in config.syncs.values() if s.connection == conn.name]
             if not users:

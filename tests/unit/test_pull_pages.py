@@ -15,7 +15,7 @@ import pytest
 
 from replicad.connectors.retry import RetryPolicy
 from replicad.connectors.sell import SellClient, SellSettings
-from replicad.connectors.sell_protocol import ProtocolError
+from replicad.connectors.errors import ProtocolError
 from replicad.daemon import pull
 from replicad.daemon.config import Connection, Sync
 from replicad.store import Replica
