@@ -63,6 +63,15 @@ def _requests(control: EmulatorControl) -> int:
     return int(stats["start"] + stats["fetch"] + stats["ack"])
 
 
+# ``--operations specific``: mirror, storing only two mapped fields of each type.
+SPECIFIC = (
+    'field_behavior = "specific_properties"\n[syncs.mirror.mappings]\n'
+    'contact = [{ from = "name", to = "name" }, { from = "email", to = "email" }]\n'
+    'lead = [{ from = "last_name", to = "last_name" }, { from = "status", to = "status" }]\n'
+    'deal = [{ from = "name", to = "name" }, { from = "value", to = "value" }]\n'
+)
+
+
 def _clients(operations: list[str]) -> tuple[str, ...]:
     """The plain loop, and replicad once per pull operation ("replicad" is mirror)."""
     return (
@@ -85,7 +94,9 @@ def bench(size: int, page_size: int, repeat: int, clients: tuple[str, ...]) -> l
                 if name.startswith("replicad"):
                     cfg = write_config(folder, emu.url)
                     operation = name.partition(" ")[2]
-                    if operation:  # the pull sync is the config's last table
+                    if operation == "specific":  # the pull sync is the config's last table
+                        cfg.write_text(cfg.read_text() + SPECIFIC)
+                    elif operation:
                         cfg.write_text(cfg.read_text() + f'operation = "{operation}"\n')
                     cmd = [REPLICAD, "sync", "--once", "--config", str(cfg)]
                 else:
@@ -138,7 +149,8 @@ def main() -> None:
     parser.add_argument(
         "--operations",
         default="mirror",
-        help="pull operations to run replicad with, e.g. mirror,append (default mirror)",
+        help="pull operations to run replicad with, e.g. mirror,append,specific (default "
+        "mirror; specific: mirror with field_behavior = specific_properties)",
     )
     args = parser.parse_args()
     clients = _clients(args.operations.split(","))

@@ -294,3 +294,56 @@ def primary_mapping(mappings: tuple[FieldMapping, ...], k: str) -> FieldMapping:
             f"is_primary_identifier = true (found {found})"
         )
     return primaries[0]
+
+
+RESERVED_COLUMNS = ("id", "_internal_id", "_revision", "_synced_at", "_pending", "_seq",
+                    "_event_type", "_received_at", "rowid", "oid", "_rowid_")  # fmt: skip
+
+
+def parse_pull_mappings(
+    s: dict[str, Any], k: str, types: tuple[str, ...]
+) -> tuple[tuple[str, tuple[FieldMapping, ...]], ...]:
+    """A pull's ``mappings``: per remote type, ``from`` a remote field ``to`` a column."""
+    raw = check_opt(s, "mappings", dict, f"{k}.mappings")
+    if raw is None:
+        return ()
+    out: list[tuple[str, tuple[FieldMapping, ...]]] = []
+    for type_, entries in raw.items():
+        where = f"{k}.mappings.{type_}"
+        if types and type_ not in types:
+            raise ConfigError(f"{where}: type {type_!r} is not among types ({', '.join(types)})")
+        if not isinstance(entries, list):
+            raise ConfigError(f"{where}: must be an array of {{ from = …, to = … }}")
+        seen_to: set[str] = set()
+        seen_from: set[str] = set()
+        mapped: list[FieldMapping] = []
+        for n, m in enumerate(entries):
+            at = f"{where}[{n}]"
+            if not isinstance(m, dict):
+                raise ConfigError(f"{at}: must be a table like {{ from = …, to = … }}")
+            check_keys(m, at, {"from", "to"})
+            src = m.get("from")
+            if isinstance(src, dict):
+                check_keys(src, f"{at}.from", {"type", "data"})
+                if src.get("type") != "column":
+                    raise ConfigError(f"{at}.from.type: a pull maps remote fields ('column')")
+                src = src.get("data")
+            if not isinstance(src, str) or not src:
+                raise ConfigError(f"{at}.from: must name a remote field")
+            to = check_req(m, "to", str, f"{at}.to")
+            if to.lower() in RESERVED_COLUMNS:
+                raise ConfigError(f"{at}.to: {to!r} is one of replicad's own columns")
+            if not _COLUMN.match(to):
+                raise ConfigError(f"{at}.to: {to!r} is not a column name (letters, digits, _)")
+            if to.lower() in seen_to:
+                raise ConfigError(f"{at}.to: column {to!r} is mapped twice")
+            if src in seen_from or src == "id":
+                raise ConfigError(f"{at}.from: field {src!r} is mapped twice (or is the id)")
+            seen_to.add(to.lower())
+            seen_from.add(src)
+            mapped.append(FieldMapping(to, column=src))
+        out.append((type_, tuple(mapped)))
+    return tuple(out)
+
+
+_COLUMN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")

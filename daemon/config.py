@@ -28,6 +28,7 @@ from replicad.daemon.census import (
     parse_high_water_mark,
     parse_mappings,
     parse_on_alert,
+    parse_pull_mappings,
     parse_source,
     primary_mapping,
 )
@@ -110,6 +111,8 @@ class Sync:
     alerts: tuple[AlertRule, ...] = ()
     on_alert: tuple[str, ...] = ()
     types: tuple[str, ...] = ()  # pull: only these remote types (empty: all)
+    # pull: per remote type, remote field → column
+    pull_mappings: tuple[tuple[str, tuple[FieldMapping, ...]], ...] = ()
 
     @property
     def outbox_table(self) -> str:
@@ -269,7 +272,8 @@ _CENSUS_KEYS = {"label", "alert_attributes", "on_alert", "failed_record_notifica
                 "failed_record_notifications_threshold_percent",
                 "failed_run_notifications_enabled"}  # fmt: skip
 _PULL_KEYS = {"direction", "connection", "operation", "interval", "prefix", "paused",
-              "max_sessions", "types"} | _CENSUS_KEYS  # fmt: skip
+              "max_sessions", "types", "mappings", "field_behavior",
+              "field_normalization"} | _CENSUS_KEYS  # fmt: skip
 _PUSH_KEYS = {"direction", "connection", "operation", "interval", "paused", "source", "object",
               "batch_size", "conflict", "disable_upsert", "sample_data", "associations",
               "push_to_source", "sources", "natural_key", "mappings", "field_behavior",
@@ -304,6 +308,13 @@ def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection], bas
             f"{k}.operation: {operation!r} is not supported for pull syncs "
             f"(use {' or '.join(PULL_OPERATIONS)})"
         )
+    types = _types(s, k, KINDS[connections[conn].kind].known_types)
+    behavior, style = parse_field_options(s, k, "sync_all_properties")
+    if behavior == "specific_properties" and "mappings" not in s:
+        raise ConfigError(
+            f"{k}.field_behavior: 'specific_properties' stores only mapped fields; give "
+            "mappings (per type) or leave it out"
+        )
     prefix = check_opt(s, "prefix", str, f"{k}.prefix") or ""
     if not valid_prefix(prefix):
         raise ConfigError(f"{k}.prefix: {prefix!r} must be letters, digits and _")
@@ -316,7 +327,10 @@ def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection], bas
         prefix=prefix,
         paused=bool(check_opt(s, "paused", bool, f"{k}.paused")),
         max_sessions=_count(s, "max_sessions", 4, k, minimum=1),
-        types=_types(s, k, KINDS[connections[conn].kind].known_types),
+        types=types,
+        pull_mappings=parse_pull_mappings(s, k, types),
+        field_behavior=behavior,
+        field_normalization=style,
         name=_name(s, k),
         alerts=parse_alerts(s, k),
         on_alert=parse_on_alert(s, k),

@@ -18,7 +18,7 @@ from replicad.daemon.alerts import Alerts
 from replicad.daemon.config import Config, ConfigError, Connection, Sync, read_token
 from replicad.daemon.kinds import KINDS
 from replicad.daemon.logs import register_secret
-from replicad.daemon.pull import PullOutcome, PullProgress, pull_cycle
+from replicad.daemon.pull import PullOutcome, PullProgress, pull_cycle, pull_naming
 from replicad.daemon.push import PushReport, push_cycle, push_source
 from replicad.store import Replica
 
@@ -215,9 +215,32 @@ def check_push_sources(config: Config, tables: Collection[str]) -> None:
                     tables=sorted(tables))  # fmt: skip
 
 
+async def apply_pull_naming(replica: Replica, config: Config) -> None:
+    """A pull's mappings that would move or drop stored columns apply only once the
+    operator asked for a resync of it; until then the config is refused."""
+    for sync in config.syncs.values():
+        naming = pull_naming(sync) if sync.direction == "pull" else None
+        if naming is None:
+            continue
+        changes = replica.naming_changes(sync.label, naming)
+        if not changes:
+            continue
+        if await replica.resync_since(sync.connection) is None:
+            raise ConfigError(
+                f"syncs.{sync.label}.mappings: {changes[0].describe()}"
+                + (f" (and {len(changes) - 1} more)" if len(changes) > 1 else "")
+                + f"; this changes what apps read: run `replicad resync {sync.label}` to "
+                "apply it (the full pull then fills the columns)"
+            )
+        await replica.apply_naming(changes)
+        for c in changes:
+            log.warning("schema.naming_applied", sync=sync.label, change=c.describe())
+
+
 async def register(replica: Replica, config: Config) -> None:
     """Make the configured syncs visible in status, and their push tables writable."""
     check_push_sources(config, replica.catalog.tables.keys())
+    await apply_pull_naming(replica, config)
     for sync in config.syncs.values():
         await replica.register_sync(sync.label, sync.direction, sync.connection)
     # Paused push syncs keep their tables writable: edits wait in the outbox.

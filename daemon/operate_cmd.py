@@ -42,7 +42,9 @@ def resync(config: Config, labels: Sequence[str]) -> int:
     names = ", ".join(s.label for s in chosen)
     pid = is_held(config.replica_path)
     if pid and pid > 0:
-        os.kill(pid, signal.SIGUSR1)  # the daemon pulls now instead of at its interval
+        # Reload (a mapping change waits for the resync) and pull now, not at the interval.
+        os.kill(pid, signal.SIGHUP)
+        os.kill(pid, signal.SIGUSR1)
         print(f"resync of {names} started; the running daemon (pid {pid}) pulls everything now")
     else:
         print(f"resync of {names} started; the next `replicad sync` pulls everything again")

@@ -23,7 +23,7 @@ from replicad.connectors.pull_model import PullConnector, PulledPage
 from replicad.daemon.config import Connection, Sync
 from replicad.daemon.cycle_status import recorded_cycle
 from replicad.daemon.exits import unwrap
-from replicad.store import PageBatch, PullTarget, Replica
+from replicad.store import Naming, PageBatch, PullTarget, Replica
 
 log = structlog.get_logger("replicad.pull")
 
@@ -96,7 +96,22 @@ def pull_target(sync: Sync, resync: bool = False) -> PullTarget:
         resync,
         sync.operation,
         frozenset(sync.types) if sync.types else None,
+        pull_naming(sync),
     )
+
+
+def pull_naming(sync: Sync) -> Naming | None:
+    """A pull sync's column naming (None: every field under its own name)."""
+    if (
+        not sync.pull_mappings
+        and sync.field_behavior == "sync_all_properties"
+        and sync.field_normalization == "match_source_names"
+    ):
+        return None
+    mapped = {
+        t: {m.column: m.to for m in ms if m.column is not None} for t, ms in sync.pull_mappings
+    }
+    return Naming(mapped, sync.field_behavior == "sync_all_properties", sync.field_normalization)
 
 
 async def flush_acks(replica: Replica, client: PullConnector, conn: Connection) -> int:

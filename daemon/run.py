@@ -286,7 +286,14 @@ class Supervisor:
         except ConfigError as e:
             log.error("config.rejected", error=str(e), keeping="the running config")
             new = old
-        await self.engine.reconfigure(new)
+        try:
+            await self.engine.reconfigure(new)
+        except ConfigError as e:
+            # Only the replica can tell (a push source missing, a pull's mapping that
+            # would move stored columns before a resync): keep the running config.
+            log.error("config.rejected", error=str(e), keeping="the running config")
+            new = old
+            await self.engine.reconfigure(old)
         log.info("config.reloaded", syncs=sorted(new.syncs))
 
     # -- signals, heartbeat, shutdown ----------------------------------------------

@@ -13,6 +13,7 @@ from replicad.store.model import (
     PushSource,
     RecordChange,
 )
+from replicad.store.naming import Naming
 from replicad.store.replica import Replica, ReplicaCorrupt, ReplicaRefused, as_corruption
 from replicad.store.runs import Run, RunCounts
 
@@ -23,6 +24,7 @@ __all__ = [
     "DiffCounts",
     "DiffSpec",
     "FailedObject",
+    "Naming",
     "OutboxBatch",
     "PageBatch",
     "PullTarget",

@@ -15,6 +15,8 @@ import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
+from functools import partial
 
 from replicad.connectors.pull_model import dumps_raw
 from replicad.store.history import append_history, history_name
@@ -78,8 +80,10 @@ def apply_page(
             per_table[tbl].append(change)
         for tbl, flds in fields.items():
             changes = per_table[tbl]
+            type_ = changes[0].type
+            namer = None if target.naming is None else partial(target.naming.column, type_)
             result.new_columns += catalog.ensure(
-                db, tbl, changes[0].type, target.sync, list(flds), now, history=history
+                db, tbl, type_, target.sync, list(flds), now, history=history, namer=namer
             )
             _learn_kinds(db, catalog, tbl, changes)
         for tbl, changes in per_table.items() if history else ():
@@ -162,6 +166,12 @@ def _route(
         if target.types is not None and change.type not in target.types:
             skipped += 1  # not kept, but acknowledged with the page
             continue
+        naming = target.naming
+        if naming is not None and not naming.keep_all:
+            # specific_properties: only the mapped fields are stored.
+            kept = {f: v for f, v in change.data.items() if naming.keeps(change.type, f)}
+            if len(kept) != len(change.data):
+                change = replace(change, data=kept)
         try:
             tbl = table_name(target.prefix, change.type)
             if target.operation == "append":

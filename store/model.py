@@ -17,6 +17,7 @@ from replicad.connectors.pull_model import (
     RecordChange,
 )
 from replicad.connectors.push_model import PushItem
+from replicad.store.naming import Naming
 
 __all__ = [
     "ApplyResult",
@@ -44,6 +45,7 @@ class PullTarget:
     resync: bool = False  # a full pull: note every id brought (see store.identity)
     operation: str = "mirror"  # CONTRACT §7: mirror | upsert | insert | update | append
     types: frozenset[str] | None = None  # only these types are kept (None: every type)
+    naming: Naming | None = None  # mappings, field_behavior, field_normalization
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ never become SQL.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 MAX_NAME = 64
 _TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -61,13 +61,17 @@ def normalize_field(name: str) -> str:
 
 
 def assign_columns(
-    fields: list[str], taken: dict[str, str], reserved: Sequence[str] | None = None
+    fields: list[str],
+    taken: dict[str, str],
+    reserved: Sequence[str] | None = None,
+    namer: Callable[[str], str] | None = None,
 ) -> dict[str, str]:
     """Columns for new fields, given the existing field→column map of the table.
 
     Column names are compared case-insensitively, as SQLite does; a clash gets a
     numeric suffix. Returns only the new assignments, in the order given. ``reserved``
-    are the table's own columns (a type table's by default).
+    are the table's own columns (a type table's by default); ``namer`` gives the name
+    a field is meant to have (a pull's mappings and field_normalization).
     """
     own = SYSTEM_COLUMNS if reserved is None else reserved
     used = {c.lower() for c in taken.values()} | {c.lower() for c in own}
@@ -75,7 +79,7 @@ def assign_columns(
     for f in fields:
         if f in taken or f in new or f == "id":
             continue
-        base = normalize_field(f)
+        base = normalize_field(namer(f) if namer is not None else f)
         col, n = base, 1
         while col.lower() in used:
             n += 1

@@ -39,6 +39,8 @@ from replicad.store.model import (
     PullTarget,
     PushSource,
 )
+from replicad.store.naming import Change as NamingChange
+from replicad.store.naming import Naming, naming_changes, rename_and_drop
 from replicad.store.outbox import utcnow
 from replicad.store.reconcile import reconcile
 from replicad.store.runs import Run
@@ -368,6 +370,14 @@ class Replica:
     async def record_push(self, table: str, outcomes: Sequence[Outcome]) -> OutcomeCounts:
         """Record what the destination said about a batch's entries."""
         return await self._write(outbox.record_outcomes, self.catalog, table, outcomes, utcnow())
+
+    def naming_changes(self, sync: str, naming: Naming) -> list[NamingChange]:
+        """What a pull's column naming would move or drop in its tables."""
+        return naming_changes(self.catalog, sync, naming)
+
+    async def apply_naming(self, changes: list[NamingChange]) -> None:
+        """Rename or drop those columns (``replicad resync`` asked for it)."""
+        await self._write(rename_and_drop, self.catalog, changes)
 
     async def record_run(self, run: Run) -> None:
         """Keep a finished cycle in ``replicad_runs``."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from replicad.store.names import assign_columns, quote
@@ -81,6 +82,7 @@ class TableCatalog:
         now: str,
         *,
         history: bool = False,
+        namer: Callable[[str], str] | None = None,
     ) -> list[str]:
         """Create the table or add columns for unseen fields; returns new column names.
 
@@ -92,7 +94,7 @@ class TableCatalog:
         created = info is None
         if info is None:
             info = TableInfo(type_, sync, history=history)
-        new = assign_columns(fields, info.columns, HISTORY_COLUMNS if history else None)
+        new = assign_columns(fields, info.columns, HISTORY_COLUMNS if history else None, namer)
         position = len(info.columns)
         if created:
             # One CREATE with the first page's columns: each ALTER would make SQLite

@@ -188,3 +188,59 @@ def test_kill_9_during_an_append_pull_leaves_no_gap_and_no_duplicate(tmp_path: P
             "lead_history)",
         )
         assert every[0][0] == every[0][1]  # no gap in any table's _seq
+
+
+def columns(db: Path, table: str) -> list[str]:
+    """A table's data columns (without replicad's own)."""
+    own = {"id", "_internal_id", "_revision", "_synced_at", "_pending"}
+    return [r[1] for r in query(db, f"PRAGMA table_info({table})") if r[1] not in own]
+
+
+def test_pull_mappings_store_only_mapped_fields_and_push_back_by_field(tmp_path: Path) -> None:
+    """specific_properties with per-type mappings: only the mapped fields, in their
+    columns; an edit of a mapped column goes back under the remote field's name; a
+    mapping that moves a stored column waits for `replicad resync`, which applies it."""
+    db = tmp_path / "replica.db"
+    with emulator(records=60) as emu:
+        cfg = pull_config(
+            tmp_path,
+            emu.url,
+            'types = ["contact"]\nfield_behavior = "specific_properties"\n'
+            "[syncs.mirror.mappings]\n"
+            'contact = [{ from = "first_name", to = "given" }, { from = "email", to = "mail" }]\n'
+            '[connections.out]\nkind = "cdm"\nbase_url = "' + emu.url + '"\n'
+            'token_env = "CRM_TOKEN"\n[syncs.up]\ndirection = "push"\nconnection = "out"\n'
+            'source = "contact"\nobject = "contact"',
+        )
+        sync(cfg)
+        assert columns(db, "contact") == ["given", "mail"]
+        remote = expected_state(emu.control.state())["contact"]
+        stored = {r[0]: (r[1], r[2]) for r in query(db, "SELECT id, given, mail FROM contact")}
+        assert stored == {i: (d.get("first_name"), d.get("email")) for i, d in remote.items()}
+        some = min(stored)
+        app_write(db, f"UPDATE contact SET given = 'Zed' WHERE id = {some}")
+        sync(cfg)
+        assert emu.control.state()["records"]["contact"][str(some)]["first_name"] == "Zed"
+        cfg.write_text(cfg.read_text().replace('to = "given"', 'to = "first"'))
+        refused = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+        assert refused.returncode == 2
+        assert "would move to 'first'" in refused.stderr
+        assert "replicad resync mirror" in refused.stderr
+        assert replicad("resync", "mirror", "--config", str(cfg)).returncode == 0
+        sync(cfg)
+        assert columns(db, "contact") == ["first", "mail"]
+        assert query(db, f"SELECT first FROM contact WHERE id = {some}") == [("Zed",)]
+
+
+def test_field_normalization_names_automatic_columns(tmp_path: Path) -> None:
+    """sync_all_properties with camel_case: every field stored, under camelCase names."""
+    db = tmp_path / "replica.db"
+    with emulator(records=40) as emu:
+        cfg = pull_config(tmp_path, emu.url, 'types = ["deal"]\nfield_normalization = "camel_case"')
+        sync(cfg)
+        cols = columns(db, "deal")
+        assert "stageId" in cols and "estimatedCloseDate" in cols and "stage_id" not in cols
+        remote = expected_state(emu.control.state())["deal"]
+        some = min(remote)
+        got = query(db, f"SELECT stageId, name FROM deal WHERE id = {some}")
+        assert got == [(remote[some]["stage_id"], remote[some]["name"])]

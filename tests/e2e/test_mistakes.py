@@ -207,8 +207,18 @@ CASES = [
          SYNC, 2, "syncs.up.mappings[0].from.data: a constant must be"),
     Case("a pull type misspelled", cfg(GOOD_CONN, GOOD_PULL + 'types = ["contacts"]\n'), SYNC,
          2, "syncs.mirror.types[0]: unknown type 'contacts'; did you mean 'contact'?"),
-    Case("mappings on a pull sync", cfg(GOOD_CONN, GOOD_PULL + 'field_behavior = "x"\n'),
-         SYNC, 2, "syncs.mirror.field_behavior: not supported for pull syncs"),
+    Case("a pull mapping to a reserved column", cfg(GOOD_CONN, GOOD_PULL
+         + '[syncs.mirror.mappings]\ncontact = [{ from = "name", to = "_revision" }]\n'),
+         SYNC, 2, "syncs.mirror.mappings.contact[0].to: '_revision' is one of replicad's own"),
+    Case("two pull mappings to one column", cfg(GOOD_CONN, GOOD_PULL
+         + '[syncs.mirror.mappings]\ncontact = [{ from = "a", to = "x" }, { from = "b", '
+         'to = "X" }]\n'), SYNC, 2, "syncs.mirror.mappings.contact[1].to: column 'X' is mapped"),
+    Case("a pull mapping for a type not kept", cfg(GOOD_CONN, GOOD_PULL + 'types = ["deal"]\n'
+         '[syncs.mirror.mappings]\ncontact = [{ from = "a", to = "x" }]\n'), SYNC, 2,
+         "syncs.mirror.mappings.contact: type 'contact' is not among types (deal)"),
+    Case("specific properties without mappings", cfg(GOOD_CONN, GOOD_PULL
+         + 'field_behavior = "specific_properties"\n'), SYNC, 2,
+         "syncs.mirror.field_behavior: 'specific_properties' stores only mapped fields"),
     Case("bad alert", cfg(GOOD_CONN, GOOD_PULL + 'alert_attributes = [{ type = "rejected_records"'
          ' }]\n'), SYNC, 2, "alert_attributes[0].threshold_percent: required"),
 ]  # fmt: skip

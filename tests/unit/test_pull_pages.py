@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from replicad.connectors.errors import ProtocolError
 from replicad.connectors.retry import RetryPolicy
 from replicad.connectors.sell import SellClient, SellSettings
-from replicad.connectors.errors import ProtocolError
 from replicad.daemon import pull
 from replicad.daemon.config import Connection, Sync
 from replicad.store import Replica
