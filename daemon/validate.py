@@ -30,7 +30,7 @@ from replicad.daemon.kinds import KINDS
 from replicad.daemon.mapping import mapped_columns
 from replicad.daemon.push import diff_spec
 from replicad.store.diff import SourceError, check_source, source_connection
-from replicad.store.status import read_status
+from replicad.store.status import read_status, seen_fields
 
 QUICK = RetryPolicy(max_retries=1, base=0.2, cap=1.0)
 # Worst first: the exit code is the worst finding's.
@@ -121,7 +121,20 @@ def _sync(s: Sync, config: Config, tables: set[str] | None) -> dict[str, Any]:
     if s.name:
         base["label"] = s.name
     if s.direction == "pull":
-        return {**base, "code": exits.OK, "message": f"{s.operation} from {s.connection}"}
+        message = f"{s.operation} from {s.connection}"
+        if s.pull_mappings and config.replica_path.exists():
+            # Not an error: a field is stored once it arrives. But say which have not.
+            seen = seen_fields(config.replica_path, s.label)
+            unseen = [
+                f"{type_}.{m.column}"
+                for type_, ms in s.pull_mappings
+                for m in ms
+                if m.column is not None and m.column not in seen.get(type_, set())
+            ]
+            if unseen:
+                base["unseen_fields"] = unseen
+                message += f"; mapped field(s) not received yet: {', '.join(unseen)}"
+        return {**base, "code": exits.OK, "message": message}
     what = f"{s.operation} to {KINDS[config.connections[s.connection].kind].name} {s.object!r}"
     if s.diffed is not None:
         spec = diff_spec(s)

@@ -98,3 +98,23 @@ def read_status(path: Path) -> dict[str, Any]:
     finally:
         db.close()
     return report
+
+
+def seen_fields(path: Path, sync: str) -> dict[str, set[str]]:
+    """Per remote type, the fields a pull sync has stored so far (read only)."""
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=5)
+    try:
+        out: dict[str, set[str]] = {}
+        for type_, name in db.execute(
+            "SELECT t.type, f.field FROM _replicad_fields f JOIN _replicad_types t "
+            "ON t.tbl = f.tbl WHERE t.sync = ?",
+            (sync,),
+        ):
+            out.setdefault(str(type_), set()).add(str(name))
+        return out
+    except sqlite3.OperationalError:
+        return {}  # not a replica yet, or an older schema: nothing to say
+    finally:
+        db.close()

@@ -198,8 +198,9 @@ def columns(db: Path, table: str) -> list[str]:
 
 def test_pull_mappings_store_only_mapped_fields_and_push_back_by_field(tmp_path: Path) -> None:
     """specific_properties with per-type mappings: only the mapped fields, in their
-    columns; an edit of a mapped column goes back under the remote field's name; a
-    mapping that moves a stored column waits for `replicad resync`, which applies it."""
+    columns; validate names a mapped field never received (no error); an edit of a
+    mapped column goes back under the remote field's name; a mapping that moves a
+    stored column waits for `replicad resync`, which applies it."""
     db = tmp_path / "replica.db"
     with emulator(records=60) as emu:
         cfg = pull_config(
@@ -214,6 +215,13 @@ def test_pull_mappings_store_only_mapped_fields_and_push_back_by_field(tmp_path:
         )
         sync(cfg)
         assert columns(db, "contact") == ["given", "mail"]
+        cfg.write_text(cfg.read_text().replace(
+            '{ from = "email", to = "mail" }]',
+            '{ from = "email", to = "mail" }, { from = "nickname", to = "nick" }]',
+        ))  # fmt: skip
+        said = replicad("validate", "--config", str(cfg))
+        assert said.returncode == 0, said.stderr
+        assert "mapped field(s) not received yet: contact.nickname" in said.stdout
         remote = expected_state(emu.control.state())["contact"]
         stored = {r[0]: (r[1], r[2]) for r in query(db, "SELECT id, given, mail FROM contact")}
         assert stored == {i: (d.get("first_name"), d.get("email")) for i, d in remote.items()}
