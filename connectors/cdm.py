@@ -186,11 +186,13 @@ class CdmClient(HttpConnector):
                     return found
                 # Nothing arrived: posting again cannot duplicate the record.
 
-    async def _match(
-        self, batch: PushBatch, item: PushItem, tracking_id: str, step: Plan
-    ) -> PushOutcome:
-        """Find the item's record by the sync's key field, then write as ``step`` says."""
-        assert batch.key_field is not None  # plan() matches only diffed syncs
+    async def _by_key(
+        self, batch: PushBatch, item: PushItem, tracking_id: str
+    ) -> PushOutcome | str | None:
+        """The id of the one record whose ``key_field`` equals the item's, None when
+        there is none, or the item's outcome when it cannot be told (no usable key, no
+        lookup at this server, several matches)."""
+        assert batch.key_field is not None
         key = match_key(item, batch.key_field)
         if not isinstance(key, NaturalKey):
             return PushOutcome(item.entry, rejected=key)
@@ -199,8 +201,18 @@ class CdmClient(HttpConnector):
             return PushOutcome(item.entry, rejected=cannot_look_up(key, found))
         if len(found) > 1:
             return PushOutcome(item.entry, rejected=ambiguous(batch.object, key, len(found)))
-        if found:
-            (rid,) = found
+        return found[0] if found else None
+
+    async def _match(
+        self, batch: PushBatch, item: PushItem, tracking_id: str, step: Plan
+    ) -> PushOutcome:
+        """Find the item's record by the sync's key field, then write as ``step`` says."""
+        assert batch.key_field is not None  # plan() matches only diffed syncs
+        found = await self._by_key(batch, item, tracking_id)
+        if isinstance(found, PushOutcome):
+            return found
+        if found is not None:
+            rid = found
             if step.on_match == "confirm":
                 # Census insert never changes a record the destination already has.
                 return PushOutcome(item.entry, id=rid)
@@ -212,6 +224,8 @@ class CdmClient(HttpConnector):
                 return outcome
             # Deleted between the lookup and the update: an upsert creates it anew.
         if step.on_none == "not_found":
+            key = match_key(item, batch.key_field)
+            assert isinstance(key, NaturalKey)  # _by_key found it usable
             return PushOutcome(item.entry, rejected=no_match(batch.object, key), not_found=True)
         return await self._create(batch, item, tracking_id, checked=True)
 
@@ -262,16 +276,11 @@ class CdmClient(HttpConnector):
         if item.id is None and batch.key_field is not None and batch.key_field in item.data:
             # A diffed row whose create was accepted without an id (a 202): find the
             # record by the sync's key field.
-            key = match_key(item, batch.key_field)
-            if not isinstance(key, NaturalKey):
-                return PushOutcome(item.entry, rejected=key)
-            found = await self._lookup(batch.object, key, tracking_id)
-            if isinstance(found, int):
-                return PushOutcome(item.entry, rejected=cannot_look_up(key, found))
-            if len(found) > 1:
-                return PushOutcome(item.entry, rejected=ambiguous(batch.object, key, len(found)))
-            if found:
-                item = replace(item, id=found[0])
+            found = await self._by_key(batch, item, tracking_id)
+            if isinstance(found, PushOutcome):
+                return found
+            if found is not None:
+                item = replace(item, id=found)
         if item.id is None:
             # Never created at the destination (or its id never learned): nothing to
             # delete there.

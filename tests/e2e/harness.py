@@ -194,6 +194,22 @@ def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         db.close()
 
 
+def stored_rows(path: Path) -> int:
+    """Rows in every managed table of a replica so far (0 while it is not there): how
+    far a sync has got, for tests that kill it at a moment of their choosing."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return sum(
+                db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
+                for (t,) in db.execute("SELECT tbl FROM _replicad_types")
+            )
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
 def query_when_ready(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]] | None:
     """Rows of a read-only query, or None while the replica is not created yet (no
     file, or the daemon has not committed its schema)."""

@@ -20,6 +20,7 @@ from tests.e2e.harness import (
     replica_state,
     replicad,
     start_replicad,
+    stored_rows,
     write_config,
 )
 
@@ -44,21 +45,6 @@ def history(db: Path, type_: str) -> list[dict[str, Any]]:
         return [dict(r) for r in con.execute(f"SELECT * FROM {type_}_history ORDER BY _seq")]
     finally:
         con.close()
-
-
-def _rows(path: Path) -> int:
-    """History rows so far (0 while the replica is not there yet)."""
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            return sum(
-                con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
-                for (t,) in con.execute("SELECT tbl FROM _replicad_types")
-            )
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
 
 
 def latest(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -102,7 +88,7 @@ def test_append_keeps_every_change_and_never_updates_in_place(tmp_path: Path) ->
             app_write(db, "DELETE FROM contact_history")
 
 
-def test_insert_keeps_first_seen_and_update_changes_only_known_rows(tmp_path: Path) -> None:
+def test_insert_keeps_first_seen_and_update_changes_only_knownstored_rows(tmp_path: Path) -> None:
     """insert never changes a row once there (new records still arrive); update then
     changes only the rows already there, skipping new records and remote deletes."""
     db = tmp_path / "replica.db"
@@ -159,9 +145,9 @@ def test_kill_9_during_an_append_pull_leaves_no_gap_and_no_duplicate(tmp_path: P
         for round_ in range(4):
             proc = start_replicad("sync", "--once", "--no-progress", "--config", str(cfg))
             # Kill once this run has visibly progressed, at a random row count.
-            target = _rows(db) + rng.randint(200, 3000)
+            target = stored_rows(db) + rng.randint(200, 3000)
             deadline = time.monotonic() + 30
-            while proc.poll() is None and _rows(db) < target and time.monotonic() < deadline:
+            while proc.poll() is None and stored_rows(db) < target and time.monotonic() < deadline:
                 time.sleep(rng.uniform(0.0, 0.05))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)

@@ -14,23 +14,9 @@ from tests.e2e.harness import (
     emulator,
     replicad,
     start_replicad,
+    stored_rows,
     write_config,
 )
-
-
-def _rows(path: Path) -> int:
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            return sum(
-                db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
-                for (t,) in db.execute("SELECT tbl FROM _replicad_types")
-            )
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return 0
-
 
 # REPLICAD_CRASH_RECORDS=100000 runs the same test on a 100k-record account.
 RECORDS = int(os.environ.get("REPLICAD_CRASH_RECORDS", "20000"))
@@ -45,11 +31,11 @@ def test_kill_9_during_large_sync_then_resume(tmp_path: Path) -> None:
         kills = 0
         for round_ in range(4):
             proc = start_replicad("sync", "--once", "--config", str(cfg))
-            before = _rows(replica)
+            before = stored_rows(replica)
             deadline = time.monotonic() + 30
             # Kill once this run has visibly progressed, at a random row count.
             target = before + rng.randint(200, 4000)
-            while proc.poll() is None and _rows(replica) < target:
+            while proc.poll() is None and stored_rows(replica) < target:
                 if time.monotonic() > deadline:
                     break
                 time.sleep(rng.uniform(0.0, 0.05))
