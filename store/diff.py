@@ -24,7 +24,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,6 @@ class DiffCounts:
     updated: int = 0
     deleted: int = 0
     invalid: int = 0  # rows without an identifier (or mark)
-    columns: list[str] = field(default_factory=list)
 
 
 def internal_id(sync: str, key: SQLValue, mark: SQLValue = None) -> str:

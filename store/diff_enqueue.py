@@ -51,15 +51,14 @@ def run_diff(
     with source_connection(spec, replica) as src:
         cols = check_source(src, spec)
         compared = compared_columns(spec, cols)
-        counts.columns = compared
         counts.invalid = invalid_rows(src, spec)
         chunk: list[SourceRow] = []
         for row in changed_rows(src, spec, compared):
             chunk.append(row)
             if len(chunk) >= CHUNK:
-                _commit(db, _enqueue_rows, spec, chunk, compared, now(), counts)
+                _commit(db, _enqueue_rows, spec, chunk, now(), counts)
                 chunk = []
-        _commit(db, _enqueue_rows, spec, chunk, compared, now(), counts)
+        _commit(db, _enqueue_rows, spec, chunk, now(), counts)
         if spec.operation == "mirror":
             gone = list(vanished_keys(src, spec))
             for i in range(0, len(gone), CHUNK):
@@ -81,7 +80,6 @@ def _enqueue_rows(
     db: sqlite3.Connection,
     spec: DiffSpec,
     rows: list[SourceRow],
-    compared: list[str],
     now: str,
     counts: DiffCounts,
 ) -> None:
@@ -119,30 +117,30 @@ def _enqueue_rows(
                 (spec.sync, r.key, r.fingerprint, iid),
             )
     # A row that could not be enqueued is not past the mark: it is read again.
-    _save_state(db, spec, done, compared)
+    if spec.high_water_mark is not None:
+        _save_mark(db, spec, done)
 
 
-def _save_state(
-    db: sqlite3.Connection, spec: DiffSpec, rows: list[SourceRow], compared: list[str]
-) -> None:
-    """The columns the stored values are in and, for a high-water mark, the mark and
-    the keys sent at exactly that mark (rows come in mark order)."""
+def _save_mark(db: sqlite3.Connection, spec: DiffSpec, rows: list[SourceRow]) -> None:
+    """An append's high-water mark and the keys sent at exactly that mark (rows come in
+    mark order)."""
+    old = db.execute(
+        "SELECT mark, mark_keys FROM _replicad_diff_syncs WHERE sync = ?", (spec.sync,)
+    ).fetchone()
     mark: SQLValue = None
     keys: list[str] | None = None
-    if spec.high_water_mark is not None:
-        old = db.execute(
-            "SELECT mark, mark_keys FROM _replicad_diff_syncs WHERE sync = ?", (spec.sync,)
-        ).fetchone()
-        mark, keys = (None, None) if old is None else (old[0], _keys(old[1]))
-        for r in rows:
-            if keys is None or r.mark != mark:
-                mark, keys = r.mark, []
-            keys.append(key_text(r.key))
+    if old is not None:
+        mark, keys = old[0], _keys(old[1])
+    for r in rows:
+        if keys is None or r.mark != mark:
+            mark, keys = r.mark, []
+        keys.append(key_text(r.key))
+    if keys is None:
+        return  # nothing sent yet: no mark
     db.execute(
-        "INSERT INTO _replicad_diff_syncs (sync, columns, mark, mark_keys) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (sync) DO UPDATE SET columns = excluded.columns, mark = excluded.mark, "
-        "mark_keys = excluded.mark_keys",
-        (spec.sync, json.dumps(compared), mark, None if keys is None else json.dumps(keys)),
+        "INSERT INTO _replicad_diff_syncs (sync, mark, mark_keys) VALUES (?, ?, ?) "
+        "ON CONFLICT (sync) DO UPDATE SET mark = excluded.mark, mark_keys = excluded.mark_keys",
+        (spec.sync, mark, json.dumps(keys)),
     )
 
 

@@ -221,8 +221,9 @@ MIGRATIONS: list[str] = [
     -- 'history': a pull append's <type>_history table (append-only), not a type table.
     ALTER TABLE _replicad_types ADD COLUMN kind TEXT NOT NULL DEFAULT 'table';
 
-    -- Per diffed sync and primary identifier: the values last enqueued (JSON text,
-    -- compared in SQL), the entry's internal id and the remote id once confirmed.
+    -- Per diffed sync and primary identifier: the values last enqueued (JSON objects
+    -- by column name, compared in SQL), the entry's internal id and the remote id
+    -- once confirmed.
     -- The key keeps its SQL type (no affinity): 1 and '1' are different rows.
     CREATE TABLE _replicad_diff (
         sync TEXT NOT NULL,
@@ -237,11 +238,10 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX _replicad_diff_iid ON _replicad_diff (internal_id);
 
-    -- Per diffed sync: the columns its stored values are in, and an append's
-    -- high-water mark with the keys already sent at exactly that mark (ties).
+    -- Per append with a high-water mark: the mark, and the keys already sent at
+    -- exactly that mark (ties).
     CREATE TABLE _replicad_diff_syncs (
         sync TEXT PRIMARY KEY,
-        columns TEXT NOT NULL,
         mark,
         mark_keys TEXT
     ) WITHOUT ROWID;
