@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -24,18 +24,13 @@ import structlog
 from replicad.daemon.config import Sync
 from replicad.daemon.cycle_status import one_line
 from replicad.store import Replica, Run, RunCounts
+from replicad.store.outbox import utcnow
 
 log = structlog.get_logger("replicad.alerts")
 
 ON_ALERT_TIMEOUT = 10.0
 # Recording a run and acting on its alerts (on_alert commands included), at most.
 RECORD_BUDGET = 60.0
-
-
-def utc_iso(epoch: float | None = None) -> str:
-    """A timestamp as the replica keeps them."""
-    moment = datetime.fromtimestamp(time.time() if epoch is None else epoch, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)
@@ -70,7 +65,7 @@ class Alerts:
         """Record the cycle in the body as a run, then evaluate the sync's alerts. A
         stop (cancellation) is recorded as a stopped run and raises no alert."""
         recorder = RunRecorder()
-        started = utc_iso()
+        started = utcnow()
         status, error = "succeeded", None
         try:
             yield recorder
@@ -81,7 +76,7 @@ class Alerts:
         finally:
             c = recorder.counts
             c.processed = c.created + c.updated + c.deleted + c.rejected + c.not_found
-            run = Run(sync.label, sync.direction, started, utc_iso(), status, c, error)
+            run = Run(sync.label, sync.direction, started, utcnow(), status, c, error)
             # Shielded from a stop, bounded: the replica's writer may be busy (a long
             # diff), and an on_alert command takes up to its own timeout.
             with anyio.CancelScope(shield=True), anyio.move_on_after(RECORD_BUDGET) as budget:
@@ -159,7 +154,7 @@ class Alerts:
     async def _command(self, sync: Sync, alert: dict[str, Any]) -> None:
         if not sync.on_alert:
             return
-        body = {"sync": sync.label, "label": sync.name or sync.label, "at": utc_iso(), **alert}
+        body = {"sync": sync.label, "label": sync.name or sync.label, "at": utcnow(), **alert}
         data = json.dumps(body).encode()
         try:
             with anyio.fail_after(ON_ALERT_TIMEOUT):

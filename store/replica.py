@@ -393,7 +393,7 @@ class Replica:
 
     async def open_alerts(self) -> list[tuple[str, str, str, str]]:
         """(sync, type, raised_at, message) of the open alerts."""
-        return await self._write(lambda db: runs.open_alerts(db))
+        return await self._write(runs.open_alerts)
 
     async def last_success(self, sync: str) -> str | None:
         """When the sync last finished a cycle without error."""
