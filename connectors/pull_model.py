@@ -130,9 +130,11 @@ class PullConnector(Protocol):
 
     A cycle: ``start`` a session, ``fetch`` raw pages until None, ``decode`` each (a
     pure function; the daemon runs it on the replica's writer thread), and after the
-    store has committed a page's checkpoint tokens in the page's transaction,
-    ``confirm`` them (Sell: acknowledge the ack keys; a cursor kind would save its
-    cursor). The tokens are opaque to the store and the daemon.
+    store has committed a page's checkpoint tokens (each item's ``ack_key``) in the
+    page's transaction, ``confirm`` them. The newest confirmed token is kept and handed
+    to the next ``start``. Sell acknowledges its ack keys and ignores the checkpoint
+    (the server keeps the queue); a cursor kind confirms nothing remotely and starts
+    from the checkpoint. The tokens are opaque to the store and the daemon.
     """
 
     @property
@@ -146,6 +148,11 @@ class PullConnector(Protocol):
         ...
 
     @property
+    def confirm_batch(self) -> int:
+        """How many tokens one ``confirm`` takes at most."""
+        ...
+
+    @property
     def stats(self) -> RequestCount:
         """Requests sent so far."""
         ...
@@ -154,8 +161,9 @@ class PullConnector(Protocol):
         """A read-only request; raises AuthRefused when the token is refused."""
         ...
 
-    async def start(self) -> PullSession | None:
-        """Start a session; None when there is nothing new."""
+    async def start(self, checkpoint: str | None = None) -> PullSession | None:
+        """Start a session after ``checkpoint`` (the newest confirmed token, kept by
+        the store; None at first or after a resync); None when there is nothing new."""
         ...
 
     async def fetch(self, session_id: str) -> tuple[bytes | None, bool]:

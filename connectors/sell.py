@@ -35,6 +35,7 @@ class SellSettings(ConnectorSettings):
 
     device_uuid: str = ""
     rate_limit: str | None = SELL_DEFAULT
+    ack_batch: int = 1000  # ack keys per ack request
 
 
 @dataclass(slots=True)
@@ -88,8 +89,9 @@ class SellClient(HttpConnector):
         """Ask who the token belongs to (read-only); raises AuthRefused if refused."""
         await self._send("GET", "/users/self", "credentials check")
 
-    async def start(self) -> SyncSession | None:
-        """Start a session; None when there is nothing new (204)."""
+    async def start(self, checkpoint: str | None = None) -> SyncSession | None:
+        """Start a session; None when there is nothing new (204). The server keeps
+        the device's queue, so a checkpoint means nothing here."""
         self.stats.start += 1
         answer = await self._send("POST", "/sync/start", "start", json_required=True)
         return parse_start(answer.status, answer.json())
@@ -121,6 +123,11 @@ class SellClient(HttpConnector):
     def identity(self) -> str:
         """The device UUID the Sync API knows this replica by."""
         return self.settings.device_uuid
+
+    @property
+    def confirm_batch(self) -> int:
+        """Ack keys per ack request (``ack_batch``)."""
+        return self.settings.ack_batch
 
     def decode(self, raw: bytes) -> QueuePage:
         """A page body as neutral items (``sell_protocol.decode_page``; pure, so the

@@ -216,23 +216,30 @@ def check_push_sources(config: Config, tables: Collection[str]) -> None:
 
 
 async def apply_pull_naming(replica: Replica, config: Config) -> None:
-    """A pull's mappings that would move or drop stored columns apply only once the
-    operator asked for a resync of it; until then the config is refused."""
+    """A pull's mappings (or field_normalization) that would move or drop stored
+    columns apply only once the operator asked for a resync of it; until then the
+    config is refused."""
     for sync in config.syncs.values():
         naming = pull_naming(sync) if sync.direction == "pull" else None
         if naming is None:
             continue
-        changes = replica.naming_changes(sync.label, naming)
+        changes = await replica.naming_changes(sync.label, naming)
         if not changes:
+            await replica.naming_applied(sync.label, naming)
+            added = await replica.add_mapped_columns(sync.label, naming)
+            if added:
+                log.info("schema.columns_added", sync=sync.label, columns=added)
             continue
         if await replica.resync_since(sync.connection) is None:
             raise ConfigError(
-                f"syncs.{sync.label}.mappings: {changes[0].describe()}"
+                f"syncs.{sync.label}.{changes[0].key}: {changes[0].describe()}"
                 + (f" (and {len(changes) - 1} more)" if len(changes) > 1 else "")
                 + f"; this changes what apps read: run `replicad resync {sync.label}` to "
                 "apply it (the full pull then fills the columns)"
             )
         await replica.apply_naming(changes)
+        await replica.naming_applied(sync.label, naming)
+        await replica.add_mapped_columns(sync.label, naming)
         for c in changes:
             log.warning("schema.naming_applied", sync=sync.label, change=c.describe())
 

@@ -59,6 +59,7 @@ def _sell_client(conn: Connection, device_uuid: str, token: str, retry: RetryPol
             base_url=conn.base_url,
             token=token,
             device_uuid=device_uuid,
+            ack_batch=conn.ack_batch,
             rate_limit=conn.rate_limit or SELL.default_rate_limit,
             timeout=conn.timeout,
             retry=retry,

@@ -115,9 +115,9 @@ def pull_naming(sync: Sync) -> Naming | None:
 
 
 async def flush_acks(replica: Replica, client: PullConnector, conn: Connection) -> int:
-    """Send every committed-but-unacknowledged key, in batches; returns how many."""
+    """Confirm every committed-but-unconfirmed token, in batches; returns how many."""
     sent = 0
-    while (batch := await replica.pending_acks(conn.name, conn.ack_batch)).seqs:
+    while (batch := await replica.pending_acks(conn.name, client.confirm_batch)).seqs:
         if batch.keys:
             await client.confirm(batch.keys)
         await replica.forget_acks(batch)
@@ -150,7 +150,7 @@ async def pull_cycle(
         target = pull_target(sync, await replica.resync_since(conn.name) is not None)
         lost = drained = False
         for _ in range(sync.max_sessions):
-            session = await client.start()
+            session = await client.start(await replica.checkpoint(conn.name))
             if session is None:
                 lost, drained = False, True
                 break
@@ -223,7 +223,7 @@ async def _drain(
                         log.warning("pull.bad_page", error=str(bad), attempt=malformed)
                         if malformed > conn.max_retries:
                             raise ProtocolError(
-                                "the main queue keeps answering malformed pages"
+                                f"{conn.name} keeps answering malformed pages"
                             ) from None
                         continue
                     malformed = 0
@@ -232,7 +232,7 @@ async def _drain(
                         empty += 1
                         if empty >= MAX_EMPTY_PAGES:
                             raise ProtocolError(
-                                f"the main queue answered {empty} empty pages in a row; "
+                                f"{conn.name} answered {empty} empty pages in a row; "
                                 "abandoning the session"
                             )
                         await anyio.sleep(EMPTY_PAGE_PAUSE * min(empty, 10))
@@ -255,7 +255,7 @@ async def _drain(
                     log.debug("pull.page", sync=sync.label, items=page.count,
                               left=page.count_left)  # fmt: skip
                     pending += result.ack_keys
-                    if pending >= conn.ack_batch:
+                    if pending >= client.confirm_batch:
                         await flush_acks(replica, client, conn)
                         pending = 0
     except BaseExceptionGroup as group:

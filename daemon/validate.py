@@ -123,7 +123,7 @@ def _sync(s: Sync, config: Config, tables: set[str] | None) -> dict[str, Any]:
     if s.direction == "pull":
         message = f"{s.operation} from {s.connection}"
         if s.pull_mappings and config.replica_path.exists():
-            # Not an error: a field is stored once it arrives. But say which have not.
+            # Not an error: the column stays NULL until the field arrives. Say which have not.
             seen = seen_fields(config.replica_path, s.label)
             unseen = [
                 f"{type_}.{m.column}"
@@ -133,7 +133,7 @@ def _sync(s: Sync, config: Config, tables: set[str] | None) -> dict[str, Any]:
             ]
             if unseen:
                 base["unseen_fields"] = unseen
-                message += f"; mapped field(s) not received yet: {', '.join(unseen)}"
+                message += f"; mapped field(s) with no value received yet: {', '.join(unseen)}"
         return {**base, "code": exits.OK, "message": message}
     what = f"{s.operation} to {KINDS[config.connections[s.connection].kind].name} {s.object!r}"
     if s.diffed is not None:

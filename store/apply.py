@@ -81,7 +81,11 @@ def apply_page(
         for tbl, flds in fields.items():
             changes = per_table[tbl]
             type_ = changes[0].type
-            namer = None if target.naming is None else partial(target.naming.column, type_)
+            namer = None
+            if target.naming is not None:
+                namer = partial(target.naming.column, type_)
+                # A mapped field has its column from the start, NULL until it arrives.
+                flds.update(dict.fromkeys(target.naming.mapped.get(type_, ())))
             result.new_columns += catalog.ensure(
                 db, tbl, type_, target.sync, list(flds), now, history=history, namer=namer
             )

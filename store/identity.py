@@ -26,6 +26,8 @@ from replicad.store.names import quote
 
 IDENTITY_KEY = "identity.file"
 _RESYNC = "resync."
+# The newest confirmed checkpoint token of a connection (store.replica.forget_acks).
+CHECKPOINT_KEY = "checkpoint."
 # Set while a full pull has met an item it could not identify (see note_seen).
 _UNSURE = "resync_unsure."
 
@@ -82,7 +84,10 @@ def _forget_devices(db: sqlite3.Connection, connections: list[str] | None, now: 
             for (k,) in db.execute("SELECT key FROM _replicad_meta WHERE key LIKE 'device_uuid.%'")
         ]
     for conn in connections:
-        db.execute("DELETE FROM _replicad_meta WHERE key = ?", (f"device_uuid.{conn}",))
+        db.execute(
+            "DELETE FROM _replicad_meta WHERE key IN (?, ?)",
+            (f"device_uuid.{conn}", CHECKPOINT_KEY + conn),
+        )
         # Keys of the old identity: sending them would drain the original's queue.
         db.execute("DELETE FROM _replicad_pending_acks WHERE connection = ?", (conn,))
         _set(db, _RESYNC + conn, now)

@@ -28,7 +28,7 @@ from replicad.store import identity, outbox, runs
 from replicad.store.apply import apply_page
 from replicad.store.diff import DiffCounts, DiffSpec
 from replicad.store.diff_enqueue import run_diff
-from replicad.store.identity import check_identity
+from replicad.store.identity import CHECKPOINT_KEY, check_identity
 from replicad.store.lock import ReplicaLock, create_private
 from replicad.store.model import (
     ApplyResult,
@@ -39,8 +39,14 @@ from replicad.store.model import (
     PullTarget,
     PushSource,
 )
+from replicad.store.naming import (
+    STYLE_KEY,
+    Naming,
+    add_mapped,
+    naming_changes,
+    rename_and_drop,
+)
 from replicad.store.naming import Change as NamingChange
-from replicad.store.naming import Naming, naming_changes, rename_and_drop
 from replicad.store.outbox import utcnow
 from replicad.store.reconcile import reconcile
 from replicad.store.runs import Run
@@ -53,8 +59,10 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class AckBatch:
-    """Ack keys to send, and the pending rows they came from."""
+    """Checkpoint tokens to confirm (Sell: ack keys), and the pending rows they came
+    from, oldest first."""
 
+    connection: str = ""
     seqs: list[int] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
 
@@ -371,9 +379,18 @@ class Replica:
         """Record what the destination said about a batch's entries."""
         return await self._write(outbox.record_outcomes, self.catalog, table, outcomes, utcnow())
 
-    def naming_changes(self, sync: str, naming: Naming) -> list[NamingChange]:
+    async def naming_changes(self, sync: str, naming: Naming) -> list[NamingChange]:
         """What a pull's column naming would move or drop in its tables."""
-        return naming_changes(self.catalog, sync, naming)
+        old_style = await self.meta(STYLE_KEY + sync)
+        return naming_changes(self.catalog, sync, naming, old_style)
+
+    async def add_mapped_columns(self, sync: str, naming: Naming) -> list[str]:
+        """Columns for mapped fields the sync's tables do not have yet."""
+        return await self._write(add_mapped, self.catalog, sync, naming, utcnow())
+
+    async def naming_applied(self, sync: str, naming: Naming) -> None:
+        """Remember the field_normalization the sync's columns are now named in."""
+        await self.set_meta(STYLE_KEY + sync, naming.style)
 
     async def apply_naming(self, changes: list[NamingChange]) -> None:
         """Rename or drop those columns (``replicad resync`` asked for it)."""
@@ -442,7 +459,7 @@ class Replica:
                 (utcnow(),),
             )
             self._unsynced_pages = False
-        batch = AckBatch()
+        batch = AckBatch(connection)
         rows = writer.execute(
             "SELECT seq, keys FROM _replicad_pending_acks WHERE connection = ? ORDER BY seq",
             (connection,),
@@ -466,13 +483,30 @@ class Replica:
         return int(next(iter(rows))[0])
 
     async def forget_acks(self, batch: AckBatch) -> None:
-        """Drop ack keys the remote has accepted."""
-        # One statement: in autocommit mode each row deleted apart would be its own
+        """Drop tokens the remote has confirmed; the newest becomes the connection's
+        checkpoint (``checkpoint``), in the same transaction."""
+        # One transaction: in autocommit mode each row deleted apart would be its own
         # (fsynced) transaction.
-        await self.db.execute(
-            "DELETE FROM _replicad_pending_acks WHERE seq IN (SELECT value FROM json_each(?))",
-            (json.dumps(batch.seqs),),
-        )
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            await self.db.execute(
+                "DELETE FROM _replicad_pending_acks WHERE seq IN (SELECT value FROM json_each(?))",
+                (json.dumps(batch.seqs),),
+            )
+            if batch.keys:
+                await self.db.execute(
+                    "INSERT OR REPLACE INTO _replicad_meta (key, value) VALUES (?, ?)",
+                    (CHECKPOINT_KEY + batch.connection, batch.keys[-1]),
+                )
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+
+    async def checkpoint(self, connection: str) -> str | None:
+        """The newest token the connection's remote has confirmed (a cursor kind
+        starts its next session there); None after a resync or before any."""
+        return await self.meta(CHECKPOINT_KEY + connection)
 
     async def resync_since(self, connection: str) -> str | None:
         """When the connection's full pull (a copy's, or ``resync``) started, if one runs."""

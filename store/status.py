@@ -101,7 +101,10 @@ def read_status(path: Path) -> dict[str, Any]:
 
 
 def seen_fields(path: Path, sync: str) -> dict[str, set[str]]:
-    """Per remote type, the fields a pull sync has stored so far (read only)."""
+    """Per remote type, the fields a pull sync has received a value of (read only).
+
+    A mapped field has its column from the start; its kind is learnt from its first
+    non-null value, so a field without a kind has not brought anything yet."""
     if not path.exists():
         return {}
     db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=5)
@@ -109,7 +112,7 @@ def seen_fields(path: Path, sync: str) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
         for type_, name in db.execute(
             "SELECT t.type, f.field FROM _replicad_fields f JOIN _replicad_types t "
-            "ON t.tbl = f.tbl WHERE t.sync = ?",
+            "ON t.tbl = f.tbl WHERE t.sync = ? AND f.kind IS NOT NULL",
             (sync,),
         ):
             out.setdefault(str(type_), set()).add(str(name))

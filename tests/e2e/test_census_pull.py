@@ -184,7 +184,8 @@ def columns(db: Path, table: str) -> list[str]:
 
 def test_pull_mappings_store_only_mapped_fields_and_push_back_by_field(tmp_path: Path) -> None:
     """specific_properties with per-type mappings: only the mapped fields, in their
-    columns; validate names a mapped field never received (no error); an edit of a
+    columns; a mapped field never received has its column, NULL, and validate names
+    it (no error); an edit of a
     mapped column goes back under the remote field's name; a mapping that moves a
     stored column waits for `replicad resync`, which applies it."""
     db = tmp_path / "replica.db"
@@ -207,13 +208,15 @@ def test_pull_mappings_store_only_mapped_fields_and_push_back_by_field(tmp_path:
         ))  # fmt: skip
         said = replicad("validate", "--config", str(cfg))
         assert said.returncode == 0, said.stderr
-        assert "mapped field(s) not received yet: contact.nickname" in said.stdout
+        assert "mapped field(s) with no value received yet: contact.nickname" in said.stdout
         remote = expected_state(emu.control.state())["contact"]
         stored = {r[0]: (r[1], r[2]) for r in query(db, "SELECT id, given, mail FROM contact")}
         assert stored == {i: (d.get("first_name"), d.get("email")) for i, d in remote.items()}
         some = min(stored)
         app_write(db, f"UPDATE contact SET given = 'Zed' WHERE id = {some}")
         sync(cfg)
+        assert columns(db, "contact") == ["given", "mail", "nick"]  # NULL until it arrives
+        assert query(db, "SELECT count(*) FROM contact WHERE nick IS NOT NULL") == [(0,)]
         assert emu.control.state()["records"]["contact"][str(some)]["first_name"] == "Zed"
         cfg.write_text(cfg.read_text().replace('to = "given"', 'to = "first"'))
         refused = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
@@ -222,12 +225,13 @@ def test_pull_mappings_store_only_mapped_fields_and_push_back_by_field(tmp_path:
         assert "replicad resync mirror" in refused.stderr
         assert replicad("resync", "mirror", "--config", str(cfg)).returncode == 0
         sync(cfg)
-        assert columns(db, "contact") == ["first", "mail"]
+        assert columns(db, "contact") == ["first", "mail", "nick"]
         assert query(db, f"SELECT first FROM contact WHERE id = {some}") == [("Zed",)]
 
 
 def test_field_normalization_names_automatic_columns(tmp_path: Path) -> None:
-    """sync_all_properties with camel_case: every field stored, under camelCase names."""
+    """sync_all_properties with camel_case: every field stored, under camelCase names;
+    a change of style renames them after `replicad resync`, not an app's own names."""
     db = tmp_path / "replica.db"
     with emulator(records=40) as emu:
         cfg = pull_config(tmp_path, emu.url, 'types = ["deal"]\nfield_normalization = "camel_case"')
@@ -238,3 +242,19 @@ def test_field_normalization_names_automatic_columns(tmp_path: Path) -> None:
         some = min(remote)
         got = query(db, f"SELECT stageId, name FROM deal WHERE id = {some}")
         assert got == [(remote[some]["stage_id"], remote[some]["name"])]
+        # A new style renames the automatic columns, once the operator asks for it; a
+        # column an app renamed itself keeps the app's name.
+        app_write(db, 'ALTER TABLE deal RENAME COLUMN "estimatedCloseDate" TO closes_on')
+        sync(cfg)
+        cfg.write_text(cfg.read_text().replace('"camel_case"', '"snake_case"'))
+        refused = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+        assert refused.returncode == 2
+        assert "syncs.mirror.field_normalization: deal.stageId" in refused.stderr
+        assert "replicad resync mirror" in refused.stderr
+        assert replicad("resync", "mirror", "--config", str(cfg)).returncode == 0
+        sync(cfg)
+        cols = columns(db, "deal")
+        assert "stage_id" in cols and "closes_on" in cols and "stageId" not in cols
+        remote = expected_state(emu.control.state())["deal"]
+        got = query(db, f"SELECT stage_id, closes_on FROM deal WHERE id = {some}")
+        assert got == [(remote[some]["stage_id"], remote[some]["estimated_close_date"])]
