@@ -59,6 +59,7 @@ from replicad.connectors.cdm_protocol import (
 from replicad.connectors.errors import ConnectorError
 from replicad.connectors.exchange import ConnectorSettings, Exchange, HttpConnector, MaybeApplied
 from replicad.connectors.push_model import PushBatch, PushItem, PushOutcome, PushResult
+from replicad.connectors.ratelimit import TokenBucket
 
 log = structlog.get_logger("replicad.cdm")
 
@@ -104,6 +105,7 @@ class CdmClient(HttpConnector):
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
+        bucket: TokenBucket | None = None,
     ) -> None:
         self.settings = settings
         self.stats = CdmStats()
@@ -113,6 +115,7 @@ class CdmClient(HttpConnector):
             self.stats,
             transport=transport,
             rng=rng,
+            bucket=bucket,  # the connection's, shared by its syncs
             auth_hint="token rejected or missing the api.write scope",
         )
 
@@ -348,7 +351,8 @@ class CdmClient(HttpConnector):
         by_key = batch.key_field if batch.operation != "append" else None
         key = natural_key(item, self.settings.natural_key or by_key)
         if not isinstance(key, NaturalKey):
-            return PushOutcome(item.entry, rejected=key)
+            # Posting again could make a second record: the entry waits for the pull.
+            return PushOutcome(item.entry, rejected=key, in_doubt=True)
         found = await self._lookup(batch.object, key, tracking_id)
         if isinstance(found, int):
             return PushOutcome(
@@ -357,6 +361,7 @@ class CdmClient(HttpConnector):
                     "create may have reached the destination; this destination cannot look "
                     f"records up by {key.field} (HTTP {found}) — {RETRY_HINT}"
                 ),
+                in_doubt=True,
             )
         return resolve_lookup(item.entry, key, found)
 

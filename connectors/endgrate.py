@@ -56,6 +56,7 @@ from replicad.connectors.errors import (
 )
 from replicad.connectors.exchange import Answer, ConnectorSettings, Exchange, HttpConnector
 from replicad.connectors.push_model import PushBatch, PushOutcome, PushResult
+from replicad.connectors.ratelimit import TokenBucket
 
 # Statuses of api/errors that mean the server has no errors list (the seed names none;
 # Endgrate itself offers an error webhook).
@@ -122,6 +123,7 @@ class EndgrateClient(HttpConnector):
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
+        bucket: TokenBucket | None = None,
     ) -> None:
         self.settings = settings
         self.stats = EndgrateStats()
@@ -130,6 +132,7 @@ class EndgrateClient(HttpConnector):
             self.stats,
             transport=transport,
             rng=rng,
+            bucket=bucket,  # the connection's, shared by its syncs
             auth_hint="token rejected or not allowed to push",
         )
 

@@ -81,6 +81,10 @@ class PushOutcome:
     # An update (or delete) of a record the destination does not have: final, counted
     # apart from rejections (Census's not_found). ``rejected`` carries the reason.
     not_found: bool = False
+    # Rejected only because it cannot be told whether a create arrived (its answer was
+    # lost and the record cannot be looked up): if the pull brings the record, it is
+    # the entry's, and confirms it.
+    in_doubt: bool = False
 
     @property
     def confirmed(self) -> bool:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
+from replicad.connectors.ratelimit import TokenBucket, parse_rate
 from replicad.connectors.retry import RetryPolicy
 from replicad.daemon.alerts import Alerts
 from replicad.daemon.config import Config, ConfigError, Connection, Sync, read_token
@@ -54,11 +55,19 @@ def pull_client(
     return factory(conn, device_uuid, connection_token(conn), retry or retry_policy(conn))
 
 
-def push_connector(conn: Connection, sync: Sync) -> PushConnector:
-    """The client a push sync sends with (settings are per sync); reads the token now."""
+def push_connector(
+    conn: Connection, sync: Sync, bucket: TokenBucket | None = None
+) -> PushConnector:
+    """The client a push sync sends with (settings are per sync); reads the token now.
+    ``bucket``: the connection's budget, when several syncs share it."""
     factory = KINDS[conn.kind].push_client
     assert factory is not None  # config checks that push syncs name a push kind
-    return factory(conn, sync, connection_token(conn), retry_policy(conn))
+    return factory(conn, sync, connection_token(conn), retry_policy(conn), bucket)
+
+
+def connection_bucket(conn: Connection) -> TokenBucket | None:
+    """A connection's own rate budget (None: it has no rate_limit)."""
+    return TokenBucket(parse_rate(conn.rate_limit)) if conn.rate_limit else None
 
 
 @dataclass(slots=True)
@@ -69,6 +78,8 @@ class Engine:
     replica: Replica
     clients: dict[str, PullConnector] = field(default_factory=dict)
     pushers: dict[str, PushConnector] = field(default_factory=dict)
+    # Push budgets per connection: the remote counts requests per token, not per sync.
+    push_buckets: dict[str, TokenBucket | None] = field(default_factory=dict)
     alerts: Alerts = field(init=False)
 
     def __post_init__(self) -> None:
@@ -149,15 +160,21 @@ class Engine:
         """The push syncs a cycle runs: not paused."""
         return [s for s in self.config.syncs.values() if s.direction == "push" and not s.paused]
 
-    async def push(self, sync: Sync, on_batch: Callable[[], None] | None = None) -> PushReport:
-        """One push cycle of a sync."""
+    def pusher(self, sync: Sync) -> PushConnector:
+        """The (cached) client of a push sync; the syncs of one connection share its
+        rate budget."""
         if sync.label not in self.pushers:
             conn = self.config.connections[sync.connection]
-            self.pushers[sync.label] = push_connector(conn, sync)
+            if conn.name not in self.push_buckets:
+                self.push_buckets[conn.name] = connection_bucket(conn)
+            self.pushers[sync.label] = push_connector(conn, sync, self.push_buckets[conn.name])
+        return self.pushers[sync.label]
+
+    async def push(self, sync: Sync, on_batch: Callable[[], None] | None = None) -> PushReport:
+        """One push cycle of a sync."""
+        pusher = self.pusher(sync)
         async with self.alerts.run(sync) as run:
-            report = await push_cycle(
-                self.replica, sync, self.pushers[sync.label], on_batch, run.counts
-            )
+            report = await push_cycle(self.replica, sync, pusher, on_batch, run.counts)
         if report.batches:
             log.info(
                 "push.done", sync=sync.label, batches=report.batches, sent=report.sent,
@@ -180,6 +197,7 @@ class Engine:
             await pusher.aclose()
         self.clients.clear()
         self.pushers.clear()
+        self.push_buckets.clear()
 
 
 def _log_wait(what: str) -> None:

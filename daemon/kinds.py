@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from replicad.connectors.ratelimit import SELL_DEFAULT
+from replicad.connectors.ratelimit import SELL_DEFAULT, TokenBucket
 from replicad.connectors.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     from replicad.connectors.sell import SellClient
     from replicad.daemon.config import Connection, Sync
 
-PushFactory = Callable[["Connection", "Sync", str, RetryPolicy], "PushConnector"]
+# The last argument: the connection's rate budget, shared by every push sync on it.
+PushFactory = Callable[
+    ["Connection", "Sync", str, RetryPolicy, "TokenBucket | None"], "PushConnector"
+]
 PullFactory = Callable[["Connection", str, str, RetryPolicy], "PullConnector"]
 
 
@@ -67,7 +70,9 @@ def _sell_client(conn: Connection, device_uuid: str, token: str, retry: RetryPol
     )
 
 
-def _endgrate_client(conn: Connection, sync: Sync, token: str, retry: RetryPolicy) -> PushConnector:
+def _endgrate_client(
+    conn: Connection, sync: Sync, token: str, retry: RetryPolicy, bucket: TokenBucket | None
+) -> PushConnector:
     from replicad.connectors.endgrate import EndgrateClient, EndgrateSettings
 
     assert conn.session_id is not None  # required_keys
@@ -82,11 +87,14 @@ def _endgrate_client(conn: Connection, sync: Sync, token: str, retry: RetryPolic
             timeout=conn.timeout,
             retry=retry,
             rate_limit=conn.rate_limit,
-        )
+        ),
+        bucket=bucket,
     )
 
 
-def _cdm_client(conn: Connection, sync: Sync, token: str, retry: RetryPolicy) -> PushConnector:
+def _cdm_client(
+    conn: Connection, sync: Sync, token: str, retry: RetryPolicy, bucket: TokenBucket | None
+) -> PushConnector:
     from replicad.connectors.cdm import CdmClient, CdmSettings
 
     return CdmClient(
@@ -99,7 +107,8 @@ def _cdm_client(conn: Connection, sync: Sync, token: str, retry: RetryPolicy) ->
             timeout=conn.timeout,
             retry=retry,
             rate_limit=conn.rate_limit,
-        )
+        ),
+        bucket=bucket,
     )
 
 

@@ -99,7 +99,7 @@ async def _connection(conn: Connection, config: Config) -> dict[str, Any]:
             if not users:
                 return {"kind": conn.kind, "code": exits.OK, "message": "token found (unused)"}
             factory = spec.push_client
-            pusher = factory(quick, users[0], connection_token(conn), QUICK)
+            pusher = factory(quick, users[0], connection_token(conn), QUICK, None)
             try:
                 await pusher.check_credentials(users[0].object)
             finally:

@@ -360,6 +360,15 @@ def record_outcomes(
                     diffed=diffed, payload=row[3],
                 )  # fmt: skip
                 counts.rejected += 1
+                if outcome.in_doubt and row[1] == "insert" and not diffed:
+                    # The create may have arrived: the record the pull brings, equal
+                    # to what was sent, is this row's (adopt_pulled_creates).
+                    db.execute(
+                        "UPDATE _replicad_outbox SET awaiting_id = 1 WHERE seq = ? "
+                        "AND state = 'rejected'",
+                        (outcome.entry,),
+                    )
+                    awaiting = True
             if not diffed:
                 settle_pending_flag(db, tbl, iid)
         if awaiting:
@@ -626,12 +635,17 @@ def adopt_pulled_creates(
         ).fetchone()
         if hit is None:
             continue
-        _learn_id(db, catalog, tbl, str(iid), str(hit[0]), list(data), now)
+        # A create rejected only because its arrival was in doubt has now arrived;
+        # confirmed first, so the merge takes the remote's values for what it did not
+        # send, as for any confirmed create.
         db.execute(
-            "UPDATE _replicad_outbox SET awaiting_id = 0, remote_id = ?, updated_at = ? "
-            "WHERE seq = ?",
+            "UPDATE _replicad_outbox SET awaiting_id = 0, remote_id = ?, updated_at = ?, "
+            "state = iif(state = 'rejected', 'confirmed', state), "
+            "reason = iif(state = 'rejected', NULL, reason) WHERE seq = ?",
             (str(hit[0]), now, seq),
         )
+        _learn_id(db, catalog, tbl, str(iid), str(hit[0]), list(data), now)
+        settle_pending_flag(db, tbl, str(iid))
         merged += 1
     return merged
 

@@ -117,6 +117,30 @@ def test_lost_response_creates_one_remote_record(tmp_path: Path, profile: str) -
 
 
 @pytest.mark.parametrize("profile", PROFILES)
+def test_cdm_lost_create_answer_without_lookup_leaves_one_row(tmp_path: Path, profile: str) -> None:
+    """A CDM create carried out but answered 502, with no natural key to look it up:
+    never sent again (it carries no idempotency key); the pull brings the record and
+    it merges into the local row — one remote record, one row, no rejection left."""
+    db = tmp_path / "replica.db"
+    push = {"source": "contact", "object": "contact", "interval": "200ms"}
+    with emulator(records=50, profile=profile) as emu:
+        cfg = write_config(tmp_path, emu.url, push=push, kind="cdm")
+        sync(cfg)
+        emu.control.faults({"endpoint": "cdm_write", "action": "lost_response", "times": 1})
+        app_write(db, "INSERT INTO contact (first_name, email) VALUES ('Lost', 'lost@cdm.org')")
+        replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+        sync(cfg)  # the pull of the record that was written
+        (remote_id,) = contacts_with(emu.control.state(), "email", "lost@cdm.org")
+        assert query(db, "SELECT id, _pending FROM contact WHERE email = 'lost@cdm.org'") == [
+            (remote_id, 0)
+        ]
+        assert query(db, "SELECT state FROM replicad_outbox") == [("confirmed",)]
+        writes = [p for p in emu.control.pushes() if p["endpoint"] == "cdm_write"]
+        assert len(writes) == 1
+        assert_replica_matches(db, emu)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
 def test_kill_9_while_pushing_inserts_then_resume(tmp_path: Path, profile: str) -> None:
     """kill -9 at random moments of a 400-insert push: each exists once remotely, and
     after a resume no row stays pending."""

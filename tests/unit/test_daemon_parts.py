@@ -216,3 +216,25 @@ async def test_a_batch_without_outcomes_is_not_progress(tmp_path: Path) -> None:
         assert progress == []
     finally:
         await replica.close()
+
+
+def test_push_syncs_of_one_connection_share_its_rate_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The remote counts requests per token: two push syncs on one connection draw
+    from one bucket, a sync on another connection from its own."""
+    from replicad.daemon.config import Config, Connection, Sync
+    from replicad.daemon.engine import Engine
+
+    monkeypatch.setenv("OUT_TOKEN", "t" * 40)
+    conns = {
+        n: Connection(n, "cdm", "https://cdm.test", token_env="OUT_TOKEN", rate_limit="60/m")
+        for n in ("a", "b")
+    }
+    syncs = {
+        label: Sync(label, "push", conn, operation="upsert", source=label, object=label)
+        for label, conn in (("one", "a"), ("two", "a"), ("three", "b"))
+    }
+    engine = Engine(Config(tmp_path / "c.toml", tmp_path / "r.db", conns, syncs), None)  # type: ignore[arg-type]
+    one, two, three = (engine.pusher(s).bucket for s in syncs.values())  # type: ignore[attr-defined]
+    assert one is not None and one is two and three is not one
