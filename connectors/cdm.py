@@ -151,7 +151,7 @@ class CdmClient(HttpConnector):
                 log.info(
                     "push.rejected", tracking_id=item_tracking_id(batch, item), entry=item.entry
                 )
-            result.outcomes.append(outcome)
+            result.outcomes.append(self.redacted(outcome))
         return result
 
     async def _push_item(self, batch: PushBatch, item: PushItem) -> PushOutcome:

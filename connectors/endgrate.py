@@ -237,7 +237,7 @@ class EndgrateClient(HttpConnector):
                 transfer_id=transfer_id,
                 items=without_id,
             )
-        return PushResult(result)
+        return PushResult([self.redacted(o) for o in result])
 
     def _failed(self, batch: PushBatch, error: ConnectorError) -> PushResult:
         log.warning(

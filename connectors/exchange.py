@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -30,6 +30,7 @@ from replicad.connectors.errors import (
     scrub,
 )
 from replicad.connectors.http import async_client
+from replicad.connectors.push_model import PushOutcome
 from replicad.connectors.ratelimit import TokenBucket, parse_rate
 from replicad.connectors.retry import (
     RETRYABLE_STATUS,
@@ -234,6 +235,13 @@ class HttpConnector:
     def bucket(self) -> TokenBucket | None:
         """The client-side rate budget requests wait for, if the connection has one."""
         return self._exchange.bucket
+
+    def redacted(self, outcome: PushOutcome) -> PushOutcome:
+        """An outcome whose rejection reason (the destination's own words, kept in the
+        replica) carries no credentials: servers echo request headers into errors."""
+        if outcome.rejected is None:
+            return outcome
+        return replace(outcome, rejected=self._exchange.redact(outcome.rejected))
 
     async def __aenter__(self) -> Self:
         return self

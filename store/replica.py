@@ -385,16 +385,26 @@ class Replica:
         return naming_changes(self.catalog, sync, naming, old_style)
 
     async def add_mapped_columns(self, sync: str, naming: Naming) -> list[str]:
-        """Columns for mapped fields the sync's tables do not have yet."""
-        return await self._write(add_mapped, self.catalog, sync, naming, utcnow())
+        """Columns for mapped fields the sync's tables do not have yet (waits while
+        busy: it runs at start and reload)."""
+        return await self.while_busy(
+            "add mapped columns",
+            lambda: self._write(add_mapped, self.catalog, sync, naming, utcnow()),
+        )
 
     async def naming_applied(self, sync: str, naming: Naming) -> None:
         """Remember the field_normalization the sync's columns are now named in."""
-        await self.set_meta(STYLE_KEY + sync, naming.style)
+        if await self.meta(STYLE_KEY + sync) != naming.style:
+            await self.while_busy(
+                "register the syncs", lambda: self.set_meta(STYLE_KEY + sync, naming.style)
+            )
 
     async def apply_naming(self, changes: list[NamingChange]) -> None:
-        """Rename or drop those columns (``replicad resync`` asked for it)."""
-        await self._write(rename_and_drop, self.catalog, changes)
+        """Rename or drop those columns (``replicad resync`` asked for it); waits
+        while busy."""
+        await self.while_busy(
+            "rename mapped columns", lambda: self._write(rename_and_drop, self.catalog, changes)
+        )
 
     async def record_run(self, run: Run) -> None:
         """Keep a finished cycle in ``replicad_runs``."""

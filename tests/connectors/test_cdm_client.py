@@ -159,6 +159,21 @@ async def test_422_rejects_the_item_and_the_batch_goes_on() -> None:
     assert got == [(1, None, "email must contain @"), (2, "501", None)]
 
 
+async def test_a_rejection_echoing_the_token_keeps_no_credentials() -> None:
+    """A 422 whose message repeats the Authorization header: the reason the replica
+    keeps has the token replaced (the server's own words otherwise)."""
+
+    def echo(req: httpx.Request) -> httpx.Response:
+        said = f"invalid; request had Authorization: {req.headers['Authorization']}"
+        return httpx.Response(422, json={"message": said})
+
+    async with make(echo) as c:  # type: ignore[arg-type]
+        result = await c.push(batch(item(1)))
+    (outcome,) = result.outcomes
+    assert outcome.rejected is not None and outcome.rejected.startswith("invalid")
+    assert TOKEN not in outcome.rejected and TOKEN[:20] not in outcome.rejected
+
+
 async def test_404_update_of_unknown_id_is_not_found() -> None:
     """An update of an unknown id (404) ends that item not_found; the batch goes on."""
     server = FakeCdm()

@@ -148,6 +148,20 @@ async def test_opening_and_registering_wait_while_an_app_holds_the_write_lock(
             await anyio.sleep(0.1)
             await replica.register_sync("mirror", "pull", "crm")
         assert waits and "register the syncs" in waits[0]
+        # A pull's naming is applied at start and reload too: it waits the same way.
+        from replicad.store import PageBatch, PullTarget, RecordChange
+        from replicad.store.naming import Naming
+
+        change = RecordChange("contact", 1, 1, "k1", False, {"id": 1})
+        await replica.apply_page(PullTarget("mirror", "crm"), PageBatch([change]))
+        naming = Naming(mapped={"contact": {"email": "mail"}}, style="snake_case")
+        waits.clear()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold, 1.5)
+            await anyio.sleep(0.1)
+            assert await replica.add_mapped_columns("mirror", naming) == ["contact.mail"]
+            await replica.naming_applied("mirror", naming)
+        assert waits and "add mapped columns" in waits[0]
     finally:
         await replica.close()
         app.close()
