@@ -188,7 +188,7 @@ def _route(
         if owner is not None and owner.sync != target.sync:
             reason = f"table {tbl} belongs to sync {owner.sync!r}"
         elif owner is None and tbl not in known:
-            reason = _name_taken(db, catalog, tbl)
+            reason = _name_taken(db, catalog, tbl, known)
         if reason is None:
             fields = known.get(tbl)
             if fields is None:
@@ -207,10 +207,13 @@ def _route(
     return routed, bad, skipped
 
 
-def _name_taken(db: sqlite3.Connection, catalog: TableCatalog, tbl: str) -> str | None:
-    """Why a new type's table name cannot be used, if it cannot."""
+def _name_taken(
+    db: sqlite3.Connection, catalog: TableCatalog, tbl: str, page: Iterable[str]
+) -> str | None:
+    """Why a new type's table name cannot be used, if it cannot (``page``: the tables
+    this page already routes to, new ones included)."""
     lower = tbl.lower()
-    for name in catalog.tables:
+    for name in (*catalog.tables, *page):
         if name.lower() == lower:
             return f"type name differs only in case from table {name}"
     row = db.execute(
@@ -431,5 +434,17 @@ def _failed_objects(
             "INSERT INTO _replicad_failed_objects (sync, type, id, first_seen, last_seen) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sync, type, id) DO UPDATE SET "
             "last_seen = excluded.last_seen, times = times + 1",
-            [(target.sync, f.type, f.id, now, now) for f in batch.failed_objects],
+            [
+                (target.sync, _storable(f.type), _storable(f.id), now, now)
+                for f in batch.failed_objects
+            ],
         )
+
+
+def _storable(text: str) -> str:
+    """Text SQLite can keep: a lone surrogate (a JSON escape) is written as ``\\udXXX``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

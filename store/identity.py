@@ -75,6 +75,11 @@ def request_resync(db: sqlite3.Connection, connections: Iterable[str], now: str)
     return done
 
 
+def request_resync_in(db: sqlite3.Connection, connections: list[str], now: str) -> list[str]:
+    """``request_resync`` inside the caller's transaction."""
+    return _forget_devices(db, connections, now)
+
+
 def _forget_devices(db: sqlite3.Connection, connections: list[str] | None, now: str) -> list[str]:
     """New device identities (the next pull generates them) and a resync for these
     connections (None: every connection that has a device identity)."""

@@ -20,8 +20,8 @@ from replicad.store.identity import IDENTITY_KEY, file_identity, request_resync
 from replicad.store.lock import ReplicaLock, is_held
 from replicad.store.names import quote
 from replicad.store.outbox import utcnow
-from replicad.store.reconcile import reconcile
-from replicad.store.schema import APPLICATION_ID, SCHEMA_VERSION, current_views
+from replicad.store.reconcile import reconcile, stale_views
+from replicad.store.schema import APPLICATION_ID, SCHEMA_VERSION
 from replicad.store.tables import TableCatalog, triggers_by_name
 
 Progress = Callable[[int, int], None]  # (pages done, pages in all)
@@ -169,9 +169,7 @@ def diagnose(path: Path) -> Diagnosis:
 
 
 def _check_views(db: sqlite3.Connection, d: Diagnosis) -> None:
-    have = {str(n): str(s) for n, s in db.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'view'")}  # fmt: skip
-    bad = [n for n, sql in current_views().items() if _norm(have.get(n, "")) != _norm(sql)]
+    bad = stale_views(db)
     d.add("views", not bad, "all present and current" if not bad else
           f"missing or changed: {', '.join(bad)}", "run `replicad doctor --repair`")  # fmt: skip
 
@@ -238,10 +236,6 @@ def _check_outbox(db: sqlite3.Connection, d: Diagnosis) -> None:
     d.add("outbox", ok, detail, "see replicad_outbox; `replicad retry` requeues rejected ones")
 
 
-def _norm(sql: str) -> str:
-    return " ".join(sql.split())
-
-
 # --- repair -------------------------------------------------------------------------
 
 
@@ -273,7 +267,6 @@ def repair(path: Path) -> RepairReport:
             catalog = TableCatalog()
             catalog.load(db)
             report.done += reconcile(db, catalog)
-            report.done += _restore_views(db)
         finally:
             db.close()
         return report
@@ -290,24 +283,6 @@ def _readable(path: Path) -> bool:
             db.close()
     except sqlite3.DatabaseError:
         return False
-
-
-def _restore_views(db: sqlite3.Connection) -> list[str]:
-    have = {str(n): str(s) for n, s in db.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'view'")}  # fmt: skip
-    done = []
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for name, sql in current_views().items():
-            if _norm(have.get(name, "")) != _norm(sql):
-                db.execute(f"DROP VIEW IF EXISTS {quote(name)}")
-                db.execute(sql)
-                done.append(f"view {name} {'rebuilt' if name in have else 'restored'}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    return done
 
 
 def _rebuild(path: Path, report: RepairReport) -> None:

@@ -71,8 +71,9 @@ OnWait = Callable[[str], None]
 
 
 def _missing_column(e: sqlite3.OperationalError) -> bool:
+    """An app changed the schema under the daemon: reconcile repairs it."""
     text = str(e)
-    return "no such column" in text or "has no column named" in text
+    return any(s in text for s in ("no such column", "has no column named", "no such table"))
 
 
 class ReplicaRefused(RuntimeError):

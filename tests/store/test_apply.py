@@ -113,6 +113,16 @@ async def test_failed_objects_recorded_then_cleared(replica: Replica) -> None:
     assert list(seen) == [(0,)]
 
 
+async def test_failed_objects_with_unstorable_text_are_kept_escaped(replica: Replica) -> None:
+    """A failed object whose type or id holds a lone surrogate is kept (escaped); the
+    page is applied, not failed forever."""
+    odd = FailedObject("de\ud800al", "5\udfff")
+    await replica.apply_page(TARGET, PageBatch([up("deal", 1, 1)], [], [odd]))
+    kept = await replica.db.execute_fetchall("SELECT type, id FROM _replicad_failed_objects")
+    assert list(kept) == [("de\\ud800al", "5\\udfff")]
+    assert list(await rows(replica, "deal")) == [1]
+
+
 async def test_ack_keys_are_read_only_after_their_pages_are_durable(replica: Replica) -> None:
     """Pages commit without an fsync of their own; reading ack keys to send first makes
     a FULL commit (whose fsync covers every page before it), and only when pages were
@@ -199,6 +209,16 @@ async def test_device_uuid_is_stable(replica: Replica) -> None:
     first = await replica.device_uuid("crm")
     assert await replica.device_uuid("crm") == first
     assert await replica.device_uuid("other") != first
+
+
+async def test_two_new_types_differing_in_case_in_one_page(replica: Replica) -> None:
+    """The first page brings `contact` and `Contact`: the first keeps the name, the
+    other is quarantined; the page is applied, not failed on every attempt."""
+    result = await replica.apply_page(
+        TARGET, page(up("contact", 1, 1, name="a"), up("Contact", 2, 1, name="b"))
+    )
+    assert result.quarantined == 1 and result.ack_keys == 2
+    assert list(await rows(replica, "contact")) == [1]
 
 
 async def test_types_that_cannot_have_a_table_are_quarantined_alone(replica: Replica) -> None:

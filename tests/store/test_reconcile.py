@@ -58,6 +58,28 @@ async def test_a_dropped_trigger_is_restored_at_open(tmp_path: Path) -> None:
     db.close()
 
 
+async def test_a_dropped_or_altered_status_view_is_restored_at_open(tmp_path: Path) -> None:
+    """`replicad_outbox` dropped and `replicad_syncs` replaced by an app are made
+    again when the replica opens (and said)."""
+    path = tmp_path / "r.db"
+    await (await Replica.open(path)).close()
+    db = app(path)
+    db.execute("DROP VIEW replicad_outbox")
+    db.execute("DROP VIEW replicad_syncs")
+    db.execute("CREATE VIEW replicad_syncs AS SELECT 1 AS x")
+    db.close()
+    replica = await Replica.open(path)
+    assert sorted(replica.repairs) == [
+        "view replicad_outbox restored",
+        "view replicad_syncs rebuilt",
+    ]
+    await replica.close()
+    db = app(path)
+    assert db.execute("SELECT count(*) FROM replicad_outbox").fetchone() == (0,)
+    assert "sync" in [d[0] for d in db.execute("SELECT * FROM replicad_syncs").description]
+    db.close()
+
+
 async def test_a_column_renamed_by_an_app_is_followed(replica: Replica) -> None:
     """An app's RENAME COLUMN while the daemon runs: the next page is applied (the field
     follows the new name, the data stays); nothing is stuck."""
@@ -74,6 +96,30 @@ async def test_a_column_renamed_by_an_app_is_followed(replica: Replica) -> None:
     )
     # SQLite rewrote the capture trigger for the new name; it is regenerated as well.
     assert all(r.startswith("trigger ") for r in replica.repairs[1:])
+
+
+async def test_an_own_column_renamed_and_a_dropped_table_are_repaired(
+    replica: Replica,
+) -> None:
+    """An app renames `id`, or drops the whole table: the next page is applied after
+    a repair (named back; made again, with a full pull asked for), never failed on
+    every attempt. (Dropping one of replicad's own columns is refused by SQLite while
+    the triggers name it.)"""
+    await replica.apply_page(TARGET, page(up("contact", 1, 1, name="a")))
+    db = app(replica.path)
+    db.execute("ALTER TABLE contact RENAME COLUMN id TO remote_id")
+    db.close()
+    await replica.apply_page(TARGET, page(up("contact", 2, 1, name="b")))
+    # (SQLite rewrote the triggers with each rename: they are made again too.)
+    assert replica.repairs[0] == "contact.id was renamed to remote_id by an app: named back"
+    assert sorted(await rows(replica, "contact")) == [1, 2]
+    db = app(replica.path)
+    db.execute("DROP TABLE contact")
+    db.close()
+    await replica.apply_page(TARGET, page(up("contact", 3, 1, name="c")))
+    assert replica.repairs[-1].startswith("table contact was dropped by an app: made again")
+    assert list(await rows(replica, "contact")) == [3]
+    assert await replica.resync_since("crm") is not None  # the full pull refills it
 
 
 async def test_a_delete_before_the_create_leaves_a_tombstone(replica: Replica) -> None:
