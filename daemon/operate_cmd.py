@@ -64,8 +64,9 @@ def backup_cmd(config: Config, dest: Path) -> int:
         print(file=sys.stderr)
     print(f"backed up {config.replica_path} to {dest} ({size / 1e6:.1f} MB, mode 0600)")
     print(
-        "restored (copied back into place), it is detected as a copy: it takes its own "
-        "device identity and pulls everything again, keeping its local edits"
+        "restored (copied back into place, daemon stopped, -wal and -shm removed), it is "
+        "detected as a copy: it takes its own device identity and pulls everything "
+        "again, keeping its local edits"
     )
     return exits.OK
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from replicad.store.reconcile import reconcile, stale_views
 from replicad.store.schema import APPLICATION_ID, SCHEMA_VERSION
 from replicad.store.tables import TableCatalog, triggers_by_name
 
-Progress = Callable[[int, int], None]  # (pages done, pages in all)
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
 
 class OperatorError(ValueError):
@@ -66,8 +67,11 @@ def connect(path: Path, *, write: bool = False) -> sqlite3.Connection:
 def backup(path: Path, dest: Path, progress: Progress | None = None) -> int:
     """A consistent online copy of the replica at ``dest`` (0600); its size in bytes.
 
-    SQLite's backup API copies a snapshot page by page while the daemon and apps go
-    on. Restored, the copy is detected as a copy (new identity, full pull).
+    SQLite's backup API copies one snapshot in a single step, while the daemon and
+    apps go on (in steps, every commit of another connection would start it over: a
+    busy replica might never finish). ``progress`` hears the bytes written so far.
+    The copy is marked as one: opened anywhere, even restored over the original's
+    file, it takes its own identity and pulls everything again (CONTRACT §8).
     """
     if dest.exists():
         raise OperatorError(f"{dest} exists; choose a new file (a backup never overwrites)")
@@ -79,23 +83,50 @@ def backup(path: Path, dest: Path, progress: Progress | None = None) -> int:
         out = sqlite3.connect(dest)
     finally:
         os.umask(old)
+    done = threading.Event()
+    watcher = None
+    if progress is not None:
+        (pages,) = src.execute("PRAGMA page_count").fetchone()
+        (size,) = src.execute("PRAGMA page_size").fetchone()
+        watcher = threading.Thread(
+            target=_watch_size, args=(dest, int(pages) * int(size), progress, done), daemon=True
+        )
+        watcher.start()
     try:
-        src.backup(out, pages=4096, progress=_backup_progress(progress))
+        src.backup(out, pages=-1)
+        out.execute(
+            "INSERT OR REPLACE INTO _replicad_meta (key, value) VALUES (?, ?)",
+            (IDENTITY_KEY, BACKUP_IDENTITY),
+        )
+        out.commit()
     except BaseException:
         out.close()
         dest.unlink(missing_ok=True)
         raise
     finally:
+        done.set()
+        if watcher is not None:
+            watcher.join()
         src.close()
     out.close()
     os.chmod(dest, 0o600)
+    if progress is not None:
+        size = dest.stat().st_size
+        progress(size, size)
     return dest.stat().st_size
 
 
-def _backup_progress(progress: Progress | None) -> Callable[[int, int, int], None] | None:
-    if progress is None:
-        return None
-    return lambda _status, remaining, total: progress(total - remaining, total)
+# No file has this identity: a backup, wherever it is opened, is a copy.
+BACKUP_IDENTITY = "backup"
+
+
+def _watch_size(dest: Path, total: int, progress: Progress, done: threading.Event) -> None:
+    """Report the copy's growth until it is done (the single backup step says nothing)."""
+    while not done.wait(0.25):
+        try:
+            progress(min(dest.stat().st_size, total), total)
+        except OSError:
+            return
 
 
 # --- doctor -------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sqlite3
 import stat
@@ -32,7 +33,8 @@ def run(*args: str, expect: int = 0) -> str:
 
 def test_backup_while_the_daemon_runs_then_restore(tmp_path: Path) -> None:
     """`backup` copies the replica consistently while the daemon runs (0600); restored
-    in place, the copy takes its own identity and converges with the remote."""
+    in place — renamed there, or copied over the original's own file — the copy takes
+    its own identity and converges with the remote."""
     db = tmp_path / "replica.db"
     with emulator(records=1500) as emu:
         cfg = write_config(tmp_path, emu.url)
@@ -62,6 +64,19 @@ def test_backup_while_the_daemon_runs_then_restore(tmp_path: Path) -> None:
         for p in tmp_path.glob("replica.db*"):
             p.unlink()
         copy.rename(db)
+        done = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+        assert done.returncode == 0 and "replica.copy" in done.stderr
+        assert_replica_matches(db, emu)
+        # Copied back over the original's own file (same inode): still a copy.
+        run("backup", str(tmp_path / "b2.db"), "--config", str(cfg))
+        emu.control.mutate(random=25, seed=4)
+        run("sync", "--once", "--no-progress", "--config", str(cfg))  # acks the changes
+        emu.control.mutate(random=25, seed=5)
+        inode = db.stat().st_ino
+        for p in tmp_path.glob("replica.db-*"):
+            p.unlink()
+        shutil.copyfile(tmp_path / "b2.db", db)
+        assert db.stat().st_ino == inode
         done = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
         assert done.returncode == 0 and "replica.copy" in done.stderr
         assert_replica_matches(db, emu)
