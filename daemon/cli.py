@@ -231,7 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the status of every sync; exit 1 while one is failing."""
+    """Print the status of every sync; exit 1 while one is failing or alerting."""
     from replicad.daemon.status_view import render_status, status_report
 
     report = status_report(_config(args))
@@ -240,8 +240,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render_status(report))
-    # Scripts and monitors read the exit code: 1 while a sync is failing.
-    failing = [s["sync"] for s in report["syncs"] if s.get("state") == "failing"]
+    # Scripts and monitors read the exit code: 1 while a sync is failing or one of
+    # its alerts is open (CONTRACT §2).
+    failing = [s["sync"] for s in report["syncs"] if s.get("state") == "failing" or s.get("alerts")]
     return exits.FAILURE if failing else exits.OK
 
 

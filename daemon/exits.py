@@ -6,6 +6,7 @@ from replicad.connectors.errors import AuthRefused, ConnectorError, RemoteUnreac
 from replicad.daemon.config import ConfigError
 from replicad.store import ReplicaBusy, ReplicaRefused, SourceError
 from replicad.store.operate import OperatorError
+from replicad.store.readonly import ReplicaUnreadable
 
 OK = 0
 FAILURE = 1
@@ -18,7 +19,9 @@ PARTIAL = 5
 
 def exit_code(error: BaseException) -> int:
     """The contract's exit code for an error that ended a command."""
-    if isinstance(error, ConfigError | ReplicaBusy | ReplicaRefused | OperatorError):
+    if isinstance(
+        error, ConfigError | ReplicaBusy | ReplicaRefused | OperatorError | ReplicaUnreadable
+    ):
         return USAGE
     if isinstance(error, AuthRefused):
         return AUTH
@@ -31,7 +34,13 @@ def expected(error: BaseException) -> bool:
     """Whether an error is a known failure mode (its message alone says enough)."""
     return isinstance(
         error,
-        ConnectorError | ConfigError | ReplicaBusy | ReplicaRefused | OperatorError | SourceError,
+        ConnectorError
+        | ConfigError
+        | ReplicaBusy
+        | ReplicaRefused
+        | OperatorError
+        | SourceError
+        | ReplicaUnreadable,
     )
 
 

@@ -21,6 +21,7 @@ from replicad.store.identity import IDENTITY_KEY, file_identity, request_resync
 from replicad.store.lock import ReplicaLock, is_held
 from replicad.store.names import quote
 from replicad.store.outbox import utcnow
+from replicad.store.readonly import open_readonly
 from replicad.store.reconcile import reconcile, stale_views
 from replicad.store.schema import APPLICATION_ID, SCHEMA_VERSION
 from replicad.store.tables import TableCatalog, triggers_by_name
@@ -36,9 +37,11 @@ def connect(path: Path, *, write: bool = False) -> sqlite3.Connection:
     """A connection to an existing replica of this version (as an app would open it)."""
     if not path.exists():
         raise OperatorError(f"no replica at {path} (run `replicad sync` first)")
-    mode = "rw" if write else "ro"
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True, timeout=10,
-                         isolation_level=None)  # fmt: skip
+    if write:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=10,
+                             isolation_level=None)  # fmt: skip
+    else:
+        db = open_readonly(path)
     try:
         app_id, version = (
             db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("application_id", "user_version")
@@ -168,7 +171,7 @@ def diagnose(path: Path) -> Diagnosis:
     pid = is_held(path)
     d.add("lock", True, f"held by replicad process {pid}" if pid else "free (no daemon runs)")
     try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        db = open_readonly(path)
         problems = [str(r[0]) for r in db.execute("PRAGMA integrity_check(20)")]
     except sqlite3.DatabaseError as e:
         d.add("integrity", False, f"the file cannot be read: {e}", "run `replicad doctor --repair`")
@@ -307,7 +310,7 @@ def repair(path: Path) -> RepairReport:
 
 def _readable(path: Path) -> bool:
     try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        db = open_readonly(path)
         try:
             return [str(r[0]) for r in db.execute("PRAGMA quick_check(1)")] == ["ok"]
         finally:

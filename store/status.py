@@ -8,6 +8,7 @@ from typing import Any
 
 from replicad.store.lock import is_held
 from replicad.store.names import quote
+from replicad.store.readonly import open_readonly
 from replicad.store.schema import APPLICATION_ID
 
 
@@ -66,7 +67,7 @@ def read_status(path: Path) -> dict[str, Any]:
     }
     if not path.exists():
         return report
-    db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=5)
+    db = open_readonly(path, timeout=5)
     try:
         db.row_factory = sqlite3.Row
         if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
@@ -107,7 +108,7 @@ def seen_fields(path: Path, sync: str) -> dict[str, set[str]]:
     non-null value, so a field without a kind has not brought anything yet."""
     if not path.exists():
         return {}
-    db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=5)
+    db = open_readonly(path, timeout=5)
     try:
         out: dict[str, set[str]] = {}
         for type_, name in db.execute(

@@ -399,10 +399,14 @@ def test_a_failing_source_fails_the_run_raises_an_alert_and_runs_on_alert(
         assert query(db, "SELECT type, open FROM replicad_alerts") == [("failed_run", 1)]
         assert runs(db)[-1][0] == "failed"
         status = replicad("status", "--config", str(cfg))
-        assert "failed_run" in status.stdout
+        assert "failed_run" in status.stdout and status.returncode == 1
         app_sql(app, "ALTER TABLE clients RENAME TO customers")
         run_sync(cfg)
         assert query(db, "SELECT type, open FROM replicad_alerts") == [("failed_run", 0)]
+        assert replicad("status", "--config", str(cfg)).returncode == 0
+        # An open alert alone (opened again by hand here) also makes status exit 1.
+        app_sql(db, "UPDATE _replicad_alerts SET resolved_at = NULL")
+        assert replicad("status", "--config", str(cfg)).returncode == 1
         told = [json.loads(line) for line in seen.read_text().splitlines()]
         assert [(a["state"], a["type"]) for a in told] == [
             ("raised", "failed_run"),
