@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from replicad.connectors.errors import ProtocolError as AnyProtocolError
 from replicad.connectors.pull_model import (
     BadItem,
@@ -114,16 +116,59 @@ def decode_page(content: bytes) -> QueuePage:
     """
     constants: list[str] = []
     try:
-        body = json.loads(content, parse_constant=_noting(constants))
-    except (ValueError, RecursionError):  # RecursionError: nesting too deep to decode
-        return _salvaged(content)
+        body = fast_loads(content)
+    except ValueError:
+        try:
+            body = json.loads(
+                content, parse_constant=_noting(constants), parse_float=_overflow(constants)
+            )
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep to decode
+            return _salvaged(content)
     page = parse_page(200, body)
     assert page is not None  # only a 204 ends a session
-    # Only a \\uD8xx-style escape decodes to a surrogate, only NaN or Infinity to a
-    # float SQLite cannot keep: the items are checked when the body has either.
+    # Only a \\uD8xx-style escape decodes to a surrogate, only NaN, Infinity or a
+    # number past a double's range (1e400) to a float that cannot be kept: the items
+    # are checked when the body has either. (orjson refuses all three: the standard
+    # decoder, which notes them, has read such a body.)
     if constants or b"\\ud" in content or b"\\uD" in content:
         page = _without_unstorable(page)
     return page
+
+
+# A run of 19 digits may be an integer past 64 bits, which orjson would turn into a
+# float: such a body (rare) takes the standard library's decoder, which keeps it exact.
+# Found by mapping every digit to "0" and searching for 19 of them (C speed: a regular
+# expression tries a match at every digit, ten times slower).
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+
+
+def fast_loads(content: bytes) -> Any:
+    """``json.loads(content)``, about twice as fast (orjson), or ValueError where the
+    two could differ or orjson refuses (NaN and Infinity, lone surrogates, invalid
+    UTF-8, long integers, deep nesting): the caller then uses the standard decoder,
+    whose handling of each stays as it was."""
+    if _LONG_NUMBER in content.translate(_DIGITS):
+        raise ValueError("an integer that may be past 64 bits")
+    body = orjson.loads(content)  # orjson.JSONDecodeError is a ValueError
+    try:
+        # orjson reads 1024 levels, the standard decoder (which quarantines an item
+        # too deep for the encoder to store again) fewer: a body nested past orjson's
+        # 254-level writer is left to it. Writing a page back costs ~25 µs.
+        orjson.dumps(body)
+    except TypeError:
+        raise ValueError("nested deeply") from None
+    return body
+
+
+def _overflow(seen: list[str]) -> Callable[[str], float]:
+    def number(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            seen.append(text)
+        return value
+
+    return number
 
 
 def _noting(seen: list[str]) -> Callable[[str], float]:

@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="standard",
         help="variant: answer in the other legal ways (docs/push-wire.md)",
     )
+    p.add_argument(
+        "--latency",
+        default="0s",
+        help="wait this long before answering each API request, as a network would "
+        '(e.g. "50ms"; default 0s)',
+    )
     p.set_defaults(func=cmd_emulator)
 
     p = sub.add_parser("demo", help="a self-contained demo against the built-in emulator")
@@ -304,6 +310,12 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: {args.port} is not a port number")
+    from replicad.daemon.durations import parse_duration
+
+    try:
+        latency = parse_duration(args.latency)
+    except ValueError as e:
+        raise ConfigError(f"--latency: {e}") from None
     serve(
         port=args.port,
         records=args.records,
@@ -311,6 +323,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         token=os.environ.get("REPLICAD_EMULATOR_TOKEN") or None,
         page_size=args.page_size,
         profile=args.profile,
+        latency=latency,
     )
     return exits.OK
 

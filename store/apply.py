@@ -63,8 +63,16 @@ def apply_page(
     target: PullTarget,
     batch: PageBatch,
     now: str,
+    *,
+    exact: bool = False,
 ) -> ApplyResult:
-    """Apply a page; everything or nothing is committed."""
+    """Apply a page; everything or nothing is committed.
+
+    Values are bound as they came (``store.values`` registers the adapters), which
+    refuses an integer past 64 bits with OverflowError, before anything commits; the
+    caller then applies the page again with ``exact``, which converts every value with
+    ``to_sql`` (such an integer is kept as its decimal text).
+    """
     result = ApplyResult()
     routed, bad, skipped = _route(db, catalog, target, batch.changes)
     bad.extend(batch.bad_items)
@@ -97,7 +105,7 @@ def apply_page(
             for tbl, change in run:
                 by_table[tbl].append(change)
             for tbl, changes in by_table.items():
-                _apply_table(db, catalog, tbl, changes, target, now, result)
+                _apply_table(db, catalog, tbl, changes, target, now, result, exact)
         if target.resync:
             note_seen(db, _seen(target, routed, bad), target.connection)
         _quarantine(db, target.sync, bad, now)
@@ -166,6 +174,7 @@ def _route(
     bad: list[BadItem] = []
     skipped = 0
     known: dict[str, set[str]] = {}  # fields per table, with those this page adds
+    names: dict[str, str] = {}  # type → table, for the page (a page has few types)
     for change in changes:
         if target.types is not None and change.type not in target.types:
             skipped += 1  # not kept, but acknowledged with the page
@@ -176,13 +185,16 @@ def _route(
             kept = {f: v for f, v in change.data.items() if naming.keeps(change.type, f)}
             if len(kept) != len(change.data):
                 change = replace(change, data=kept)
-        try:
-            tbl = table_name(target.prefix, change.type)
-            if target.operation == "append":
-                tbl = history_name(tbl)
-        except UnstorableName as e:
-            bad.append(BadItem(_raw(change), str(e), change.ack_key))  # no table: no row
-            continue
+        tbl = names.get(change.type)
+        if tbl is None:
+            try:
+                tbl = table_name(target.prefix, change.type)
+                if target.operation == "append":
+                    tbl = history_name(tbl)
+            except UnstorableName as e:
+                bad.append(BadItem(_raw(change), str(e), change.ack_key))  # no table: no row
+                continue
+            names[change.type] = tbl
         owner = catalog.tables.get(tbl)
         reason = None
         if owner is not None and owner.sync != target.sync:
@@ -279,6 +291,7 @@ def _apply_table(
     target: PullTarget,
     now: str,
     result: ApplyResult,
+    exact: bool,
 ) -> None:
     q = quote(tbl)
     ids = [c.id for c in changes]
@@ -310,6 +323,11 @@ def _apply_table(
             [
                 (c.id, _internal_id(), c.revision, now, *map(to_sql, map(c.data.get, fields)))
                 for c in plan.inserts
+            ]
+            if exact
+            else [
+                (c.id, _internal_id(), c.revision, now, *map(c.data.get, fields))
+                for c in plan.inserts
             ],
         )
         result.inserted += len(plan.inserts)
@@ -319,7 +337,9 @@ def _apply_table(
         sets = "".join(f", {quote(columns[f])} = ?" for f in fields)
         db.executemany(
             f"UPDATE {q} SET _revision = ?, _synced_at = ?{sets} WHERE id = ?",
-            [(c.revision, now, *map(to_sql, map(c.data.get, fields)), c.id) for c in plan.updates],
+            [(c.revision, now, *map(to_sql, map(c.data.get, fields)), c.id) for c in plan.updates]
+            if exact
+            else [(c.revision, now, *map(c.data.get, fields), c.id) for c in plan.updates],
         )
         result.updated += len(plan.updates)
     if plan.deletes:

@@ -322,7 +322,12 @@ class Replica:
         writer.execute("PRAGMA synchronous = NORMAL")
         try:
             try:
-                result = apply_page(writer, self.catalog, target, batch, utcnow())
+                try:
+                    result = apply_page(writer, self.catalog, target, batch, utcnow())
+                except OverflowError:
+                    # An integer past 64 bits (rolled back): bind it as its text.
+                    self.catalog.load(writer)
+                    result = apply_page(writer, self.catalog, target, batch, utcnow(), exact=True)
             except sqlite3.OperationalError as e:
                 if not _missing_column(e):
                     raise

@@ -8,6 +8,7 @@ so SQLite applies no affinity and '007' stays a string.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from json import encoder as _encoder
 from typing import Any
@@ -50,6 +51,15 @@ def _compact_encoder() -> Callable[[Any], str]:
 
 
 _ENCODE = _compact_encoder()
+
+# Pulled values are bound as they came: sqlite3 binds str, int, float, None and bool
+# (as 0/1) itself, in C, and hands objects and arrays to these adapters. That spares
+# a Python call per field of every record pulled (``to_sql`` is the same rule, for
+# the rare page that needs it: an integer past 64 bits, which binding refuses with
+# OverflowError — see ``store.replica``). Process-wide, as sqlite3's adapters are: no
+# code of the daemon binds a dict or a list any other way.
+sqlite3.register_adapter(dict, _ENCODE)
+sqlite3.register_adapter(list, _ENCODE)
 
 
 def to_sql(value: Any) -> SQLValue:

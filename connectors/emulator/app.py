@@ -19,9 +19,11 @@ from typing import Any, Final
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from replicad.connectors.emulator.control import control_routes
 from replicad.connectors.emulator.faults import FaultRule, malformed_items
@@ -270,6 +272,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(status, error_code(status), detail)
 
 
+class Latency:
+    """Every API request waits ``seconds`` before it is handled, as over a network
+    (a round trip's worth; the control routes a benchmark uses answer at once)."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not str(scope["path"]).startswith("/_emulator/"):
+            await asyncio.sleep(self.seconds)
+        await self.app(scope, receive, send)
+
+
 def create_app(
     *,
     records: int = 2000,
@@ -278,8 +294,11 @@ def create_app(
     page_size: int = DEFAULT_PAGE_SIZE,
     session_ttl: float = DEFAULT_SESSION_TTL,
     profile: str = "standard",
+    latency: float = 0.0,
 ) -> Starlette:
     """An emulated Sell account of ``records`` seeded records, as an ASGI app.
+
+    ``latency``: seconds every API request waits before its answer (``Latency``).
 
     The :class:`~connectors.emulator.runtime.Emulator` behind it is available as
     ``app.state.emulator`` for in-process tests.
@@ -300,6 +319,9 @@ def create_app(
         *push_routes(),
         *control_routes(),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    middleware = [Middleware(Latency, seconds=latency)] if latency > 0 else []
+    app = Starlette(
+        routes=routes, exception_handlers={HTTPException: _http_error}, middleware=middleware
+    )
     app.state.emulator = emulator
     return app

@@ -74,6 +74,7 @@ def serve(
     page_size: int = DEFAULT_PAGE_SIZE,
     session_ttl: float = DEFAULT_SESSION_TTL,
     profile: str = "standard",
+    latency: float = 0.0,
 ) -> None:
     """Serve an emulated account until SIGINT or SIGTERM.
 
@@ -89,6 +90,7 @@ def serve(
         page_size=page_size,
         session_ttl=session_ttl,
         profile=profile,
+        latency=latency,
     )
     server = _make_server(app, host, port, _AnnouncingServer)
     # uvicorn handles SIGINT/SIGTERM itself, shuts down gracefully, then

@@ -447,3 +447,18 @@ async def test_stats_and_reset(client: httpx.AsyncClient, device: str) -> None:
     assert reset["requests"] == {"start": 0, "fetch": 0, "ack": 0}
     assert reset["acked_keys"] == reset["sessions_started"] == 0
     assert reset["devices"][device]["queued"] == RECORDS - PAGE_SIZE
+
+
+async def test_latency_delays_every_api_request_and_counts_them_all(device: str) -> None:
+    """With --latency every API request waits before its answer (a lower bound only:
+    the answers are the usual ones)."""
+    app = create_app(records=RECORDS, seed=11, page_size=PAGE_SIZE, latency=0.15)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://emulator") as http:
+        t0 = time.monotonic()
+        sid = await session_id(http, device)
+        page = await fetch(http, device, sid)
+        assert time.monotonic() - t0 >= 0.3
+        assert page.status_code == 200 and page.json()["items"]
+        stats = await http.get("/_emulator/stats")
+        assert stats.json()["requests"]["fetch"] == 1

@@ -41,13 +41,17 @@ class Emulator:
 
 @contextmanager
 def emulator(
-    records: int = 1000, seed: int = 1, page_size: int = 100, profile: str = "standard"
+    records: int = 1000,
+    seed: int = 1,
+    page_size: int = 100,
+    profile: str = "standard",
+    latency: str = "0s",
 ) -> Iterator[Emulator]:
     """Start ``replicad emulator --port 0`` and wait for its listening line."""
     env = {**os.environ, "REPLICAD_EMULATOR_TOKEN": TOKEN}
     proc = subprocess.Popen(
         [REPLICAD, "emulator", "--port", "0", "--records", str(records), "--seed", str(seed),
-         "--page-size", str(page_size), "--profile", profile],
+         "--page-size", str(page_size), "--profile", profile, "--latency", latency],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:

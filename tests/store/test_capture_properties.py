@@ -141,6 +141,7 @@ class Said:
     sync_id: str | None = None
     transfer_id: str | None = None
     not_found: bool = False
+    in_doubt: bool = False
 
 
 @dataclass

@@ -27,6 +27,7 @@ class Said:
     transfer_id: str | None = None
     written: bool = True
     not_found: bool = False
+    in_doubt: bool = False
 
 
 @pytest.fixture

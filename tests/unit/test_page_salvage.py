@@ -115,9 +115,12 @@ def test_ack_key_only_when_unambiguous() -> None:
     assert ack_key_in('{"ack_key": "a", "x": {"ack_key": "b"}}') is None
 
 
-@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize(
+    "constant", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", '{"deep": [2e308]}']
+)
 def test_nan_and_infinity_are_quarantined_not_stored_as_null(constant: str) -> None:
-    """NaN or ±Infinity (not JSON; SQLite keeps NaN as NULL) quarantine their item."""
+    """NaN or ±Infinity (not JSON; SQLite keeps NaN as NULL), or a number past a
+    double's range (it would read as Infinity), quarantine their item."""
     item = json.dumps(good(7)).replace('"n7"', constant)
     body = page_text(json.dumps(good(1)), item).encode()
     assert ids(body) == ([1], [("item has a NaN or Infinity value", "C-7")])
