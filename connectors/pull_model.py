@@ -8,6 +8,7 @@ because a connector must import nothing from the store; the store imports them.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -114,6 +115,14 @@ class RequestCount(Protocol):
 
 class Budget(Protocol):
     """A connection's rate budget, kept across restarts (``connectors.ratelimit``)."""
+
+    # Told of a long wait before it starts (see ``TokenBucket.on_wait``).
+    on_wait: Callable[[float], Awaitable[None]] | None
+
+    @property
+    def per_second(self) -> float:
+        """Requests per second the budget allows in the long run."""
+        ...
 
     def state(self, wall: float) -> dict[str, Any]:
         """What to keep."""

@@ -12,13 +12,16 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 SELL_DEFAULT = "36000/h"
+# Waits for the budget are told to ``TokenBucket.on_wait`` at most this often (a
+# budget that paces requests makes each wait short, one after another).
+NOTICE_EVERY = 5.0
 # Granularity (seconds) of the request window carried across processes.
 STATE_SLOT = 10
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -56,6 +59,17 @@ class TokenBucket:
         self._stamp = clock()
         # Send times of the requests within the last period (sliding window).
         self._sent: deque[float] = deque()
+        # Told, before it starts, of a wait for the budget (at most every NOTICE_EVERY
+        # seconds): the daemon shows that the budget, not the network or the CPU, sets
+        # the pace.
+        self.on_wait: Callable[[float], Awaitable[None]] | None = None
+        self.waited = 0.0  # seconds spent waiting for the budget, in all
+        self._noticed = -math.inf
+
+    @property
+    def per_second(self) -> float:
+        """Requests per second the budget allows in the long run."""
+        return self.rate.per_second
 
     def _refill(self) -> None:
         now = self._clock()
@@ -122,5 +136,13 @@ class TokenBucket:
     async def acquire(self) -> None:
         """Wait until a request may be sent."""
         delay = self.reserve()
+        if delay <= 0:
+            return
+        self.waited += delay
+        now = self._clock()
+        if self.on_wait is not None and now - self._noticed >= NOTICE_EVERY:
+            self._noticed = now
+            await self.on_wait(delay)
+            delay -= self._clock() - now
         if delay > 0:
             await anyio.sleep(delay)

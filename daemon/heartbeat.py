@@ -78,7 +78,14 @@ class LoopState:
         """A page was committed (PullProgress)."""
         self.done += items
         self.progress += 1
+        self.activity = "pulling"
         self.touch()
+
+    def waiting(self, sync: str, seconds: float, items_per_second: float) -> None:
+        """The next request waits for the rate budget (PullProgress): a planned
+        silence, so the loop counts as alive until it ends."""
+        self.activity = f"paced by the rate budget (~{items_per_second:.0f} items/s)"
+        self.touched = time.monotonic() + seconds
 
     def idle(self, next_in: float | None) -> None:
         """The cycle succeeded; the next one runs in ``next_in`` s (None: on edits)."""

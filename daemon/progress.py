@@ -26,6 +26,7 @@ class BarProgress:
             MofNCompleteColumn(),
             TextColumn("items"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}"),
             console=console or Console(stderr=True),
             transient=False,
             # rich routes prints made while the bar is live through its console (so
@@ -35,6 +36,7 @@ class BarProgress:
         )
         self._tasks: dict[str, TaskID] = {}
         self._done: dict[str, int] = {}
+        self._left: dict[str, int | None] = {}
 
     def __enter__(self) -> BarProgress:
         self._progress.start()
@@ -52,12 +54,34 @@ class BarProgress:
         """A session started: (re)size the bar."""
         self._done[sync] = 0
         if sync in self._tasks:
-            self._progress.reset(self._tasks[sync], total=total)
+            self._progress.reset(self._tasks[sync], total=total, note="")
         else:
-            self._tasks[sync] = self._progress.add_task(f"pull {sync}", total=total)
+            self._tasks[sync] = self._progress.add_task(f"pull {sync}", total=total, note="")
 
     def page(self, sync: str, items: int, count_left: int | None) -> None:
         """A page committed: advance, and trust the server's count_left for the total."""
         self._done[sync] = self._done.get(sync, 0) + items
         total = self._done[sync] + count_left if count_left is not None else None
         self._progress.update(self._tasks[sync], completed=self._done[sync], total=total)
+        self._left[sync] = count_left
+
+    def waiting(self, sync: str, seconds: float, items_per_second: float) -> None:
+        """The rate budget sets the pace: say so, with the estimate it gives (the
+        time column's estimate follows the pace seen so far, faster than the budget)."""
+        left = self._left.get(sync)
+        eta = ""
+        if left is not None and items_per_second > 0:
+            eta = f", about {_duration(left / items_per_second)} left at the budget's pace"
+        note = f"[yellow]paced by the rate budget{eta}"
+        if sync in self._tasks:
+            self._progress.update(self._tasks[sync], note=note)
+
+
+def _duration(seconds: float) -> str:
+    """``1h05m``, ``4m10s``, ``9s``."""
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"

@@ -11,6 +11,7 @@ connector confirms afterwards.
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +21,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from replicad.connectors.errors import ConnectorError, ProtocolError
 from replicad.connectors.pull_model import PullConnector, PulledPage
+from replicad.connectors.ratelimit import NOTICE_EVERY
 from replicad.daemon.config import Connection, Sync
 from replicad.daemon.cycle_status import recorded_cycle
 from replicad.daemon.exits import unwrap
@@ -31,6 +33,7 @@ log = structlog.get_logger("replicad.pull")
 # we keep asking before we abandon the session for a later one.
 EMPTY_PAGE_PAUSE = 0.2
 MAX_EMPTY_PAGES = 50
+BUDGET_LOG_EVERY = 60.0
 
 
 class _PageMayBeLost:
@@ -59,6 +62,10 @@ class PullProgress(Protocol):
     def page(self, sync: str, items: int, count_left: int | None) -> None:
         """A page of ``items`` was committed."""
 
+    def waiting(self, sync: str, seconds: float, items_per_second: float) -> None:
+        """The next request waits ``seconds`` for the rate budget, which allows about
+        ``items_per_second`` in the long run."""
+
 
 class NoProgress:
     """Progress that shows nothing (not a terminal, or the daemon)."""
@@ -67,6 +74,9 @@ class NoProgress:
         """Ignore."""
 
     def page(self, sync: str, items: int, count_left: int | None) -> None:
+        """Ignore."""
+
+    def waiting(self, sync: str, seconds: float, items_per_second: float) -> None:
         """Ignore."""
 
 
@@ -144,6 +154,40 @@ async def pull_cycle(
     """
     progress = progress or NoProgress()
     outcome = outcome if outcome is not None else PullOutcome()
+    said = progress
+    logged = [-BUDGET_LOG_EVERY]
+    sent_before = client.stats.total
+
+    async def waiting(seconds: float) -> None:
+        # The budget, not the network or the CPU, sets the pace: say so (bar, status,
+        # a log line a minute), with the pace it allows.
+        # Items per request so far this cycle (acks and session starts included).
+        per_request = outcome.items / max(1, client.stats.total - sent_before)
+        items_per_second = client.bucket.per_second * (per_request or 1.0)
+        if time.monotonic() - logged[0] >= BUDGET_LOG_EVERY:
+            logged[0] = time.monotonic()
+            log.info("pull.budget_wait", sync=sync.label, seconds=round(seconds, 2),
+                     items_per_second=round(items_per_second))  # fmt: skip
+        said.waiting(sync.label, seconds, items_per_second)
+        # Shown by status a while past this wait: the next ones come as long as the
+        # budget paces the pull (each told at most every NOTICE_EVERY seconds).
+        await replica.note_budget_wait(sync.label, seconds + 2 * NOTICE_EVERY)
+
+    client.bucket.on_wait = waiting
+    try:
+        return await _pull_cycle(replica, sync, conn, client, progress, outcome)
+    finally:
+        client.bucket.on_wait = None
+
+
+async def _pull_cycle(
+    replica: Replica,
+    sync: Sync,
+    conn: Connection,
+    client: PullConnector,
+    progress: PullProgress,
+    outcome: PullOutcome,
+) -> PullOutcome:
     async with recorded_cycle(replica, sync.label):
         await flush_acks(replica, client, conn)
         # A full pull (a copy's, or `replicad resync`) notes every id it brings.

@@ -66,6 +66,11 @@ def render_status(report: dict[str, Any]) -> str:
             elif live["direction"] == "push" and live["activity"] == "idle":
                 now += ", waiting for local edits"
             lines.append(f"  now            {now}")
+        if s.get("waiting_for_budget_until"):
+            lines.append(
+                "  rate budget    pacing this pull: the connection's rate_limit, not the "
+                "network, sets its speed"
+            )
         lines.append(f"  last success   {s.get('last_success') or '-'}")
         if s.get("last_error"):
             lines.append(f"  last error     {s['last_error']}  at {s.get('last_error_at')}")

@@ -11,11 +11,13 @@ hop per page instead of one per statement.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -51,6 +53,7 @@ from replicad.store.outbox import utcnow
 from replicad.store.reconcile import reconcile
 from replicad.store.runs import Run
 from replicad.store.schema import APPLICATION_ID, SCHEMA_VERSION, migrate
+from replicad.store.status import BUDGET_WAIT_KEY
 from replicad.store.tables import TableCatalog
 
 BUSY_TIMEOUT_MS = 10_000
@@ -518,6 +521,14 @@ class Replica:
         except BaseException:
             await self.db.execute("ROLLBACK")
             raise
+
+    async def note_budget_wait(self, sync: str, seconds: float) -> None:
+        """Remember until when a sync waits for its rate budget (``status`` says so);
+        best effort: a busy replica must not delay the wait's own end."""
+        until = datetime.now(UTC) + timedelta(seconds=seconds)
+        stamp = until.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        with contextlib.suppress(sqlite3.OperationalError):
+            await self.set_meta(BUDGET_WAIT_KEY + sync, stamp)
 
     async def checkpoint(self, connection: str) -> str | None:
         """The newest token the connection's remote has confirmed (a cursor kind

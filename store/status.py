@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,10 @@ def _runs_and_alerts(db: sqlite3.Connection, syncs: list[dict[str, Any]]) -> Non
         sync["last_run"] = None if last is None else dict(last)
 
 
+# + sync label: until when the sync's next request waits for the rate budget.
+BUDGET_WAIT_KEY = "budget_wait."
+
+
 def read_status(path: Path) -> dict[str, Any]:
     """Status of a replica as plain data; works whether or not the daemon runs."""
     pid = is_held(path)
@@ -89,7 +94,17 @@ def read_status(path: Path) -> dict[str, Any]:
                 "SELECT substr(key, 8), value FROM _replicad_meta WHERE key LIKE 'resync.%'"
             ).fetchall()
         )
+        waits = dict(
+            db.execute(
+                "SELECT substr(key, ?), value FROM _replicad_meta WHERE key LIKE ?",
+                (len(BUDGET_WAIT_KEY) + 1, BUDGET_WAIT_KEY + "%"),
+            ).fetchall()
+        )
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         for sync in report["syncs"]:
+            if pid is not None and waits.get(sync["sync"], "") > now:
+                # A running sync waits for the connection's rate budget until then.
+                sync["waiting_for_budget_until"] = waits[sync["sync"]]
             if sync.get("direction") == "pull" and sync.get("connection") in resyncs:
                 # A full pull (a copy's, or `replicad resync`) runs since then.
                 sync["resync_since"] = resyncs[sync["connection"]]

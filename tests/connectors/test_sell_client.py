@@ -199,6 +199,26 @@ def test_token_bucket_allows_burst_then_paces() -> None:
     assert bucket.reserve() == 0.0
 
 
+async def test_a_bucket_tells_of_its_waits_at_most_every_few_seconds() -> None:
+    """Waits for the budget are told to on_wait before they start (so the daemon can
+    say the budget sets the pace), at most once per NOTICE_EVERY; the time on_wait
+    takes is part of the wait, not added to it."""
+    from replicad.connectors.ratelimit import NOTICE_EVERY
+
+    told: list[float] = []
+
+    async def on_wait(seconds: float) -> None:
+        told.append(seconds)
+
+    bucket = TokenBucket(Rate(2, 0.1))  # 20 per second, a burst of 2
+    bucket.on_wait = on_wait
+    for _ in range(6):
+        await bucket.acquire()
+    assert len(told) == 1 and 0 < told[0] <= 0.1
+    assert bucket.waited > 0.1
+    assert NOTICE_EVERY > 0.5  # the four waits here fall within one notice period
+
+
 def test_sell_default_budget_never_exceeds_an_hour() -> None:
     """With Sell's default, a burst runs at once and no hour admits over 36,000."""
     from bisect import bisect_right

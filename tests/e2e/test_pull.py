@@ -320,3 +320,29 @@ def test_rate_budget_is_kept_across_runs(tmp_path: Path) -> None:
             db.close()
             state = json.loads(saved)
             assert sum(n for _, n in state["sent"]) == sum(totals)
+
+
+def test_a_pull_paced_by_its_budget_says_so(tmp_path: Path) -> None:
+    """A small rate_limit sets the pace: while it does, `status` says so, the log
+    says so (with the pace it allows), and every record still arrives."""
+    import time
+
+    with emulator(records=3000) as emu:
+        cfg = write_config(tmp_path, emu.url, rate_limit="10/s")
+        proc = start_replicad("--log-level", "info", "sync", "--once", "--no-progress",
+                              "--config", str(cfg))  # fmt: skip
+        said = ""
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            status = replicad("status", "--config", str(cfg))
+            if "rate budget    pacing this pull" in status.stdout:
+                said = status.stdout
+                break
+            time.sleep(0.2)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert said, "status never said the budget paces the pull"
+        assert "pull.budget_wait" in err and "items_per_second" in err
+        assert_replica_matches(tmp_path / "replica.db", emu)
+        # Done: the status no longer says it.
+        assert "rate budget" not in replicad("status", "--config", str(cfg)).stdout
