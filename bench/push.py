@@ -11,6 +11,9 @@ sqlite3 (``BEGIN IMMEDIATE``), as an app would:
    until the emulator has applied the transfer that carries it.
 
     .venv/bin/python bench/push.py --sizes 1000,10000
+    .venv/bin/python bench/push.py --sizes 10000 --latency 50ms   # a real network's delay
+
+``--latency``: the emulator answers every API request that much later (a round trip).
 """
 
 from __future__ import annotations
@@ -167,7 +170,7 @@ def _result_row(
     )  # fmt: skip
 
 
-def throughput(size: int, batch_size: int) -> tuple[list[Row], list[Row]]:
+def throughput(size: int, batch_size: int, latency: str) -> tuple[list[Row], list[Row]]:
     """Insert then update ``size`` contacts, one timed ``sync --once`` each.
 
     Returns (measurement rows, check rows).
@@ -175,7 +178,10 @@ def throughput(size: int, batch_size: int) -> tuple[list[Row], list[Row]]:
     rows: list[Row] = []
     checks: list[Row] = []
     tag = f"pb{size}"
-    with emulator(records=ACCOUNT) as emu, tempfile.TemporaryDirectory() as tmp:
+    with (
+        emulator(records=ACCOUNT, latency=latency) as emu,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         folder = Path(tmp)
         db = folder / "replica.db"
         cfg = _push_config(folder, emu.url, batch_size, "1s")
@@ -284,10 +290,15 @@ def _pct(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[rank - 1]
 
 
-def latency(samples: int, interval_s: float, interval: str, batch_size: int, seed: int) -> Row:
+def latency(
+    samples: int, interval_s: float, interval: str, batch_size: int, seed: int, network: str
+) -> Row:
     """Commit → applied upstream, ``samples`` single inserts against ``replicad run``."""
     rng = random.Random(seed)
-    with emulator(records=ACCOUNT) as emu, tempfile.TemporaryDirectory() as tmp:
+    with (
+        emulator(records=ACCOUNT, latency=network) as emu,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         folder = Path(tmp)
         db = folder / "replica.db"
         cfg = _push_config(folder, emu.url, batch_size, interval)
@@ -361,6 +372,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--latency", default="0s", help="the emulator's per-request latency")
     args = parser.parse_args()
     interval_s = _seconds(args.interval)
 
@@ -368,14 +380,14 @@ def main() -> None:
         f"# replicad push benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()} "
         f"({platform.python_implementation()}), SQLite {sqlite3.sqlite_version}, "
         f"{platform.system()} {platform.machine()}; account {ACCOUNT} records, "
-        f"batch_size {args.batch_size}"
+        f"batch_size {args.batch_size}, emulator latency {args.latency}"
     )
     print()
     if not args.skip_throughput:
         rows: list[Row] = []
         checks: list[Row] = []
         for size in (int(s) for s in args.sizes.split(",")):
-            r, c = throughput(size, args.batch_size)
+            r, c = throughput(size, args.batch_size, args.latency)
             rows += r
             checks += c
         print("## Throughput: N edits in one local transaction, then `replicad sync --once`")
@@ -400,7 +412,9 @@ def main() -> None:
     if not args.skip_latency:
         print("## Latency: local COMMIT → transfer applied upstream (`replicad run`)")
         print()
-        row = latency(args.samples, interval_s, args.interval, args.batch_size, args.seed)
+        row = latency(
+            args.samples, interval_s, args.interval, args.batch_size, args.seed, args.latency
+        )
         print_table(
             ("push interval", "samples", "min ms", "p50 ms", "p90 ms", "p99 ms", "max ms",
              "upstream", "daemon peak RSS MiB", "exit after SIGTERM"),

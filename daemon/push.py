@@ -5,6 +5,11 @@ before) → send it → record each entry's outcome, until the outbox of the syn
 is empty or the destination fails. An entry without an outcome stays in flight, so a
 stop, a crash or a lost answer at any moment leads to the same batch being sent
 again with the same tracking id and internal ids: never a second remote record.
+
+Up to ``OVERLAP`` batches are out at once: over a real network each waits a round trip
+or two, and the protocols key every entry by its own internal id, so batches need not
+wait for each other. The edits of one row still go in order: a row with an entry out
+has its next one wait (``store.outbox.take_batch``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from replicad.connectors.push_model import (
 )
 from replicad.daemon.config import Sync
 from replicad.daemon.cycle_status import recorded_cycle
+from replicad.daemon.exits import unwrap
 from replicad.daemon.mapping import map_item, mapped_columns
 from replicad.store import (
     Association,
@@ -39,6 +45,9 @@ from replicad.store import (
 )
 
 log = structlog.get_logger("replicad.push")
+
+# Batches sent at once by one push cycle.
+OVERLAP = 4
 
 
 @dataclass(slots=True)
@@ -128,42 +137,72 @@ async def push_cycle(
                     "push.diffed", sync=sync.label, changed=found.rows, created=found.created,
                     updated=found.updated, deleted=found.deleted, invalid=found.invalid,
                 )  # fmt: skip
-        while (batch := await replica.take_push_batch(source, sync.batch_size)) is not None:
-            wire, nothing = to_wire(batch, sync)
-            result = await connector.push(wire) if wire.items else PushResult()
-            # Outcomes received are recorded even if the daemon is stopping: dropping a
-            # confirmation would resend (and for CDM, re-check) an entry that arrived.
-            with anyio.CancelScope(shield=True):
-                counts = await replica.record_push(source.table, nothing + result.outcomes)
-            counts_out.created += counts.created
-            counts_out.updated += counts.updated
-            counts_out.deleted += counts.deleted
-            counts_out.rejected += counts.rejected
-            counts_out.not_found += counts.not_found
-            report.batches += 1
-            if on_batch is not None and counts.confirmed + counts.rejected:
-                on_batch()  # progress: a batch without outcomes is no progress
-            report.sent += len(wire.items)
-            report.confirmed += counts.confirmed
-            report.not_found += counts.not_found
-            report.rejected += counts.rejected
-            report.merged += counts.merged
-            log.info(
-                "push.batch", sync=sync.label, tracking_id=batch.tracking_id, resend=batch.resend,
-                items=len(wire.items), confirmed=counts.confirmed, rejected=counts.rejected,
-            )  # fmt: skip
-            for outcome in result.outcomes:
-                if outcome.rejected is not None:
-                    log.warning(
-                        "push.rejected", sync=sync.label, entry=outcome.entry,
-                        reason=outcome.rejected,
-                    )  # fmt: skip
-            if result.error is not None:
-                raise result.error
-            if len(result.outcomes) + len(nothing) < len(batch.items):
-                # Without this the same batch would be resent forever.
-                raise ConnectorError(
-                    f"push {sync.label}: the destination answered for {len(result.outcomes)} "
-                    f"of {len(wire.items)} entries"
-                )
+        busy: set[str] = set()
+
+        async def sender() -> None:
+            while (
+                batch := await replica.take_push_batch(source, sync.batch_size, busy)
+            ) is not None:
+                try:
+                    await _send(replica, sync, connector, source, batch, report, counts_out,
+                                on_batch)  # fmt: skip
+                finally:
+                    busy.discard(batch.tracking_id)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(OVERLAP):
+                    tg.start_soon(sender)
+        except BaseExceptionGroup as group:
+            # Callers match on the destination's error, not on the task group's wrapper.
+            raise unwrap(group) from None
     return report
+
+
+async def _send(
+    replica: Replica,
+    sync: Sync,
+    connector: PushConnector,
+    source: PushSource,
+    batch: OutboxBatch,
+    report: PushReport,
+    counts_out: RunCounts,
+    on_batch: Callable[[], None] | None,
+) -> None:
+    """Send one batch and record its outcomes; raises the destination's failure."""
+    wire, nothing = to_wire(batch, sync)
+    result = await connector.push(wire) if wire.items else PushResult()
+    # Outcomes received are recorded even if the daemon is stopping: dropping a
+    # confirmation would resend (and for CDM, re-check) an entry that arrived.
+    with anyio.CancelScope(shield=True):
+        counts = await replica.record_push(source.table, nothing + result.outcomes)
+    counts_out.created += counts.created
+    counts_out.updated += counts.updated
+    counts_out.deleted += counts.deleted
+    counts_out.rejected += counts.rejected
+    counts_out.not_found += counts.not_found
+    report.batches += 1
+    if on_batch is not None and counts.confirmed + counts.rejected:
+        on_batch()  # progress: a batch without outcomes is no progress
+    report.sent += len(wire.items)
+    report.confirmed += counts.confirmed
+    report.not_found += counts.not_found
+    report.rejected += counts.rejected
+    report.merged += counts.merged
+    log.info(
+        "push.batch", sync=sync.label, tracking_id=batch.tracking_id, resend=batch.resend,
+        items=len(wire.items), confirmed=counts.confirmed, rejected=counts.rejected,
+    )  # fmt: skip
+    for outcome in result.outcomes:
+        if outcome.rejected is not None:
+            log.warning(
+                "push.rejected", sync=sync.label, entry=outcome.entry, reason=outcome.rejected
+            )
+    if result.error is not None:
+        raise result.error
+    if len(result.outcomes) + len(nothing) < len(batch.items):
+        # Without this the same batch would be resent forever.
+        raise ConnectorError(
+            f"push {sync.label}: the destination answered for {len(result.outcomes)} "
+            f"of {len(wire.items)} entries"
+        )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,17 +52,27 @@ def register_push(db: sqlite3.Connection, sources: Iterable[PushSource]) -> None
 
 
 def take_batch(
-    db: sqlite3.Connection, catalog: TableCatalog, source: PushSource, limit: int, now: str
+    db: sqlite3.Connection,
+    catalog: TableCatalog,
+    source: PushSource,
+    limit: int,
+    now: str,
+    busy: Collection[str] = (),
 ) -> OutboxBatch | None:
     """The next batch to send: an unconfirmed in-flight batch first (resent as it was),
-    else up to ``limit`` pending entries, oldest first. None when nothing waits."""
+    else up to ``limit`` pending entries, oldest first. None when nothing waits.
+
+    ``busy``: tracking ids of batches being sent right now (batches overlap): never
+    taken again, and no entry of a row with an entry among them is taken either, so
+    the edits of one row reach the destination in the order they were made.
+    """
     info = catalog.tables.get(source.table)
     if info is None and not is_diffed(source.table):
         return None
     db.execute("BEGIN IMMEDIATE")
     try:
-        batch = _in_flight(db, source.table, now) or _new_batch(
-            db, catalog, info, source, limit, now
+        batch = _in_flight(db, source.table, now, busy) or _new_batch(
+            db, catalog, info, source, limit, now, bool(busy)
         )
         db.execute("COMMIT")
     except BaseException:
@@ -71,11 +81,13 @@ def take_batch(
     return batch
 
 
-def _in_flight(db: sqlite3.Connection, tbl: str, now: str) -> OutboxBatch | None:
+def _in_flight(
+    db: sqlite3.Connection, tbl: str, now: str, busy: Collection[str]
+) -> OutboxBatch | None:
     row = db.execute(
         "SELECT batch FROM _replicad_outbox WHERE state = 'in_flight' AND tbl = ? "
-        "ORDER BY seq LIMIT 1",
-        (tbl,),
+        "AND batch NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT 1",
+        (tbl, json.dumps(list(busy))),
     ).fetchone()
     if row is None:
         return None
@@ -103,11 +115,19 @@ def _new_batch(
     source: PushSource,
     limit: int,
     now: str,
+    overlapping: bool,
 ) -> OutboxBatch | None:
     tbl = source.table
+    # While other batches are out, a row with an entry among them waits for it.
+    wait = (
+        " AND NOT EXISTS (SELECT 1 FROM _replicad_outbox f WHERE f.tbl = o.tbl "
+        "AND f.internal_id = o.internal_id AND f.state = 'in_flight')"
+        if overlapping
+        else ""
+    )
     pending = db.execute(
-        "SELECT seq, internal_id, op, fields, payload, remote_id FROM _replicad_outbox "
-        "WHERE state = 'pending' AND tbl = ? ORDER BY seq LIMIT ?",
+        "SELECT seq, internal_id, op, fields, payload, remote_id FROM _replicad_outbox o "
+        f"WHERE state = 'pending' AND tbl = ?{wait} ORDER BY seq LIMIT ?",
         (tbl, limit),
     ).fetchall()
     if not pending:

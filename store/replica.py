@@ -380,9 +380,23 @@ class Replica:
             "register the push syncs", lambda: self._write(outbox.register_push, sources)
         )
 
-    async def take_push_batch(self, source: PushSource, limit: int) -> OutboxBatch | None:
-        """The next outbox batch of a push sync (an unconfirmed one first)."""
-        return await self._write(outbox.take_batch, self.catalog, source, limit, utcnow())
+    async def take_push_batch(
+        self, source: PushSource, limit: int, busy: set[str] | None = None
+    ) -> OutboxBatch | None:
+        """The next outbox batch of a push sync (an unconfirmed one first), none of
+        ``busy`` (batches being sent) nor of their rows. The batch taken joins ``busy``
+        in the same step: takes are serialized on the writer, so the next take (of
+        another sender) already leaves it alone. The caller removes it when done."""
+
+        def take(db: sqlite3.Connection) -> OutboxBatch | None:
+            out = outbox.take_batch(
+                db, self.catalog, source, limit, utcnow(), frozenset(busy or ())
+            )
+            if out is not None and busy is not None:
+                busy.add(out.tracking_id)
+            return out
+
+        return await self._write(take)
 
     async def record_push(self, table: str, outcomes: Sequence[Outcome]) -> OutcomeCounts:
         """Record what the destination said about a batch's entries."""

@@ -310,8 +310,9 @@ def test_kill_9_during_a_diffed_push_converges(tmp_path: Path) -> None:
             'operation = "upsert"\n' + MAPPINGS
         )
         cfg = census_config(tmp_path, emu.url, body)
+        # Slow writes down (four are out at once) so that kills land mid-push.
         emu.control.faults(
-            {"endpoint": "cdm_write", "action": "delay", "seconds": 0.01, "times": 0}
+            {"endpoint": "cdm_write", "action": "delay", "seconds": 0.05, "times": 0}
         )
         kills = 0
         for n in range(5):

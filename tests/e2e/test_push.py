@@ -157,8 +157,9 @@ def test_kill_9_while_pushing_inserts_then_resume(tmp_path: Path, profile: str) 
                 for i in range(400)
             ),
         )
-        # Slow transfers down so that kills land mid-batch and between batches.
-        emu.control.faults({"endpoint": "transfer", "action": "delay", "seconds": 0.15, "times": 0})
+        # Slow transfers down so that kills land mid-batch and between batches (four
+        # batches are out at once).
+        emu.control.faults({"endpoint": "transfer", "action": "delay", "seconds": 0.6, "times": 0})
         kills = 0
         for _ in range(5):
             proc = start_replicad("sync", "--once", "--no-progress", "--config", str(cfg))

@@ -436,3 +436,32 @@ async def test_a_resent_create_is_adopted_though_the_pull_came_before_the_resend
     assert app.execute("SELECT id, _internal_id FROM contact WHERE name = 'Cy'").fetchall() == [
         (77, "loc")
     ]
+
+
+async def test_overlapping_batches_keep_each_rows_edits_in_order(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """While a batch is out (busy), another take leaves it alone and skips the rows it
+    carries, so a row's second edit never overtakes its first; the busy batch, given
+    up, is resent before anything of its rows."""
+    app.execute("UPDATE contact SET name = 'A1' WHERE id = 1")
+    busy: set[str] = set()
+    first = await pushed.take_push_batch(SOURCE, 10, busy)
+    assert first is not None and busy == {first.tracking_id}
+    app.execute("UPDATE contact SET name = 'A2' WHERE id = 1")
+    app.execute("UPDATE contact SET name = 'B1' WHERE id = 2")
+    second = await pushed.take_push_batch(SOURCE, 10, busy)
+    assert second is not None
+    assert [i.data for i in second.items] == [{"name": "B1"}]  # row 1 waits
+    assert await pushed.take_push_batch(SOURCE, 10, busy) is None
+    busy.clear()  # both given up (e.g. a crash): resent, the older first
+    again = await pushed.take_push_batch(SOURCE, 10, busy)
+    assert again is not None and again.tracking_id == first.tracking_id and again.resend
+    await pushed.record_push("contact", [Said(i.entry, id="1") for i in again.items])
+    busy.discard(again.tracking_id)
+    resent = await pushed.take_push_batch(SOURCE, 10, busy)
+    assert resent is not None and resent.tracking_id == second.tracking_id
+    await pushed.record_push("contact", [Said(i.entry, id="2") for i in resent.items])
+    busy.clear()
+    last = await pushed.take_push_batch(SOURCE, 10, busy)
+    assert last is not None and [i.data for i in last.items] == [{"name": "A2"}]
