@@ -295,24 +295,45 @@ def test_token_never_in_replica_or_output(tmp_path: Path) -> None:
         assert os.path.exists(db)
 
 
-def test_local_inserts_the_destination_merges_lose_nothing(tmp_path: Path) -> None:
-    """Two local inserts that Endgrate's upsert matches to one record (same phone) end
-    as one row, and the other row's values are kept in replicad_conflicts."""
+# Endgrate's upsert matches a contact by email, then phone, then full name: two local
+# inserts sharing one of them become one record. (where, the two rows' columns, the
+# field that tells them apart and each row's value of it)
+MERGES = {
+    "phone": ("phone = '+1 555 0101'", "email", {"p1": "p1@example.org", "p2": "p2@example.org"},
+              {"p1": ("Pat", "One", "p1@example.org", "+1 555 0101"),
+               "p2": ("Pat", "Two", "p2@example.org", "+1 555 0101")}),
+    "email": ("email = 'pat@example.org'", "phone", {"p1": "+1 555 0111", "p2": "+1 555 0122"},
+              {"p1": ("Pat", "One", "pat@example.org", "+1 555 0111"),
+               "p2": ("Pam", "Two", "pat@example.org", "+1 555 0122")}),
+    "name": ("first_name = 'Quinn' AND last_name = 'Same'", "customer_status",
+             {"p1": "current", "p2": "none"},
+             {"p1": ("Quinn", "Same", None, None), "p2": ("Quinn", "Same", None, None)}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("shared", list(MERGES))
+def test_local_inserts_the_destination_merges_lose_nothing(tmp_path: Path, shared: str) -> None:
+    """Two local inserts that Endgrate's upsert matches to one record (same email,
+    phone or full name) end as one row, and the other row's values are kept in
+    replicad_conflicts."""
+    where, field, told, rows_in = MERGES[shared]
     db = tmp_path / "replica.db"
     with emulator(records=50) as emu:
         cfg = write_config(tmp_path, emu.url, push=ENDGRATE)
         sync(cfg)
-        app_write(
-            db,
-            "INSERT INTO contact (first_name, last_name, email, phone, _internal_id) "
-            "VALUES ('Pat', 'One', 'p1@example.org', '+1 555 0101', 'p1')",
-            "INSERT INTO contact (first_name, last_name, email, phone, _internal_id) "
-            "VALUES ('Pat', 'Two', 'p2@example.org', '+1 555 0101', 'p2')",
-        )
+        for iid, (first, last, email, phone) in rows_in.items():
+            db_ = sqlite3.connect(db, timeout=10)
+            db_.execute(
+                "INSERT INTO contact (first_name, last_name, email, phone, customer_status, "
+                "_internal_id) VALUES (?, ?, ?, ?, ?, ?)",
+                (first, last, email, phone, told[iid] if field == "customer_status" else None,
+                 iid),
+            )  # fmt: skip
+            db_.commit()
+            db_.close()
         sync(cfg)
-        (remote_id,) = contacts_with(emu.control.state(), "phone", "+1 555 0101")
-        rows = query(db, "SELECT id, _internal_id FROM contact WHERE phone = '+1 555 0101'")
-        assert len(rows) == 1 and rows[0][0] == remote_id
+        rows = query(db, f"SELECT id, _internal_id FROM contact WHERE {where}")
+        assert len(rows) == 1 and rows[0][0] is not None
         (kept,) = [iid for _, iid in rows]
         gone = "p1" if kept == "p2" else "p2"
         journal = dict(
@@ -323,7 +344,7 @@ def test_local_inserts_the_destination_merges_lose_nothing(tmp_path: Path) -> No
             )
         )
         assert journal["_internal_id"] == gone
-        assert journal.get("email") == f"{gone}@example.org"
+        assert journal.get(field) == told[gone]
         assert_replica_matches(db, emu)
 
 
