@@ -111,3 +111,33 @@ def test_a_corrupt_replica_is_never_synced_further(tmp_path: Path) -> None:
         (line,) = [x for x in done.stderr.splitlines() if x.startswith("replicad:")]
         assert "corrupt" in line and "replicad doctor" in line
         assert emu.control.stats()["acked_keys"] == acked
+
+
+def test_a_copy_keeps_its_unsent_edits_and_both_push_them_once(tmp_path: Path) -> None:
+    """A copy taken while a local insert waited in the outbox keeps it and pushes it;
+    the original pushes the same entry later: one remote record (the internal_id makes
+    the second push an update of the first), one row in each replica."""
+    orig_dir, copy_dir = tmp_path / "orig", tmp_path / "copy"
+    orig_dir.mkdir()
+    push = {"source": "contact", "object": "crm-contact", "interval": "200ms"}
+    with emulator(records=100) as emu:
+        orig = write_config(orig_dir, emu.url, push=push)
+        sync(orig)
+        app_write(
+            orig_dir / "replica.db",
+            "INSERT INTO contact (first_name, email, _internal_id) "
+            "VALUES ('Kept', 'kept@copy.example', 'kept-1')",
+        )
+        backup(orig_dir / "replica.db", copy_dir / "replica.db")
+        copy = write_config(copy_dir, emu.url, push=push)
+        assert "replica.copy" in sync(copy)
+        sync(orig)
+        sync(copy)  # brings the original's (idempotent) push of the same entry
+        state = emu.control.state()["records"]["contact"]
+        remote = [r for r in state.values() if r.get("email") == "kept@copy.example"]
+        assert len(remote) == 1
+        for folder in (orig_dir, copy_dir):
+            db = folder / "replica.db"
+            rows = query(db, "SELECT id, _pending FROM contact WHERE _internal_id = 'kept-1'")
+            assert rows == [(remote[0]["id"], 0)], folder
+            assert_replica_matches(db, emu)

@@ -180,3 +180,17 @@ def test_resync_pulls_everything_again(tmp_path: Path) -> None:
         status = json.loads(run("status", "--json", "--config", str(cfg)))
         assert all("resync_since" not in s for s in status["syncs"])
         assert_replica_matches(db, emu)
+
+
+def test_version_and_log_level_flags(tmp_path: Path) -> None:
+    """--version prints the version (exit 0); -v shows the debug events of a sync, -q
+    silences its info lines; the result is the same."""
+    assert run("--version").startswith("replicad ")
+    with emulator(records=300) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        loud = replicad("-vv", "sync", "--once", "--no-progress", "--config", str(cfg))
+        assert loud.returncode == 0 and '"pull.page"' in loud.stderr  # a debug event
+        emu.control.mutate(random=5, seed=2)
+        quiet = replicad("-q", "sync", "--once", "--no-progress", "--config", str(cfg))
+        assert quiet.returncode == 0 and '"info"' not in quiet.stderr
+        assert_replica_matches(tmp_path / "replica.db", emu)
