@@ -96,6 +96,10 @@ class CdmStats:
         return self.write + self.lookup + self.delete + self.retries
 
 
+# Destinations (base URLs) already warned of answering without the tracking echo.
+_WARNED_NO_ECHO: set[str] = set()
+
+
 class CdmClient(HttpConnector):
     """An async CDM write client (satisfies PushConnector)."""
 
@@ -109,7 +113,6 @@ class CdmClient(HttpConnector):
     ) -> None:
         self.settings = settings
         self.stats = CdmStats()
-        self._warned_no_echo = False
         self._exchange = Exchange(
             settings,
             self.stats,
@@ -317,9 +320,13 @@ class CdmClient(HttpConnector):
         return deleted.outcome
 
     def _check_echo(self, written: Written, tracking_id: str) -> None:
-        if not written.echoed and not self._warned_no_echo:
-            self._warned_no_echo = True
-            log.warning("push.no_tracking_echo", tracking_id=tracking_id)
+        # Once per destination (a connection), not per sync's client: the server's
+        # habit, not news about each write.
+        if not written.echoed and self.settings.base_url not in _WARNED_NO_ECHO:
+            _WARNED_NO_ECHO.add(self.settings.base_url)
+            log.warning(
+                "push.no_tracking_echo", tracking_id=tracking_id, url=self.settings.base_url
+            )
 
     async def _lookup(self, obj: str, key: NaturalKey, tracking_id: str) -> list[str] | int:
         """Ids of the records whose ``key.field`` is ``key.value``, or the status

@@ -447,3 +447,21 @@ async def test_lost_create_on_a_server_without_lookup_is_rejected_with_a_hint(st
     assert len(server.writes()) == 1 and result.error is None
     (outcome,) = result.outcomes
     assert outcome.rejected is not None and "replicad retry" in outcome.rejected
+
+
+async def test_a_missing_tracking_echo_is_accepted_and_warned_once_per_destination() -> None:
+    """Writes answered without the X-Tracking-ID echo are accepted; the warning comes
+    once for the destination, not once per sync's client or per write."""
+    from structlog.testing import capture_logs
+
+    def no_echo(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(201, json={"data": {"id": 9}})
+
+    settings = CdmSettings(base_url="https://no-echo.test", token=TOKEN, retry=FAST)
+    with capture_logs() as logs:
+        for _ in range(2):  # two push syncs on one connection
+            transport = httpx.MockTransport(no_echo)
+            async with CdmClient(settings, transport=transport) as c:
+                result = await c.push(batch(item(1), item(2)))
+            assert [o.id for o in result.outcomes] == ["9", "9"]
+    assert [e["event"] for e in logs].count("push.no_tracking_echo") == 1

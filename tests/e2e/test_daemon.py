@@ -97,6 +97,34 @@ def test_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
         assert any(m.startswith("STATUS=") for m in got)
 
 
+def test_a_notify_socket_nobody_reads_never_blocks_the_daemon(tmp_path: Path) -> None:
+    """A notify socket whose receive buffer is full (nobody reads it): the daemon
+    still syncs, pushes an edit, and stops cleanly on SIGTERM."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    address = str(tmp_path / "notify-full")
+    sock.bind(address)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.setblocking(False)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.setblocking(False)
+    try:
+        while True:  # fill the buffer before the daemon starts
+            filler.sendto(b"x" * 200, address)
+    except BlockingIOError:
+        pass
+    db = tmp_path / "replica.db"
+    with emulator(records=50) as emu:
+        cfg = write_config(tmp_path, emu.url, push={**PUSH, "interval": "1h"})
+        with daemon(cfg, NOTIFY_SOCKET=address, WATCHDOG_USEC="200000") as proc:
+            wait_for(lambda: synced(cfg))
+            app_write(db, "INSERT INTO contact (first_name, email) VALUES ('N', 'n@full.org')")
+            wait_for(lambda: contacts_with_email(emu.control.state(), "n@full.org") == 1)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+    filler.close()
+    sock.close()
+
+
 def test_local_insert_reaches_remote_within_a_second(tmp_path: Path) -> None:
     """A commit from another process wakes the push (no polling): upstream within 1 s."""
     db = tmp_path / "replica.db"

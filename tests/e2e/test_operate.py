@@ -194,3 +194,29 @@ def test_version_and_log_level_flags(tmp_path: Path) -> None:
         quiet = replicad("-q", "sync", "--once", "--no-progress", "--config", str(cfg))
         assert quiet.returncode == 0 and '"info"' not in quiet.stderr
         assert_replica_matches(tmp_path / "replica.db", emu)
+
+
+def test_files_are_private_or_group_readable_under_the_system_units_umask(
+    tmp_path: Path,
+) -> None:
+    """The replica and its lock are 0600 under a usual umask, 0640 under the system
+    unit's UMask=0027 (its group may read the replica), never world-readable."""
+    import os
+    import subprocess
+
+    from tests.e2e.harness import REPLICAD, cli_env
+
+    with emulator(records=50) as emu:
+        for umask, mode in ((0o022, 0o600), (0o027, 0o640)):
+            folder = tmp_path / f"u{umask:o}"
+            folder.mkdir()
+            cfg = write_config(folder, emu.url)
+            done = subprocess.run(
+                [REPLICAD, "sync", "--once", "--no-progress", "--config", str(cfg)],
+                capture_output=True, text=True, env=cli_env(), timeout=60,
+                preexec_fn=lambda u=umask: os.umask(u),  # type: ignore[misc]
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            for name in ("replica.db", "replica.db.lock"):
+                got = stat.S_IMODE((folder / name).stat().st_mode)
+                assert got == mode, (umask, name, oct(got))
