@@ -156,8 +156,19 @@ def _sync(s: Sync, config: Config, tables: set[str] | None) -> dict[str, Any]:
         check_push_sources(config, tables)
     except ConfigError as e:
         return {**base, "code": exits.USAGE, "message": str(e)}
+    if s.source not in tables:
+        # Not an error: the pull may bring that type later. But a misspelt name would
+        # leave the real table pull-only (its edits refused): say it plainly.
+        shown = ", ".join(sorted(tables)) or "none yet"
+        return {
+            **base,
+            "code": exits.OK,
+            "warning": f"no table {s.source!r} in the replica",
+            "message": f"{what}; WARNING: the replica has no table {s.source!r} yet (its "
+            f"edits can be pushed once the pull brings that type; tables: {shown})",
+        }
     wanted = mapped_columns(s) or ()
-    if s.source in tables and wanted:
+    if wanted:
         have = set(_columns(config, s.source))
         missing = [c for c in wanted if c not in have]
         if missing:

@@ -220,3 +220,20 @@ def test_files_are_private_or_group_readable_under_the_system_units_umask(
             for name in ("replica.db", "replica.db.lock"):
                 got = stat.S_IMODE((folder / name).stat().st_mode)
                 assert got == mode, (umask, name, oct(got))
+
+
+def test_a_push_source_the_replica_lacks_is_named_by_validate(tmp_path: Path) -> None:
+    """A push `source` naming no table (and close to none): the sync runs (the type may
+    come later) with a warning, and `validate` says plainly the table is missing."""
+    push = {"source": "payments", "object": "crm-contact", "interval": "200ms"}
+    with emulator(records=50) as emu:
+        cfg = write_config(tmp_path, emu.url, push=push)
+        for _ in range(2):  # the second start knows the pulled tables
+            done = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+            assert done.returncode == 0, done.stderr
+        assert "push.source_missing" in done.stderr
+        said = replicad("validate", "--config", str(cfg))
+        assert said.returncode == 0
+        assert "WARNING: the replica has no table 'payments' yet" in said.stdout
+        report = json.loads(replicad("validate", "--json", "--config", str(cfg)).stdout)
+        assert report["data"]["syncs"]["up"]["warning"] == "no table 'payments' in the replica"
