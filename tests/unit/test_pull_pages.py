@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -161,3 +162,30 @@ async def test_a_page_lost_in_the_last_allowed_session_is_not_success(replica: R
         "SELECT last_error FROM replicad_syncs WHERE sync = 'mirror'"
     )
     assert "a page was lost" in next(iter(status))[0]
+
+
+async def test_corruption_met_while_applying_stops_the_cycle_and_acks_nothing_more(
+    replica: Replica, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLITE_CORRUPT while applying the second page: the cycle ends with
+    ReplicaCorrupt (exit 2, naming `replicad doctor`), and no key is acknowledged
+    after it — not even the first page's, flushed at the end of a healthy cycle."""
+    from replicad.store import ReplicaCorrupt
+    from replicad.store import replica as replica_module
+
+    real = replica_module.apply_page
+    calls = [0]
+
+    def failing(*args: object, **kw: object) -> object:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(replica_module, "apply_page", failing)
+    handler, acked = server([page_of(1), page_of(2), page_of(3)])
+    async with client(handler) as c:
+        with pytest.raises(ReplicaCorrupt, match="replicad doctor"):
+            await pull.pull_cycle(replica, SYNC, CONN, c)
+    assert acked == []
+    assert await ids(replica) == [1]
