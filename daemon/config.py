@@ -202,17 +202,16 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     return Config(path, replica_path, connections, syncs)
 
 
+# Keys every kind of connection takes; a kind's own are in its registry entry.
+_COMMON_CONNECTION_KEYS = frozenset({
+    "kind", "base_url", "token_env", "token_file", "rate_limit", "timeout", "max_retries",
+    "retry_backoff", "retry_backoff_max",
+})  # fmt: skip
+
+
 def _connection(name: str, c: dict[str, Any], base: Path) -> Connection:
     k = f"connections.{name}"
-    check_keys(
-        c,
-        k,
-        {
-            "kind", "base_url", "token_env", "token_file", "device_uuid", "rate_limit",
-            "timeout", "max_retries", "retry_backoff", "retry_backoff_max", "ack_batch",
-            "session_id",
-        },
-    )  # fmt: skip
+    check_keys(c, k, _COMMON_CONNECTION_KEYS.union(*(x.connection_keys for x in KINDS.values())))
     kind = check_req(c, "kind", str, f"{k}.kind")
     if kind not in KINDS:
         raise ConfigError(f"{k}.kind: {kind!r} is not one of {', '.join(KINDS)}")
@@ -226,11 +225,12 @@ def _connection(name: str, c: dict[str, Any], base: Path) -> Connection:
     url = urlsplit(base_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ConfigError(f"{k}.base_url: {base_url!r} is not an http(s) URL")
-    if kind == "sell" and url.path.rstrip("/").lower().endswith("/v2"):
-        # The client appends /v2/...: this would ask for /v2/v2/... and get 404s.
-        suggested = base_url.rstrip("/")[: -len("/v2")]
+    tail = spec.appended_path
+    if tail and url.path.rstrip("/").lower().endswith(tail):
+        # The client appends it: the URL would name it twice and every request 404.
+        suggested = base_url.rstrip("/")[: -len(tail)]
         raise ConfigError(
-            f"{k}.base_url: leave out the /v2 (replicad appends it): use {suggested!r}"
+            f"{k}.base_url: leave out the {tail} (replicad appends it): use {suggested!r}"
         )
     if url.scheme == "http" and url.hostname not in LOOPBACK:
         # The token would cross the network in clear text.

@@ -43,6 +43,8 @@ class Kind:
     # whose answer is the only proof it arrived must never be in flight unsent).
     batches: bool = False
     default_rate_limit: str | None = None
+    # The path the client appends to base_url (a base_url ending with it is a mistake).
+    appended_path: str = ""
     # Push operations this destination can carry out, and why it cannot the others
     # (config refuses a sync asking for one, with that reason).
     push_operations: frozenset[str] = frozenset()
@@ -126,6 +128,7 @@ SELL = Kind(
     "pull",
     connection_keys=frozenset({"device_uuid", "ack_batch"}),
     default_rate_limit=SELL_DEFAULT,  # Sell's documented budget per token
+    appended_path="/v2",
     known_types=SELL_TYPES,
     pull_client=_sell_client,
 )

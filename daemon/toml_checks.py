@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from replicad.daemon.durations import parse_duration
@@ -11,7 +12,7 @@ class ConfigError(ValueError):
     """The configuration is unusable; the message names the key."""
 
 
-def check_keys(d: dict[str, Any], where: str, allowed: set[str]) -> None:
+def check_keys(d: dict[str, Any], where: str, allowed: AbstractSet[str]) -> None:
     for key in d:
         if key not in allowed:
             name = f"{where}.{key}" if where else key
