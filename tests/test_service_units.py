@@ -124,6 +124,27 @@ def test_system_unit_exposure_is_at_most_5(tmp_path: Path) -> None:
     assert float(found[1]) <= 5.0, done.stdout
 
 
+@needs_analyze
+def test_user_unit_keeps_its_sandboxing(tmp_path: Path) -> None:
+    """The user unit keeps the sandboxing a user manager applies without privileges,
+    and systemd-analyze security rates it no worse than the README's 6.2 (it scores
+    it as if it ran as root: capabilities a user service never holds count against
+    it)."""
+    unit = _rendered(tmp_path, "user")
+    text = unit.read_text()
+    for directive in (
+        "NoNewPrivileges=yes", "KeyringMode=private", "RestrictSUIDSGID=yes",
+        "RestrictNamespaces=yes", "LockPersonality=yes", "MemoryDenyWriteExecute=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "SystemCallArchitectures=native",
+        "SystemCallFilter=@system-service", "UMask=0077",
+    ):  # fmt: skip
+        assert directive in text, directive
+    done = _analyze(tmp_path, "user", "security", "--offline=yes", str(unit))
+    found = re.search(r"Overall exposure level for replicad\.service: (\d+(?:\.\d+)?)", done.stdout)
+    assert found, done.stdout + done.stderr
+    assert float(found[1]) <= 6.2, done.stdout
+
+
 def test_launchd_agent_has_the_required_keys(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
