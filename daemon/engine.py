@@ -216,21 +216,43 @@ def log_repairs(replica: Replica) -> None:
 
 def check_push_sources(config: Config, tables: Collection[str]) -> None:
     """A push ``source`` that names no table of the replica is most likely a typo (and
-    the table meant would stay read-only): refused when a table of a close name exists,
-    logged otherwise (the pull may not have brought that type yet)."""
-    if not tables:
-        return  # a new replica: the first pull creates the tables
+    the table meant would stay read-only). Refused, with the close names, unless it is
+    the table a pull sync will make for a type its remote is known to send (that type
+    has not arrived yet: logged)."""
+    coming = expected_tables(config)
+    if coming is None:
+        coming = {s.source for s in config.syncs.values()}  # cannot tell: trust them
     for s in config.syncs.values():
         if s.direction != "push" or s.diffed is not None or s.source in tables:
             continue
-        close = difflib.get_close_matches(s.source, list(tables), n=1, cutoff=0.6)
-        if close:
-            raise ConfigError(
-                f"syncs.{s.label}.source: the replica has no table {s.source!r}; "
-                f"did you mean {close[0]!r}? (tables: {', '.join(sorted(tables))})"
-            )
-        log.warning("push.source_missing", sync=s.label, source=s.source,
-                    tables=sorted(tables))  # fmt: skip
+        if s.source in coming:
+            log.warning("push.source_missing", sync=s.label, source=s.source,
+                        tables=sorted(tables))  # fmt: skip
+            continue
+        names = sorted({*tables, *coming})
+        close = difflib.get_close_matches(s.source, names, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        shown = ", ".join(sorted(tables)) or "none yet"
+        raise ConfigError(
+            f"syncs.{s.label}.source: the replica has no table {s.source!r}, and no pull "
+            f"sync makes one of that name; {hint}(tables: {shown})"
+        )
+
+
+def expected_tables(config: Config) -> set[str] | None:
+    """The tables the pull syncs make for the types their remotes are known to send
+    (None when a pull's remote does not say which types it sends)."""
+    out: set[str] = set()
+    for s in config.syncs.values():
+        if s.direction != "pull":
+            continue
+        kind = KINDS[config.connections[s.connection].kind]
+        if not (s.types or kind.known_types):
+            return None
+        for type_ in s.types or kind.known_types:
+            name = f"{s.prefix}{type_}"
+            out.add(f"{name}_history" if s.operation == "append" else name)
+    return out
 
 
 async def apply_pull_naming(replica: Replica, config: Config) -> None:

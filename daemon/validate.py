@@ -150,12 +150,13 @@ def _sync(s: Sync, config: Config, tables: set[str] | None) -> dict[str, Any]:
         except SourceError as e:
             return {**base, "code": exits.USAGE, "message": f"source {s.shown_as}: {e}"}
         return {**base, "code": exits.OK, "columns": cols, "message": f"{what}; source ok"}
-    if tables is None:
-        return {**base, "code": exits.OK, "message": f"{what}; table unchecked (no replica yet)"}
+    present = tables or set()
     try:
-        check_push_sources(config, tables)
+        check_push_sources(config, present)
     except ConfigError as e:
         return {**base, "code": exits.USAGE, "message": str(e)}
+    if tables is None:
+        return {**base, "code": exits.OK, "message": f"{what}; table made by the first pull"}
     if s.source not in tables:
         # Not an error: the pull may bring that type later. But a misspelt name would
         # leave the real table pull-only (its edits refused): say it plainly.

@@ -136,6 +136,8 @@ CASES = [
          push(source='"con tact"')), SYNC, 2, "is not a table name"),
     Case("push source typo", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN, push(source='"contacts"')),
          SYNC, 2, "did you mean 'contact'", replica=True),
+    Case("push source no pull makes, new replica", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN,
+         push(source='"payments"')), SYNC, 2, "no pull sync makes one of that name"),
     Case("unknown conflict rule", cfg(GOOD_CONN, GOOD_PULL, PUSH_CONN,
          push(conflict='"mine"')), SYNC, 2, "syncs.up.conflict"),
     Case("replica under a file", cfg(GOOD_CONN, GOOD_PULL,

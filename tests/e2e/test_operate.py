@@ -222,11 +222,22 @@ def test_files_are_private_or_group_readable_under_the_system_units_umask(
                 assert got == mode, (umask, name, oct(got))
 
 
-def test_a_push_source_the_replica_lacks_is_named_by_validate(tmp_path: Path) -> None:
-    """A push `source` naming no table (and close to none): the sync runs (the type may
-    come later) with a warning, and `validate` says plainly the table is missing."""
-    push = {"source": "payments", "object": "crm-contact", "interval": "200ms"}
+def test_a_push_source_no_pull_makes_is_refused_and_a_coming_one_is_named(
+    tmp_path: Path,
+) -> None:
+    """A push `source` naming no table and no type the pull brings is refused by `sync`
+    and `validate` (exit 2, one line naming the key); a type Sell sends that has not
+    arrived yet (`order`) runs, and `validate` says plainly the table is not there yet."""
     with emulator(records=50) as emu:
+        push = {"source": "payments", "object": "crm-contact", "interval": "200ms"}
+        cfg = write_config(tmp_path, emu.url, push=push)
+        for args in (("sync", "--once", "--no-progress"), ("validate",)):
+            done = replicad(*args, "--config", str(cfg))
+            assert done.returncode == 2, done.stdout + done.stderr
+            assert "syncs.up.source: the replica has no table 'payments'" in (
+                done.stderr + done.stdout
+            )
+        push = {"source": "order", "object": "crm-contact", "interval": "200ms"}
         cfg = write_config(tmp_path, emu.url, push=push)
         for _ in range(2):  # the second start knows the pulled tables
             done = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
@@ -234,6 +245,6 @@ def test_a_push_source_the_replica_lacks_is_named_by_validate(tmp_path: Path) ->
         assert "push.source_missing" in done.stderr
         said = replicad("validate", "--config", str(cfg))
         assert said.returncode == 0
-        assert "WARNING: the replica has no table 'payments' yet" in said.stdout
+        assert "WARNING: the replica has no table 'order' yet" in said.stdout
         report = json.loads(replicad("validate", "--json", "--config", str(cfg)).stdout)
-        assert report["data"]["syncs"]["up"]["warning"] == "no table 'payments' in the replica"
+        assert report["data"]["syncs"]["up"]["warning"] == "no table 'order' in the replica"
