@@ -21,7 +21,7 @@ from replicad.daemon.kinds import KINDS
 from replicad.daemon.logs import register_secret
 from replicad.daemon.pull import PullOutcome, PullProgress, pull_cycle, pull_naming
 from replicad.daemon.push import PushReport, push_cycle, push_source
-from replicad.store import Replica
+from replicad.store import Naming, Replica
 
 if TYPE_CHECKING:
     from replicad.connectors.pull_model import PullConnector
@@ -260,9 +260,10 @@ async def apply_pull_naming(replica: Replica, config: Config) -> None:
     columns apply only once the operator asked for a resync of it; until then the
     config is refused."""
     for sync in config.syncs.values():
-        naming = pull_naming(sync) if sync.direction == "pull" else None
-        if naming is None:
+        if sync.direction != "pull":
             continue
+        # The default naming too: its style is what a later change is measured from.
+        naming = pull_naming(sync) or Naming()
         changes = await replica.naming_changes(sync.label, naming)
         if not changes:
             await replica.naming_applied(sync.label, naming)

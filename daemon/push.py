@@ -138,14 +138,22 @@ async def push_cycle(
                     updated=found.updated, deleted=found.deleted, invalid=found.invalid,
                 )  # fmt: skip
         busy: set[str] = set()
+        failed: list[Exception] = []
 
         async def sender() -> None:
+            # After a failure no sender takes another batch, but those out finish:
+            # cancelled mid-send, a create would have to be checked (or, without a
+            # way to look it up, wait in doubt) when it is sent again.
             while (
-                batch := await replica.take_push_batch(source, sync.batch_size, busy)
-            ) is not None:
+                not failed
+                and (batch := await replica.take_push_batch(source, sync.batch_size, busy))
+                is not None
+            ):
                 try:
                     await _send(replica, sync, connector, source, batch, report, counts_out,
                                 on_batch)  # fmt: skip
+                except Exception as e:
+                    failed.append(e)
                 finally:
                     busy.discard(batch.tracking_id)
 
@@ -156,6 +164,8 @@ async def push_cycle(
         except BaseExceptionGroup as group:
             # Callers match on the destination's error, not on the task group's wrapper.
             raise unwrap(group) from None
+        if failed:
+            raise failed[0]
     return report
 
 

@@ -126,15 +126,19 @@ def _new_batch(
         else ""
     )
     pending = db.execute(
-        "SELECT seq, internal_id, op, fields, payload, remote_id FROM _replicad_outbox o "
-        f"WHERE state = 'pending' AND tbl = ?{wait} ORDER BY seq LIMIT ?",
+        "SELECT seq, internal_id, op, fields, payload, remote_id, awaiting_id "
+        f"FROM _replicad_outbox o WHERE state = 'pending' AND tbl = ?{wait} ORDER BY seq LIMIT ?",
         (tbl, limit),
     ).fetchall()
+    # A create that may already have arrived (its answer was lost; the entry was
+    # requeued by an edit since) is sent as a resend: the connector checks before it
+    # posts, and never posts blindly what may exist.
+    in_doubt = any(op == "insert" and awaiting for _, _, op, _, _, _, awaiting in pending)
     if not pending:
         return None
     tracking = str(uuid.uuid4())
     items: list[PushItem] = []
-    for seq, iid, op, fields, payload, remote in pending:
+    for seq, iid, op, fields, payload, remote, _ in pending:
         if op == "delete" or info is None:
             # A delete (its row is gone) or a diffed source's entry: the values were
             # fixed when the entry was made.
@@ -188,7 +192,7 @@ def _new_batch(
             (tracking, encoded, now, now, seq),
         )
         items.append(item)
-    return OutboxBatch(tracking, tuple(items), resend=False) if items else None
+    return OutboxBatch(tracking, tuple(items), resend=in_doubt) if items else None
 
 
 def _fixed_item(
@@ -380,15 +384,17 @@ def record_outcomes(
                     diffed=diffed, payload=row[3],
                 )  # fmt: skip
                 counts.rejected += 1
-                if outcome.in_doubt and row[1] == "insert" and not diffed:
+                if outcome.in_doubt and row[1] == "insert":
                     # The create may have arrived: the record the pull brings, equal
-                    # to what was sent, is this row's (adopt_pulled_creates).
+                    # to what was sent, is this row's (adopt_pulled_creates; a diffed
+                    # source's rows are not pulled). Also when an edit made meanwhile
+                    # requeued the entry: it is then sent again only as a resend,
+                    # checked first (take_batch), never posted blindly.
                     db.execute(
-                        "UPDATE _replicad_outbox SET awaiting_id = 1 WHERE seq = ? "
-                        "AND state = 'rejected'",
+                        "UPDATE _replicad_outbox SET awaiting_id = 1 WHERE seq = ?",
                         (outcome.entry,),
                     )
-                    awaiting = True
+                    awaiting = awaiting or not diffed
             if not diffed:
                 settle_pending_flag(db, tbl, iid)
         if awaiting:
@@ -616,9 +622,11 @@ def adopt_pulled_creates(
     field the create sent is taken to be that record and merges into the local row,
     as a confirmed id would (``_learn_id``). Runs inside the caller's transaction.
     """
+    # Only entries at rest: one requeued by an edit (pending) is sent again, checked
+    # first, and learns its record from that answer.
     waiting = db.execute(
-        "SELECT seq, internal_id, payload, created_at FROM _replicad_outbox "
-        "WHERE awaiting_id = 1 AND tbl = ? ORDER BY seq",
+        "SELECT seq, internal_id, payload, created_at, state FROM _replicad_outbox "
+        "WHERE awaiting_id = 1 AND tbl = ? AND state IN ('confirmed', 'rejected') ORDER BY seq",
         (tbl,),
     ).fetchall()
     if not waiting:
@@ -626,7 +634,7 @@ def adopt_pulled_creates(
     info = catalog.tables[tbl]
     q = quote(tbl)
     merged = 0
-    for seq, iid, payload, since in waiting:
+    for seq, iid, payload, created, state in waiting:
         own = db.execute(f"SELECT id FROM {q} WHERE _internal_id = ?", (iid,)).fetchone()
         if own is None or own[0] is not None:
             # The row is gone, or learned its id another way: nothing to wait for.
@@ -641,20 +649,23 @@ def adopt_pulled_creates(
         same = " AND ".join(f"{quote(info.columns[f])} IS ?" for f in data)
         if ids is None:
             # Since the edit was made (not the last send: a resend moves that on).
-            scope, head = "_synced_at >= ?", [since]
+            scope, head = "_synced_at >= ?", [created]
         else:
             scope, head = f"id IN ({','.join('?' * len(ids))})", list(ids)
         # Only a pulled row qualifies: not another local create (with or without its
         # id), nor a row an earlier entry of this loop has just claimed.
-        hit = db.execute(
+        hits = db.execute(
             f"SELECT id FROM {q} t WHERE id IS NOT NULL AND {scope} AND {same} "
             "AND NOT EXISTS (SELECT 1 FROM _replicad_outbox o WHERE o.tbl = ? "
             "AND o.internal_id = t._internal_id AND o.op = 'insert') "
-            "ORDER BY _synced_at LIMIT 1",
+            "ORDER BY _synced_at LIMIT 2",
             (*head, *(to_sql(v) for v in data.values()), tbl),
-        ).fetchone()
-        if hit is None:
+        ).fetchall()
+        # An accepted create (confirmed) surely made a record: the first equal one is
+        # it. One in doubt may not have: only a single candidate is taken for it.
+        if not hits or (state == "rejected" and len(hits) > 1):
             continue
+        hit = hits[0]
         # A create rejected only because its arrival was in doubt has now arrived;
         # confirmed first, so the merge takes the remote's values for what it did not
         # send, as for any confirmed create.

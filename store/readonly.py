@@ -13,6 +13,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from replicad.store.lock import is_held
+
 
 class ReplicaUnreadable(RuntimeError):
     """The replica cannot be read by this user from where it is."""
@@ -31,7 +33,9 @@ def open_readonly(path: Path, timeout: float = 10.0) -> sqlite3.Connection:
             raise
         reason = str(e)
     wal = path.with_name(path.name + "-wal")
-    if not wal.exists() or wal.stat().st_size == 0:
+    # Immutable only while no replicad writes it: a daemon starting meanwhile could
+    # change the file under a read that assumes it cannot change.
+    if is_held(path) is None and (not wal.exists() or wal.stat().st_size == 0):
         return sqlite3.connect(
             f"{uri}?mode=ro&immutable=1", uri=True, timeout=timeout, isolation_level=None
         )

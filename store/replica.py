@@ -323,14 +323,17 @@ class Replica:
         # checkpoint or FULL commit. Not settable inside a transaction; apply_page
         # always ends its own.
         writer.execute("PRAGMA synchronous = NORMAL")
+        def apply() -> ApplyResult:
+            try:
+                return apply_page(writer, self.catalog, target, batch, utcnow())
+            except OverflowError:
+                # An integer past 64 bits (rolled back): bind it as its text.
+                self.catalog.load(writer)
+                return apply_page(writer, self.catalog, target, batch, utcnow(), exact=True)
+
         try:
             try:
-                try:
-                    result = apply_page(writer, self.catalog, target, batch, utcnow())
-                except OverflowError:
-                    # An integer past 64 bits (rolled back): bind it as its text.
-                    self.catalog.load(writer)
-                    result = apply_page(writer, self.catalog, target, batch, utcnow(), exact=True)
+                result = apply()
             except sqlite3.OperationalError as e:
                 if not _missing_column(e):
                     raise
@@ -339,7 +342,7 @@ class Replica:
                 if writer.in_transaction:
                     writer.execute("ROLLBACK")
                 self.repairs += reconcile(writer, self.catalog)
-                result = apply_page(writer, self.catalog, target, batch, utcnow())
+                result = apply()
         except BaseException as e:
             corrupt = as_corruption(e, self.path)
             if corrupt is not None:
@@ -404,7 +407,9 @@ class Replica:
 
     async def naming_changes(self, sync: str, naming: Naming) -> list[NamingChange]:
         """What a pull's column naming would move or drop in its tables."""
-        old_style = await self.meta(STYLE_KEY + sync)
+        # Unrecorded: the columns were named as the fields are (the default style); a
+        # column named otherwise is left alone by the comparison anyway.
+        old_style = await self.meta(STYLE_KEY + sync) or "match_source_names"
         return naming_changes(self.catalog, sync, naming, old_style)
 
     async def add_mapped_columns(self, sync: str, naming: Naming) -> list[str]:
@@ -518,23 +523,7 @@ class Replica:
     async def forget_acks(self, batch: AckBatch) -> None:
         """Drop tokens the remote has confirmed; the newest becomes the connection's
         checkpoint (``checkpoint``), in the same transaction."""
-        # One transaction: in autocommit mode each row deleted apart would be its own
-        # (fsynced) transaction.
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            await self.db.execute(
-                "DELETE FROM _replicad_pending_acks WHERE seq IN (SELECT value FROM json_each(?))",
-                (json.dumps(batch.seqs),),
-            )
-            if batch.keys:
-                await self.db.execute(
-                    "INSERT OR REPLACE INTO _replicad_meta (key, value) VALUES (?, ?)",
-                    (CHECKPOINT_KEY + batch.connection, batch.keys[-1]),
-                )
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
+        await self._write(_forget_acks, batch)
 
     async def note_budget_wait(self, sync: str, seconds: float) -> None:
         """Remember until when a sync waits for its rate budget (``status`` says so);
@@ -606,3 +595,23 @@ class Replica:
                 "last_error_at = ?, updated_at = ? WHERE sync = ?",
                 (error, now, now, sync),
             )
+
+
+def _forget_acks(db: sqlite3.Connection, batch: AckBatch) -> None:
+    # One transaction, on the writer (several pull syncs flush at once): in autocommit
+    # mode each row deleted apart would be its own (fsynced) transaction.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(
+            "DELETE FROM _replicad_pending_acks WHERE seq IN (SELECT value FROM json_each(?))",
+            (json.dumps(batch.seqs),),
+        )
+        if batch.keys:
+            db.execute(
+                "INSERT OR REPLACE INTO _replicad_meta (key, value) VALUES (?, ?)",
+                (CHECKPOINT_KEY + batch.connection, batch.keys[-1]),
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise

@@ -258,3 +258,30 @@ def test_field_normalization_names_automatic_columns(tmp_path: Path) -> None:
         remote = expected_state(emu.control.state())["deal"]
         got = query(db, f"SELECT stage_id, closes_on FROM deal WHERE id = {some}")
         assert got == [(remote[some]["stage_id"], remote[some]["estimated_close_date"])]
+
+
+def test_a_first_field_normalization_renames_the_default_names_after_resync(
+    tmp_path: Path,
+) -> None:
+    """A sync that ran with the default names, then given `snake_case`: refused until
+    `replicad resync`, then the columns named as the fields were take the new style."""
+    db = tmp_path / "replica.db"
+    with emulator(records=40) as emu:
+        cfg = pull_config(tmp_path, emu.url, 'types = ["deal"]')
+        sync(cfg)
+        db_ = sqlite3.connect(db)
+        db_.execute('ALTER TABLE deal RENAME COLUMN "stage_id" TO "StageID"')  # an app's
+        db_.close()
+        sync(cfg)
+        cfg.write_text(
+            cfg.read_text().replace(
+                'types = ["deal"]', 'types = ["deal"]\nfield_normalization = "camel_case"'
+            )
+        )
+        refused = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+        assert refused.returncode == 2, refused.stderr
+        assert "syncs.mirror.field_normalization: deal.contact_id" in refused.stderr
+        assert replicad("resync", "mirror", "--config", str(cfg)).returncode == 0
+        sync(cfg)
+        cols = columns(db, "deal")
+        assert "estimatedCloseDate" in cols and "StageID" in cols

@@ -465,3 +465,24 @@ async def test_overlapping_batches_keep_each_rows_edits_in_order(
     busy.clear()
     last = await pushed.take_push_batch(SOURCE, 10, busy)
     assert last is not None and [i.data for i in last.items] == [{"name": "A2"}]
+
+
+@pytest.mark.parametrize("edit_during_send", [False, True])
+async def test_a_create_in_doubt_edited_is_only_resent_checked(
+    pushed: Replica, app: sqlite3.Connection, edit_during_send: bool
+) -> None:
+    """A create rejected in doubt (its answer lost, no lookup), then edited by the app
+    — after the rejection, or while it was out: the requeued entry goes out as a
+    resend, which the connector checks before posting, never as a blind new create."""
+    app.execute("INSERT INTO contact (name, _internal_id) VALUES ('Cy', 'cy-1')")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None and not batch.resend
+    if edit_during_send:
+        app.execute("UPDATE contact SET name = 'Cyd' WHERE _internal_id = 'cy-1'")
+    (entry,) = [i.entry for i in batch.items]
+    await pushed.record_push("contact", [Said(entry, rejected="may have arrived", in_doubt=True)])
+    if not edit_during_send:
+        app.execute("UPDATE contact SET name = 'Cyd' WHERE _internal_id = 'cy-1'")
+    again = await pushed.take_push_batch(SOURCE, 10)
+    assert again is not None and again.resend
+    assert [(i.op, i.data.get("name")) for i in again.items] == [("insert", "Cyd")]

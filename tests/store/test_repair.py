@@ -33,3 +33,28 @@ async def test_an_index_that_disagrees_with_its_table_is_rebuilt(tmp_path: Path)
     assert report.done[0] == "indexes rebuilt (REINDEX): the integrity check passes"
     assert diagnose(path).healthy
     assert not list(tmp_path.glob("r.db.corrupt-*"))  # not rebuilt from scratch
+
+
+async def test_a_unique_index_that_let_duplicates_in_falls_back_to_a_rebuild(
+    tmp_path: Path,
+) -> None:
+    """A unique index whose rows are not unique (here: made to cover a column every row
+    shares): REINDEX cannot rebuild it, so --repair rebuilds the file instead of
+    stopping with an error."""
+    path = tmp_path / "r.db"
+    replica = await Replica.open(path)
+    await replica.register_sync("mirror", "pull", "crm")
+    await replica.apply_page(TARGET, page(*(up("contact", i, 1, name=f"n{i}") for i in range(5))))
+    await replica.close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE UNIQUE INDEX app_names ON contact (name)")
+    db.execute("PRAGMA writable_schema = ON")
+    db.execute(
+        "UPDATE sqlite_master SET sql = 'CREATE UNIQUE INDEX app_names ON contact (_revision)' "
+        "WHERE name = 'app_names'"
+    )
+    db.close()
+    assert not diagnose(path).healthy
+    report = repair(path)
+    assert list(tmp_path.glob("r.db.corrupt-*"))  # rebuilt, the damaged file kept
+    assert diagnose(path).healthy, report

@@ -238,3 +238,56 @@ def test_push_syncs_of_one_connection_share_its_rate_budget(
     engine = Engine(Config(tmp_path / "c.toml", tmp_path / "r.db", conns, syncs), None)  # type: ignore[arg-type]
     one, two, three = (engine.pusher(s).bucket for s in syncs.values())  # type: ignore[attr-defined]
     assert one is not None and one is two and three is not one
+
+
+async def test_a_failing_batch_lets_the_batches_out_finish(tmp_path: Path) -> None:
+    """Batches overlap: when one fails, the others already out are not cancelled
+    mid-send; their outcomes are recorded, then the cycle raises the failure."""
+    import sqlite3 as sqlite
+
+    import anyio
+
+    from replicad.connectors.errors import RemoteUnreachable
+    from replicad.connectors.push_model import PushBatch, PushOutcome, PushResult
+    from replicad.daemon.config import Sync
+    from replicad.daemon.push import push_cycle
+    from replicad.store import PageBatch, PullTarget, PushSource, RecordChange, Replica
+
+    replica = await Replica.open(tmp_path / "r.db")
+    try:
+        await replica.register_sync("mirror", "pull", "crm")
+        await replica.register_sync("up", "push", "out")
+        changes = [RecordChange("contact", i, 1, f"k{i}", False, {"id": i, "name": "a"})
+                   for i in (1, 2)]  # fmt: skip
+        await replica.apply_page(PullTarget("mirror", "crm"), PageBatch(changes))
+        await replica.register_push([PushSource("up", "contact")])
+        app = sqlite.connect(tmp_path / "r.db", isolation_level=None)
+        app.execute("UPDATE contact SET name = 'b'")
+        app.close()
+        calls: list[int] = []
+
+        class OneFails:
+            async def push(self, batch: PushBatch) -> PushResult:
+                calls.append(len(calls))
+                if len(calls) == 1:
+                    await anyio.sleep(0.01)
+                    return PushResult(error=RemoteUnreachable("down"))
+                await anyio.sleep(0.3)  # still out when the other fails
+                return PushResult([PushOutcome(i.entry, id=i.id) for i in batch.items])
+
+            async def check_credentials(self, object: str) -> None:
+                pass
+
+            async def aclose(self) -> None:
+                pass
+
+        sync = Sync("up", "push", "out", operation="upsert", source="contact", object="c",
+                    batch_size=1)  # fmt: skip
+        with pytest.raises(RemoteUnreachable):
+            await push_cycle(replica, sync, OneFails())
+        states = await replica.db.execute_fetchall(
+            "SELECT state FROM _replicad_outbox ORDER BY seq"
+        )
+        assert len(calls) == 2 and sorted(s for (s,) in states) == ["confirmed", "in_flight"]
+    finally:
+        await replica.close()
