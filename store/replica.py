@@ -323,6 +323,7 @@ class Replica:
         # checkpoint or FULL commit. Not settable inside a transaction; apply_page
         # always ends its own.
         writer.execute("PRAGMA synchronous = NORMAL")
+
         def apply() -> ApplyResult:
             try:
                 return apply_page(writer, self.catalog, target, batch, utcnow())
