@@ -214,16 +214,18 @@ def log_repairs(replica: Replica) -> None:
     replica.copy_notes.clear()
 
 
-def check_push_sources(config: Config, tables: Collection[str]) -> None:
+def check_push_sources(config: Config, tables: Collection[str], only: str | None = None) -> None:
     """A push ``source`` that names no table of the replica is most likely a typo (and
     the table meant would stay read-only). Refused, with the close names, unless it is
     the table a pull sync will make for a type its remote is known to send (that type
-    has not arrived yet: logged)."""
+    has not arrived yet: logged). ``only``: check that sync alone."""
     coming = expected_tables(config)
     if coming is None:
         coming = {s.source for s in config.syncs.values()}  # cannot tell: trust them
     for s in config.syncs.values():
         if s.direction != "push" or s.diffed is not None or s.source in tables:
+            continue
+        if only is not None and s.label != only:
             continue
         if s.source in coming:
             log.warning("push.source_missing", sync=s.label, source=s.source,

@@ -152,7 +152,7 @@ def _sync(s: Sync, config: Config, tables: set[str] | None) -> dict[str, Any]:
         return {**base, "code": exits.OK, "columns": cols, "message": f"{what}; source ok"}
     present = tables or set()
     try:
-        check_push_sources(config, present)
+        check_push_sources(config, present, s.label)
     except ConfigError as e:
         return {**base, "code": exits.USAGE, "message": str(e)}
     if tables is None:

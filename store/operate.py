@@ -320,7 +320,7 @@ def _indexes_sound(db: sqlite3.Connection, report: RepairReport) -> bool:
         return True
     try:
         db.execute("REINDEX")
-    except sqlite3.DatabaseError:
+    except sqlite3.IntegrityError:
         # A unique index that lost entries let duplicates in: it cannot be rebuilt
         # over them. The full rebuild keeps one row of each (the resync then fixes it).
         return False

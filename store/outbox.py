@@ -131,9 +131,12 @@ def _new_batch(
         (tbl, limit),
     ).fetchall()
     # A create that may already have arrived (its answer was lost; the entry was
-    # requeued by an edit since) is sent as a resend: the connector checks before it
-    # posts, and never posts blindly what may exist.
-    in_doubt = any(op == "insert" and awaiting for _, _, op, _, _, _, awaiting in pending)
+    # requeued by an edit since) is sent as a resend, which the connector checks before
+    # it posts, and alone: the check must not fall on the other entries.
+    doubt = [r for r in pending if r[2] == "insert" and r[6]]
+    if doubt:
+        pending = pending[:1] if pending[0] in doubt else pending[: pending.index(doubt[0])]
+    in_doubt = bool(pending) and pending[0] in doubt
     if not pending:
         return None
     tracking = str(uuid.uuid4())
@@ -720,9 +723,11 @@ def requeue(db: sqlite3.Connection, entry: int | None, now: str) -> int:
     """Rejected entries (one, or all) back to pending; how many."""
     # A diffed entry keeps its payload: it is the only copy of the values it sends
     # (a captured entry's are read from its row again).
+    # The operator asked for it: a create in doubt is posted again, unchecked.
     sql = (
-        "UPDATE _replicad_outbox SET state = 'pending', batch = NULL, payload = CASE WHEN "
-        f"tbl LIKE '{DIFF_PREFIX}%' THEN payload END, updated_at = ? WHERE state = 'rejected'"
+        "UPDATE _replicad_outbox SET state = 'pending', batch = NULL, awaiting_id = 0, "
+        f"payload = CASE WHEN tbl LIKE '{DIFF_PREFIX}%' THEN payload END, updated_at = ? "
+        "WHERE state = 'rejected'"
     )
     if entry is None:
         cur = db.execute(sql, (now,))

@@ -483,6 +483,25 @@ async def test_a_create_in_doubt_edited_is_only_resent_checked(
     await pushed.record_push("contact", [Said(entry, rejected="may have arrived", in_doubt=True)])
     if not edit_during_send:
         app.execute("UPDATE contact SET name = 'Cyd' WHERE _internal_id = 'cy-1'")
+    app.execute("INSERT INTO contact (name, _internal_id) VALUES ('Bo', 'bo-1')")
     again = await pushed.take_push_batch(SOURCE, 10)
-    assert again is not None and again.resend
+    assert again is not None and again.resend  # alone: the check is not Bo's
     assert [(i.op, i.data.get("name")) for i in again.items] == [("insert", "Cyd")]
+    fresh = await pushed.take_push_batch(SOURCE, 10, {again.tracking_id})
+    assert fresh is not None and not fresh.resend
+    assert [i.data.get("name") for i in fresh.items] == ["Bo"]
+
+
+async def test_retry_posts_a_create_in_doubt_again(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """`replicad retry` of a create rejected in doubt posts it again, unchecked: the
+    operator decided (the rejection's hint says so)."""
+    app.execute("INSERT INTO contact (name, _internal_id) VALUES ('Cy', 'cy-1')")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    (entry,) = [i.entry for i in batch.items]
+    await pushed.record_push("contact", [Said(entry, rejected="may have arrived", in_doubt=True)])
+    assert await pushed.requeue_rejected(entry) == 1
+    again = await pushed.take_push_batch(SOURCE, 10)
+    assert again is not None and not again.resend
