@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.tables import print_markdown_table  # noqa: E402
 from replicad.connectors.pull_model import PageBatch, RecordChange  # noqa: E402
 from replicad.store import PullTarget, Replica  # noqa: E402
 
@@ -79,11 +80,7 @@ def main() -> None:
                 f"{size:,}", f"{path.stat().st_size / 1e6:.0f}",
                 f"{statistics.median(opens):.2f}", f"{statistics.median(checks):.2f}",
             ))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        print("| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |")
-        if i == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print_markdown_table(rows)
 
 
 if __name__ == "__main__":

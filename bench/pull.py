@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.tables import print_markdown_table  # noqa: E402
 from replicad.connectors.emulator_control import EmulatorControl  # noqa: E402
 from tests.e2e.harness import REPLICAD, TOKEN, emulator, write_config  # noqa: E402
 
@@ -140,14 +141,6 @@ def bench(
     return runs
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        print("| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |")
-        if i == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-
-
 def _summary(runs: list[Run], clients: tuple[str, ...]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = [
         ("latency", "records", "client", "runs", "median s", "items/s", "CPU s",
@@ -208,7 +201,7 @@ def main() -> None:
         latency = latency if latency[-1].isalpha() else latency + "s"
         for size in (int(s) for s in args.sizes.split(",")):
             runs += bench(size, args.page_size, args.repeat, clients, latency, args.rate_limit)
-    _table([
+    print_markdown_table([
         ("latency", "records", "client", "seconds", "CPU s", "items/s", "requests", "pages",
          "req/page", "peak RSS MiB"),
         *[
@@ -219,7 +212,7 @@ def main() -> None:
         ],
     ])  # fmt: skip
     print()
-    _table(_summary(runs, clients))
+    print_markdown_table(_summary(runs, clients))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.tables import print_markdown_table  # noqa: E402
 from tests.e2e.harness import REPLICAD, TOKEN, emulator, write_config  # noqa: E402
 
 INTERVAL = 0.010
@@ -98,11 +99,7 @@ def main() -> None:
             f"{size:,}", f"{took:.1f}", str(len(ms)), str(found), f"{_pct(ms, 0.5):.2f}",
             f"{_pct(ms, 0.99):.2f}", f"{max(ms):.2f}", f"{statistics.mean(ms):.2f}",
         ))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        print("| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |")
-        if i == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print_markdown_table(rows)
 
 
 if __name__ == "__main__":
