@@ -30,6 +30,7 @@ import httpx
 import structlog
 
 from replicad.connectors.cdm_protocol import (
+    NO_ID_YET,
     NO_LOOKUP_STATUS,
     NOT_FOUND_STATUS,
     REJECT_STATUS,
@@ -166,6 +167,11 @@ class CdmClient(HttpConnector):
             return await self._match(batch, item, tracking_id, step)
         if item.id is not None:
             return await self._write(batch.object, item, tracking_id, 0)
+        if item.op == "update":
+            # An edit of a record whose id is not known (its create was accepted without
+            # one): posted without an id it would be a second create. The outbox holds
+            # such edits until the pull brings the record; this is the last guard.
+            return PushOutcome(item.entry, rejected=NO_ID_YET)
         return await self._create(batch, item, tracking_id, checked=False)
 
     async def _create(

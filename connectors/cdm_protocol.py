@@ -34,6 +34,12 @@ NOT_FOUND_STATUS = frozenset({404, 410})
 ECHO_KEYS = ("tracking_id", "trackingId", "X-Tracking-ID")
 
 RETRY_HINT = "run `replicad retry` to post again"
+# An update with no record id: the create was accepted without naming the record.
+NO_ID_YET = (
+    "the record's id is not known yet (its create was accepted without one), and an "
+    "update without an id would create a second record; run `replicad retry` once the "
+    "pull has brought the record"
+)
 
 
 class CdmProtocolError(ConnectorError):

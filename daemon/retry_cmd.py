@@ -1,4 +1,4 @@
-"""``replicad retry [--all|ID]``: requeue rejected local edits."""
+"""``replicad retry [--all|ID]``: requeue rejected local edits and creates in doubt."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from replicad.store.outbox import requeue_at
 
 
 def retry_rejected(config: Config, entry: int | None) -> int:
-    """Move rejected outbox entries back to pending; exit 1 if the entry is not rejected.
+    """Move rejected outbox entries (and creates in doubt, posted again unchecked) back
+    to pending; exit 1 if the entry is neither.
 
     Works while the daemon runs (one short transaction on the outbox, which the daemon
     reads under its own transactions); its next push sends them.
@@ -19,7 +20,7 @@ def retry_rejected(config: Config, entry: int | None) -> int:
     n = requeue_at(config.replica_path, entry)
     if entry is not None and n == 0:
         state = entry_state(config.replica_path, entry)
-        why = "does not exist" if state is None else f"is {state}, not rejected"
+        why = "does not exist" if state is None else f"is {state}, not rejected or in doubt"
         print(
             f"replicad: outbox entry {entry} {why}; see replicad_outbox (or `replicad status`)",
             file=sys.stderr,

@@ -100,7 +100,13 @@ def render_status(report: dict[str, Any]) -> str:
             lines.append(
                 f"  local edits    {s['pending_local_edits']} pending "
                 f"({s.get('in_flight_local_edits', 0)} in flight), "
-                f"{s['failed_local_edits']} rejected, conflicts {s['conflicts']}"
+                f"{s['failed_local_edits']} rejected"
+                + (
+                    f" ({s['in_doubt_local_edits']} in doubt: waiting for the pull)"
+                    if s.get("in_doubt_local_edits")
+                    else ""
+                )
+                + f", conflicts {s['conflicts']}"
                 + (
                     "  (see replicad_outbox; `replicad retry --all`)"
                     if s["failed_local_edits"]

@@ -174,6 +174,15 @@ def _enqueue_deletes(
                 "AND state IN ('pending', 'rejected')",
                 (tbl, iid),
             )
+            # A create in doubt may have made a record, which cannot be found (that
+            # is why it is in doubt): never posted now, and left visible.
+            db.execute(
+                "UPDATE _replicad_outbox SET state = 'cancelled', awaiting_id = 0, "
+                "reason = 'the source row is gone; if this create arrived, its record "
+                "is still at the destination', finished_at = ?, updated_at = ? "
+                "WHERE tbl = ? AND internal_id = ? AND state = 'in_doubt'",
+                (now, now, tbl, iid),
+            )
         else:
             # Without a known id (a create accepted with none) the destination finds
             # the record by the primary identifier, which the delete carries.

@@ -1,7 +1,7 @@
 """What the pull must know about unconfirmed local edits, and the conflict journal.
 
-A row with outbox entries that are not confirmed (pending, in flight or rejected)
-has local values the remote does not have yet. The pull merges into such rows field
+A row with outbox entries that are not confirmed (pending, in flight, rejected, or a
+create in doubt) has local values the remote does not have yet. The pull merges into such rows field
 by field (``store.plan.merge_remote``) and journals the values that lose.
 """
 
@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from replicad.store.names import quote
 from replicad.store.values import SQLValue
 
-OPEN_STATES = ("pending", "in_flight", "rejected")
-_OPEN = "state IN ('pending', 'in_flight', 'rejected')"
+# in_doubt: a create whose arrival cannot be told (its answer was lost and the record
+# cannot be looked up); it waits for the pull to bring the record, or for the operator.
+OPEN_STATES = ("pending", "in_flight", "rejected", "in_doubt")
+OPEN_SQL = "state IN ('pending', 'in_flight', 'rejected', 'in_doubt')"
 
 
 @dataclass(slots=True)
@@ -30,7 +32,7 @@ class OpenEdit:
 def has_open_edits(db: sqlite3.Connection, tbl: str) -> bool:
     """Whether any row of ``tbl`` has unconfirmed local edits (one index probe)."""
     row = db.execute(
-        f"SELECT EXISTS (SELECT 1 FROM _replicad_outbox WHERE {_OPEN} AND tbl = ?)", (tbl,)
+        f"SELECT EXISTS (SELECT 1 FROM _replicad_outbox WHERE {OPEN_SQL} AND tbl = ?)", (tbl,)
     ).fetchone()
     return bool(row[0])
 
@@ -44,7 +46,7 @@ def open_edits(db: sqlite3.Connection, tbl: str, ids: list[int]) -> dict[int, Op
     rows = db.execute(
         f"SELECT t.id, t._internal_id, o.op, o.fields FROM {quote(tbl)} t "
         "JOIN _replicad_outbox o ON o.tbl = ? AND o.internal_id = t._internal_id "
-        f"AND o.{_OPEN} WHERE t.id IN ({marks})",
+        f"AND o.{OPEN_SQL} WHERE t.id IN ({marks})",
         (tbl, *ids),
     )
     entries: dict[int, list[tuple[str, str | None]]] = {}
@@ -71,7 +73,7 @@ def open_columns(db: sqlite3.Connection, tbl: str, iid: str) -> set[str] | None:
     return _columns(
         db.execute(
             "SELECT op, fields FROM _replicad_outbox "
-            f"WHERE tbl = ? AND internal_id = ? AND {_OPEN}",
+            f"WHERE tbl = ? AND internal_id = ? AND {OPEN_SQL}",
             (tbl, iid),
         )
     )
@@ -139,6 +141,6 @@ def settle_pending_flag(db: sqlite3.Connection, tbl: str, internal_id: str) -> N
     """``_pending`` = 1 exactly while the row has unconfirmed entries."""
     db.execute(
         f"UPDATE {quote(tbl)} SET _pending = EXISTS (SELECT 1 FROM _replicad_outbox "
-        f"WHERE tbl = ? AND internal_id = ? AND {_OPEN}) WHERE _internal_id = ?",
+        f"WHERE tbl = ? AND internal_id = ? AND {OPEN_SQL}) WHERE _internal_id = ?",
         (tbl, internal_id, internal_id),
     )

@@ -82,6 +82,9 @@ class PushSource:
     conflict: str = "merge"
     associations: tuple[Association, ...] = ()
     operation: str = "upsert"
+    # The destination names a record to update by its remote id (CDM), not by our
+    # internal id (Endgrate): an update of a row whose id is not known yet waits.
+    updates_need_id: bool = False
 
 
 @dataclass(frozen=True, slots=True)

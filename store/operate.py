@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from replicad.store.identity import IDENTITY_KEY, file_identity, request_resync
+from replicad.store.local_edits import OPEN_SQL
 from replicad.store.lock import ReplicaLock, is_held
 from replicad.store.names import quote
 from replicad.store.outbox import utcnow
@@ -252,22 +253,24 @@ def _check_outbox(db: sqlite3.Connection, d: Diagnosis) -> None:
         "(payload IS NULL OR batch IS NULL)"
     ).fetchone()[0]
     orphans = 0
-    for (tbl,) in db.execute("SELECT DISTINCT tbl FROM _replicad_outbox WHERE state IN "
-                             "('pending', 'in_flight', 'rejected')").fetchall():  # fmt: skip
+    for (tbl,) in db.execute(
+        f"SELECT DISTINCT tbl FROM _replicad_outbox WHERE {OPEN_SQL}"
+    ).fetchall():
         exists = db.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (tbl,)
         ).fetchone()
         if exists is None:
             orphans += db.execute(
-                "SELECT count(*) FROM _replicad_outbox WHERE tbl = ? AND state IN "
-                "('pending', 'in_flight', 'rejected')", (tbl,)).fetchone()[0]  # fmt: skip
+                f"SELECT count(*) FROM _replicad_outbox WHERE tbl = ? AND {OPEN_SQL}", (tbl,)
+            ).fetchone()[0]
     counts = dict(db.execute("SELECT state, count(*) FROM _replicad_outbox GROUP BY state"))
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"
     ok = stuck == 0 and orphans == 0
     detail = summary if ok else (
         f"{summary}; {stuck} in flight without their sent values, {orphans} for tables "
         "that no longer exist")  # fmt: skip
-    d.add("outbox", ok, detail, "see replicad_outbox; `replicad retry` requeues rejected ones")
+    hint = "see replicad_outbox; `replicad retry` requeues rejected ones and creates in doubt"
+    d.add("outbox", ok, detail, hint)
 
 
 # --- repair -------------------------------------------------------------------------
@@ -479,10 +482,7 @@ def unsent_edits(path: Path) -> int:
     db = connect(path)
     try:
         return int(
-            db.execute(
-                "SELECT count(*) FROM _replicad_outbox "
-                "WHERE state IN ('pending', 'in_flight', 'rejected')"
-            ).fetchone()[0]
+            db.execute(f"SELECT count(*) FROM _replicad_outbox WHERE {OPEN_SQL}").fetchone()[0]
         )
     finally:
         db.close()

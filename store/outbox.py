@@ -125,23 +125,30 @@ def _new_batch(
         if overlapping
         else ""
     )
+    # An update of a row whose create is in doubt waits for it to be settled (the pull
+    # brings the record, or the operator retries): sent before, it could change or
+    # make a record the create then makes again. Where updates name the record by its
+    # id, it also waits for a create accepted without one (sent before, it would be
+    # a second create). A diffed source's record is found by its identifier instead.
+    known = "c.state = 'in_doubt'" + (
+        " OR c.state = 'confirmed'" if source.updates_need_id and info is not None else ""
+    )
+    hold = (
+        " AND NOT (o.op = 'update' AND EXISTS (SELECT 1 FROM _replicad_outbox c "
+        "WHERE c.tbl = o.tbl AND c.internal_id = o.internal_id AND c.op = 'insert' "
+        f"AND c.awaiting_id = 1 AND ({known})))"
+    )
     pending = db.execute(
-        "SELECT seq, internal_id, op, fields, payload, remote_id, awaiting_id "
-        f"FROM _replicad_outbox o WHERE state = 'pending' AND tbl = ?{wait} ORDER BY seq LIMIT ?",
+        "SELECT seq, internal_id, op, fields, payload, remote_id "
+        f"FROM _replicad_outbox o WHERE state = 'pending' AND tbl = ?{wait}{hold} "
+        "ORDER BY seq LIMIT ?",
         (tbl, limit),
     ).fetchall()
-    # A create that may already have arrived (its answer was lost; the entry was
-    # requeued by an edit since) is sent as a resend, which the connector checks before
-    # it posts, and alone: the check must not fall on the other entries.
-    doubt = [r for r in pending if r[2] == "insert" and r[6]]
-    if doubt:
-        pending = pending[:1] if pending[0] in doubt else pending[: pending.index(doubt[0])]
-    in_doubt = bool(pending) and pending[0] in doubt
     if not pending:
         return None
     tracking = str(uuid.uuid4())
     items: list[PushItem] = []
-    for seq, iid, op, fields, payload, remote, _ in pending:
+    for seq, iid, op, fields, payload, remote in pending:
         if op == "delete" or info is None:
             # A delete (its row is gone) or a diffed source's entry: the values were
             # fixed when the entry was made.
@@ -195,7 +202,7 @@ def _new_batch(
             (tracking, encoded, now, now, seq),
         )
         items.append(item)
-    return OutboxBatch(tracking, tuple(items), resend=in_doubt) if items else None
+    return OutboxBatch(tracking, tuple(items), resend=False) if items else None
 
 
 def _fixed_item(
@@ -381,23 +388,25 @@ def record_outcomes(
                     (outcome.rejected, now, now, outcome.entry),
                 )
                 counts.not_found += 1
+            elif outcome.in_doubt and row[1] == "insert":
+                # The create may have arrived: never posted again by itself. The record
+                # the pull brings, equal to what was sent, is this row's
+                # (adopt_pulled_creates; a diffed source's rows are not pulled). Its
+                # sent values stay as they are: an edit made since (or meanwhile) waits
+                # apart, held until the record is known (_new_batch).
+                db.execute(
+                    "UPDATE _replicad_outbox SET state = 'in_doubt', awaiting_id = 1, "
+                    "reason = ?, finished_at = ?, updated_at = ? WHERE seq = ?",
+                    (outcome.rejected, now, now, outcome.entry),
+                )
+                counts.rejected += 1
+                awaiting = awaiting or not diffed
             else:
                 _reject(
                     db, tbl, outcome.entry, iid, str(row[1]), row[2], outcome.rejected, now,
                     diffed=diffed, payload=row[3],
                 )  # fmt: skip
                 counts.rejected += 1
-                if outcome.in_doubt and row[1] == "insert":
-                    # The create may have arrived: the record the pull brings, equal
-                    # to what was sent, is this row's (adopt_pulled_creates; a diffed
-                    # source's rows are not pulled). Also when an edit made meanwhile
-                    # requeued the entry: it is then sent again only as a resend,
-                    # checked first (take_batch), never posted blindly.
-                    db.execute(
-                        "UPDATE _replicad_outbox SET awaiting_id = 1 WHERE seq = ?",
-                        (outcome.entry,),
-                    )
-                    awaiting = awaiting or not diffed
             if not diffed:
                 settle_pending_flag(db, tbl, iid)
         if awaiting:
@@ -405,7 +414,10 @@ def record_outcomes(
             counts.merged += adopt_pulled_creates(db, catalog, tbl, None, now)
         db.execute(
             "DELETE FROM _replicad_outbox WHERE state IN ('confirmed', 'cancelled', "
-            "'not_found') AND finished_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?)",
+            "'not_found') AND finished_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) "
+            # A create still waiting for its record keeps what it sent (adoption
+            # compares it) and holds its row's later edits.
+            "AND awaiting_id = 0",
             (KEEP_FINISHED,),
         )
         db.execute("DELETE FROM _replicad_applying")
@@ -625,11 +637,10 @@ def adopt_pulled_creates(
     field the create sent is taken to be that record and merges into the local row,
     as a confirmed id would (``_learn_id``). Runs inside the caller's transaction.
     """
-    # Only entries at rest: one requeued by an edit (pending) is sent again, checked
-    # first, and learns its record from that answer.
+    # A create accepted without an id (confirmed), or in doubt (its answer was lost).
     waiting = db.execute(
         "SELECT seq, internal_id, payload, created_at, state FROM _replicad_outbox "
-        "WHERE awaiting_id = 1 AND tbl = ? AND state IN ('confirmed', 'rejected') ORDER BY seq",
+        "WHERE awaiting_id = 1 AND tbl = ? AND state IN ('confirmed', 'in_doubt') ORDER BY seq",
         (tbl,),
     ).fetchall()
     if not waiting:
@@ -666,16 +677,16 @@ def adopt_pulled_creates(
         ).fetchall()
         # An accepted create (confirmed) surely made a record: the first equal one is
         # it. One in doubt may not have: only a single candidate is taken for it.
-        if not hits or (state == "rejected" and len(hits) > 1):
+        if not hits or (state == "in_doubt" and len(hits) > 1):
             continue
         hit = hits[0]
-        # A create rejected only because its arrival was in doubt has now arrived;
-        # confirmed first, so the merge takes the remote's values for what it did not
-        # send, as for any confirmed create.
+        # A create in doubt has now arrived; confirmed first, so the merge takes the
+        # remote's values for what it did not send (and keeps the row's later edits),
+        # as for any confirmed create.
         db.execute(
             "UPDATE _replicad_outbox SET awaiting_id = 0, remote_id = ?, updated_at = ?, "
-            "state = iif(state = 'rejected', 'confirmed', state), "
-            "reason = iif(state = 'rejected', NULL, reason) WHERE seq = ?",
+            "state = iif(state = 'in_doubt', 'confirmed', state), "
+            "reason = iif(state = 'in_doubt', NULL, reason) WHERE seq = ?",
             (str(hit[0]), now, seq),
         )
         _learn_id(db, catalog, tbl, str(iid), str(hit[0]), list(data), now)
@@ -720,17 +731,49 @@ def requeue_at(path: Path, entry: int | None) -> int:
 
 
 def requeue(db: sqlite3.Connection, entry: int | None, now: str) -> int:
-    """Rejected entries (one, or all) back to pending; how many."""
+    """Rejected entries and creates in doubt (one, or all) back to pending; how many.
+
+    The operator asked for it: a create in doubt is posted again, unchecked, and takes
+    along the edit of its row that waited for it (one create of the row as it is).
+    Runs in its own transaction.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        n = _requeue(db, entry, now)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return n
+
+
+def _requeue(db: sqlite3.Connection, entry: int | None, now: str) -> int:
+    which = "" if entry is None else " AND seq = ?"
+    args: tuple[int, ...] = () if entry is None else (entry,)
+    doubts = db.execute(
+        "SELECT seq, tbl, internal_id, op, payload FROM _replicad_outbox "
+        f"WHERE state = 'in_doubt'{which}",
+        args,
+    ).fetchall()
+    for seq, tbl, iid, op, sent in doubts:
+        waiting = db.execute(
+            "SELECT seq, op, fields, payload FROM _replicad_outbox WHERE tbl = ? "
+            "AND internal_id = ? AND state IN ('pending', 'rejected')",
+            (tbl, iid),
+        ).fetchone()
+        if waiting is not None:
+            # One open entry per row (the unique index): the edit joins the create.
+            db.execute("DELETE FROM _replicad_outbox WHERE seq = ?", (waiting[0],))
+            if is_diffed(str(tbl)):
+                # A diffed entry's payload is its only copy of the values: merge.
+                _, merged = merge_payloads(str(op), sent, str(waiting[1]), waiting[3])
+                db.execute("UPDATE _replicad_outbox SET payload = ? WHERE seq = ?", (merged, seq))
     # A diffed entry keeps its payload: it is the only copy of the values it sends
     # (a captured entry's are read from its row again).
-    # The operator asked for it: a create in doubt is posted again, unchecked.
-    sql = (
+    cur = db.execute(
         "UPDATE _replicad_outbox SET state = 'pending', batch = NULL, awaiting_id = 0, "
         f"payload = CASE WHEN tbl LIKE '{DIFF_PREFIX}%' THEN payload END, updated_at = ? "
-        "WHERE state = 'rejected'"
+        f"WHERE state IN ('rejected', 'in_doubt'){which}",
+        (now, *args),
     )
-    if entry is None:
-        cur = db.execute(sql, (now,))
-    else:
-        cur = db.execute(sql + " AND seq = ?", (now, entry))
     return cur.rowcount

@@ -473,7 +473,7 @@ class Replica:
         return bool(next(iter(rows))[0])
 
     async def requeue_rejected(self, entry: int | None) -> int:
-        """Rejected outbox entries (one, or all) back to pending."""
+        """Rejected outbox entries and creates in doubt (one, or all) back to pending."""
         return await self._write(outbox.requeue, entry, utcnow())
 
     async def pending_acks(self, connection: str, limit: int) -> AckBatch:

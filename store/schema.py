@@ -287,6 +287,15 @@ MIGRATIONS: list[str] = [
            resolved_at IS NULL AS open
     FROM _replicad_alerts;
     """,
+    # v5: a create in doubt is a state of its own.
+    """
+    -- A create whose arrival cannot be told (its answer was lost and the record cannot
+    -- be looked up) was kept 'rejected' with awaiting_id = 1 (or 'pending', requeued by
+    -- an edit). As 'in_doubt' it keeps what it sent, and leaves its row's one open entry
+    -- to the edits made since, which wait until the record is known.
+    UPDATE _replicad_outbox SET state = 'in_doubt'
+        WHERE op = 'insert' AND awaiting_id = 1 AND state IN ('rejected', 'pending');
+    """,
 ]
 
 # Python steps run after a migration's script, in the same transaction.

@@ -31,7 +31,8 @@ def _local_edits(db: sqlite3.Connection, syncs: list[dict[str, Any]]) -> None:
         c = counts.get(s["sync"], {})
         s["pending_local_edits"] = c.get("pending", 0) + c.get("in_flight", 0)
         s["in_flight_local_edits"] = c.get("in_flight", 0)
-        s["failed_local_edits"] = c.get("rejected", 0)
+        s["failed_local_edits"] = c.get("rejected", 0) + c.get("in_doubt", 0)
+        s["in_doubt_local_edits"] = c.get("in_doubt", 0)
         s["confirmed_local_edits"] = c.get("confirmed", 0)
         s["conflicts"] = conflicts.get(s["sync"], 0)
 

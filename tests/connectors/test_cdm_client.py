@@ -139,6 +139,18 @@ async def test_create_omits_id_and_update_carries_it() -> None:
     assert server.records["contact"][0]["name"] == "n2"
 
 
+async def test_an_update_without_an_id_is_never_posted_as_a_create() -> None:
+    """An update of a record whose id is not known (its create was accepted without
+    one) is refused unsent: posted without an id it would create a second record."""
+    server = FakeCdm()
+    edit = PushItem(entry=4, internal_id="int-4", op="update", data={"name": "x"}, id=None)
+    async with make(server) as c:
+        result = await c.push(batch(edit))
+    assert server.requests == []
+    (outcome,) = result.outcomes
+    assert outcome.rejected is not None and "second record" in outcome.rejected
+
+
 async def test_tracking_echo_mismatch_stops_the_batch() -> None:
     """An answer echoing another tracking id stops the batch; that entry stays in flight."""
     server = FakeCdm(faults=[None, "bad_echo"])

@@ -140,6 +140,60 @@ def test_cdm_lost_create_answer_without_lookup_leaves_one_row(tmp_path: Path, pr
         assert_replica_matches(db, emu)
 
 
+def _unknown_create_then_edit(tmp_path: Path, profile: str, lost: bool) -> None:
+    """A CDM create whose record's id stays unknown (``lost``: its answer lost, no
+    lookup; else accepted without an id, the variant's 202) is edited by the app before
+    the pull brings the record; ends with one remote record carrying the edit."""
+    db = tmp_path / "replica.db"
+    push = {"source": "contact", "object": "contact", "interval": "200ms"}
+    with emulator(records=50, profile=profile) as emu:
+        cfg = write_config(tmp_path, emu.url, push=push, kind="cdm")
+        sync(cfg)
+        before = len(emu.control.state()["records"]["contact"])
+        if lost:
+            emu.control.faults({"endpoint": "cdm_write", "action": "lost_response", "times": 1})
+        # The pull of this cycle fails: the record is not known when the app edits.
+        emu.control.faults({"endpoint": "start", "action": "status", "status": 401, "times": 1})
+        app_write(db, "INSERT INTO contact (first_name, email) VALUES ('Doubt', 'doubt@cdm.org')")
+        first = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+        assert first.returncode == 3, first.stderr
+        if lost:
+            shown = replicad("status", "--config", str(cfg))
+            assert "1 rejected (1 in doubt: waiting for the pull)" in shown.stdout
+        app_write(db, "UPDATE contact SET first_name = 'Edited' WHERE email = 'doubt@cdm.org'")
+        replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+        sync(cfg)  # the edit goes once the record is known
+        (remote_id,) = contacts_with(emu.control.state(), "email", "doubt@cdm.org")
+        assert len(emu.control.state()["records"]["contact"]) == before + 1
+        assert emu.control.state()["records"]["contact"][str(remote_id)]["first_name"] == "Edited"
+        assert query(db, "SELECT id, first_name, _pending FROM contact "
+                         "WHERE email = 'doubt@cdm.org'") == [(remote_id, "Edited", 0)]  # fmt: skip
+        assert query(db, "SELECT op, state FROM replicad_outbox ORDER BY entry") == [
+            ("insert", "confirmed"),
+            ("update", "confirmed"),
+        ]
+        assert_replica_matches(db, emu)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_cdm_create_in_doubt_then_edited_leaves_one_record_with_the_edit(
+    tmp_path: Path, profile: str
+) -> None:
+    """A CDM create answered 502 after it was carried out (no lookup), then edited
+    before the pull brings it: the edit waits, the record is adopted, the edit updates
+    it — one remote record, one row, the edit upstream."""
+    _unknown_create_then_edit(tmp_path, profile, lost=True)
+
+
+def test_cdm_create_accepted_without_id_then_edited_is_not_created_twice(
+    tmp_path: Path,
+) -> None:
+    """A CDM create answered 202 without the record, then edited before the pull
+    brings it: the edit waits for the id (sent without one it would be a second
+    create), then updates the one record."""
+    _unknown_create_then_edit(tmp_path, "variant", lost=False)
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 def test_kill_9_while_pushing_inserts_then_resume(tmp_path: Path, profile: str) -> None:
     """kill -9 at random moments of a 400-insert push: each exists once remotely, and

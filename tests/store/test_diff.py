@@ -51,7 +51,7 @@ class _Ok:
     def __init__(self, entry: int, id_: str) -> None:
         self.entry, self.id = entry, id_
         self.rejected = self.sync_id = self.transfer_id = None
-        self.written, self.not_found = True, False
+        self.written, self.not_found, self.in_doubt = True, False, False
 
 
 @pytest.mark.parametrize("wal", [True, False])
@@ -260,3 +260,53 @@ async def test_staging_keeps_each_values_type_and_comments_end_queries(
     assert (await replica.diff_source(s)).created == 2
     again = await replica.diff_source(s)
     assert (again.rows, again.deleted) == (0, 0)
+
+
+async def test_a_change_of_a_create_in_doubt_waits_and_joins_it_on_retry(
+    replica: Replica, tmp_path: Path
+) -> None:
+    """A diffed create in doubt (its answer lost, no lookup) whose source row changes
+    keeps what it sent; the change waits apart (sent before, it could end not_found and
+    be lost), and `replicad retry` posts one create with both."""
+    app = tmp_path / "app.db"
+    src = PushSource("s", outbox_name("s"))
+    source(app, [(1, "a", 10, None)])
+    await replica.diff_source(spec(app))
+    batch = await replica.take_push_batch(src, 10)
+    assert batch is not None
+    doubt = _Ok(batch.items[0].entry, "x")
+    doubt.id, doubt.rejected = None, "may have arrived"  # type: ignore[assignment]
+    doubt.in_doubt = True
+    await replica.record_push(src.table, [doubt])
+    source(app, [(1, "a", 11, None)])
+    await replica.diff_source(spec(app))
+    assert await entries(replica) == [
+        ("insert", "in_doubt", {"k": 1, "name": "a", "price": 10}),
+        ("update", "pending", {"k": 1, "price": 11}),
+    ]
+    assert await replica.take_push_batch(src, 10) is None
+    assert await replica.requeue_rejected(None) == 1
+    assert await entries(replica) == [("insert", "pending", {"k": 1, "name": "a", "price": 11})]
+
+
+async def test_a_vanished_key_cancels_its_create_in_doubt_visibly(
+    replica: Replica, tmp_path: Path
+) -> None:
+    """Under mirror, a key whose create is in doubt vanishes: the create is cancelled
+    (never posted later by a retry), with a reason saying the record may remain."""
+    app = tmp_path / "app.db"
+    src = PushSource("s", outbox_name("s"))
+    source(app, [(1, "a", 10, None)])
+    await replica.diff_source(spec(app, "mirror"))
+    batch = await replica.take_push_batch(src, 10)
+    assert batch is not None
+    doubt = _Ok(batch.items[0].entry, "x")
+    doubt.id, doubt.rejected = None, "may have arrived"  # type: ignore[assignment]
+    doubt.in_doubt = True
+    await replica.record_push(src.table, [doubt])
+    source(app, [])
+    await replica.diff_source(spec(app, "mirror"))
+    assert [e[:2] for e in await entries(replica)] == [("insert", "cancelled")]
+    assert await replica.requeue_rejected(None) == 0
+    reason = await replica.db.execute_fetchall("SELECT reason FROM _replicad_outbox")
+    assert "still at the destination" in str(reason[0][0])

@@ -185,3 +185,38 @@ async def test_files_the_daemon_creates_are_private(tmp_path: Path) -> None:
         os.umask(old)
     assert {"r.db", "r.db-wal", "r.db-shm", "r.db.lock"} <= names.keys()
     assert all(mode == 0o600 for mode in names.values()), names
+
+
+async def test_v4_creates_in_doubt_become_their_own_state(tmp_path: Path) -> None:
+    """Migrating to v5: a create kept rejected (or requeued) while waiting for its
+    record becomes in_doubt; an ordinary rejection and an accepted create stay."""
+    path = tmp_path / "r.db"
+    async with await Replica.open(path):
+        pass
+    db = sqlite3.connect(path, isolation_level=None)
+    rows = [
+        ("a", "insert", "rejected", 1),
+        ("b", "insert", "pending", 1),
+        ("c", "insert", "rejected", 0),
+        ("d", "insert", "confirmed", 1),
+        ("e", "update", "rejected", 0),
+    ]
+    db.executemany(
+        "INSERT INTO _replicad_outbox (tbl, internal_id, op, state, awaiting_id, created_at, "
+        "updated_at) VALUES ('contact', ?, ?, ?, ?, 'now', 'now')",
+        rows,
+    )
+    db.execute("PRAGMA user_version = 4")
+    db.close()
+    async with await Replica.open(path):
+        pass
+    db = sqlite3.connect(path)
+    got = db.execute("SELECT internal_id, state FROM _replicad_outbox ORDER BY seq").fetchall()
+    db.close()
+    assert got == [
+        ("a", "in_doubt"),
+        ("b", "in_doubt"),
+        ("c", "rejected"),
+        ("d", "confirmed"),
+        ("e", "rejected"),
+    ]

@@ -467,14 +467,23 @@ async def test_overlapping_batches_keep_each_rows_edits_in_order(
     assert last is not None and [i.data for i in last.items] == [{"name": "A2"}]
 
 
+BY_ID = PushSource(sync="out", table="contact", updates_need_id=True)
+
+
+def _open(db: sqlite3.Connection, iid: str) -> list[tuple[str, str]]:
+    """A row's outbox entries as (op, state), oldest first."""
+    return [(e["op"], e["state"]) for e in outbox(db) if e["internal_id"] == iid]
+
+
 @pytest.mark.parametrize("edit_during_send", [False, True])
-async def test_a_create_in_doubt_edited_is_only_resent_checked(
+async def test_an_edit_of_a_create_in_doubt_waits_apart_for_its_record(
     pushed: Replica, app: sqlite3.Connection, edit_during_send: bool
 ) -> None:
-    """A create rejected in doubt (its answer lost, no lookup), then edited by the app
-    — after the rejection, or while it was out: the requeued entry goes out as a
-    resend, which the connector checks before posting, never as a blind new create."""
-    app.execute("INSERT INTO contact (name, _internal_id) VALUES ('Cy', 'cy-1')")
+    """A create in doubt (its answer lost, no lookup) edited by the app — after the
+    outcome, or while it was out — keeps what was sent; the edit waits apart, is not
+    sent while the record's id is unknown, and goes out as an update of the record the
+    pull brings (equal to what was sent), with the edited value kept locally."""
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'cy-1')")
     batch = await pushed.take_push_batch(SOURCE, 10)
     assert batch is not None and not batch.resend
     if edit_during_send:
@@ -483,13 +492,79 @@ async def test_a_create_in_doubt_edited_is_only_resent_checked(
     await pushed.record_push("contact", [Said(entry, rejected="may have arrived", in_doubt=True)])
     if not edit_during_send:
         app.execute("UPDATE contact SET name = 'Cyd' WHERE _internal_id = 'cy-1'")
+    assert _open(app, "cy-1") == [("insert", "in_doubt"), ("update", "pending")]
+    (doubt,) = [e for e in outbox(app) if e["state"] == "in_doubt"]
+    assert payload_data(doubt) == {"name": "Cy", "email": "cy@x"}
     app.execute("INSERT INTO contact (name, _internal_id) VALUES ('Bo', 'bo-1')")
+    fresh = await pushed.take_push_batch(SOURCE, 10)
+    assert fresh is not None and [i.data.get("name") for i in fresh.items] == ["Bo"]
+    assert await pushed.take_push_batch(SOURCE, 10, {fresh.tracking_id}) is None
+    # The pull brings the record as it was created: it is this row's.
+    await pushed.apply_page(TARGET, page(up("contact", 90, 1, name="Cy", email="cy@x")))
+    rows = app.execute("SELECT id, name FROM contact WHERE email = 'cy@x'").fetchall()
+    assert rows == [(90, "Cyd")]
+    assert _open(app, "cy-1") == [("insert", "confirmed"), ("update", "pending")]
+    edit = await pushed.take_push_batch(SOURCE, 10, {fresh.tracking_id})
+    assert edit is not None
+    assert [(i.op, i.id, dict(i.data)) for i in edit.items] == [("update", "90", {"name": "Cyd"})]
+
+
+async def test_an_edit_of_a_create_accepted_without_id_waits_for_its_id(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """A create accepted without an id (a 202) and then edited: where updates name the
+    record by id, the edit waits until the pull brings the record (never sent as a
+    second create); where they do not (internal ids), it goes at once."""
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'cy-1')")
+    batch = await pushed.take_push_batch(BY_ID, 10)
+    assert batch is not None
+    await pushed.record_push("contact", [Said(batch.items[0].entry)])
+    app.execute("UPDATE contact SET name = 'Cyd' WHERE _internal_id = 'cy-1'")
+    assert await pushed.take_push_batch(BY_ID, 10) is None
+    await pushed.apply_page(TARGET, page(up("contact", 91, 1, name="Cy", email="cy@x")))
+    edit = await pushed.take_push_batch(BY_ID, 10)
+    assert edit is not None
+    assert [(i.op, i.id, dict(i.data)) for i in edit.items] == [("update", "91", {"name": "Cyd"})]
+    assert app.execute("SELECT id, name FROM contact WHERE email = 'cy@x'").fetchall() == [
+        (91, "Cyd")
+    ]
+
+
+async def test_an_edit_of_a_create_accepted_without_id_goes_where_ids_are_not_needed(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """Where a destination keys records by internal id (Endgrate), an edit of a create
+    accepted without an id is sent at once."""
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'cy-1')")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    await pushed.record_push("contact", [Said(batch.items[0].entry)])
+    app.execute("UPDATE contact SET name = 'Cyd' WHERE _internal_id = 'cy-1'")
+    edit = await pushed.take_push_batch(SOURCE, 10)
+    assert edit is not None and [(i.op, i.id) for i in edit.items] == [("update", None)]
+
+
+async def test_retry_of_a_create_in_doubt_takes_its_waiting_edit_along(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """`replicad retry` of a create in doubt whose row was edited since posts one
+    create of the row as it is now; the edit waiting apart is folded into it."""
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'cy-1')")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    (entry,) = [i.entry for i in batch.items]
+    await pushed.record_push("contact", [Said(entry, rejected="may have arrived", in_doubt=True)])
+    app.execute("UPDATE contact SET name = 'Cyd' WHERE _internal_id = 'cy-1'")
+    assert await pushed.requeue_rejected(None) == 1
+    assert _open(app, "cy-1") == [("insert", "pending")]
     again = await pushed.take_push_batch(SOURCE, 10)
-    assert again is not None and again.resend  # alone: the check is not Bo's
+    assert again is not None and not again.resend
     assert [(i.op, i.data.get("name")) for i in again.items] == [("insert", "Cyd")]
-    fresh = await pushed.take_push_batch(SOURCE, 10, {again.tracking_id})
-    assert fresh is not None and not fresh.resend
-    assert [i.data.get("name") for i in fresh.items] == ["Bo"]
+
+
+def payload_data(entry: dict[str, Any]) -> dict[str, Any]:
+    """The values an outbox entry sent."""
+    return dict(json.loads(entry["payload"])["data"])
 
 
 async def test_retry_posts_a_create_in_doubt_again(
