@@ -34,11 +34,13 @@ NOT_FOUND_STATUS = frozenset({404, 410})
 ECHO_KEYS = ("tracking_id", "trackingId", "X-Tracking-ID")
 
 RETRY_HINT = "run `replicad retry` to post again"
-# An update with no record id: the create was accepted without naming the record.
+# An update with no record id: the create was accepted without naming the record, and
+# the pull brought no record equal to what it sent (the outbox holds such edits while
+# it waits for one).
 NO_ID_YET = (
-    "the record's id is not known yet (its create was accepted without one), and an "
-    "update without an id would create a second record; run `replicad retry` once the "
-    "pull has brought the record"
+    "the record's id is not known (its create was accepted without one, and no pulled "
+    "record matched what it sent); an update without an id would create a second "
+    "record. The pull keeps that record as a row of its own: make the change there"
 )
 
 

@@ -23,6 +23,7 @@ import structlog
 
 from replicad.daemon.config import Sync
 from replicad.daemon.cycle_status import one_line
+from replicad.daemon.push import push_source
 from replicad.store import Replica, Run, RunCounts
 from replicad.store.outbox import utcnow
 
@@ -123,7 +124,7 @@ class Alerts:
                 # A captured table's push runs only when there are edits: idle is not
                 # stale; edits waiting without a successful run are.
                 captured = sync.direction == "push" and sync.diffed is None
-                if captured and not await self.replica.has_outbox_work(sync.outbox_table):
+                if captured and not await self.replica.has_outbox_work(push_source(sync)):
                     await self.resolve(sync, "stale")
                     continue
                 last = await self.replica.last_success(sync.label)

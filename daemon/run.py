@@ -35,6 +35,7 @@ from replicad.daemon.engine import Engine, open_engine
 from replicad.daemon.heartbeat import LoopState, Supervision, write_heartbeat
 from replicad.daemon.notify import Notifier
 from replicad.daemon.pull import flush_acks
+from replicad.daemon.push import push_source
 from replicad.daemon.sources import check_diffed_sources
 from replicad.store import SourceError, as_corruption
 
@@ -170,7 +171,7 @@ class Supervisor:
         rechecks: list[float] = []
         while True:
             event = self.wakeups.setdefault(sync.label, anyio.Event())
-            if await self.engine.replica.has_outbox_work(sync.outbox_table):
+            if await self.engine.replica.has_outbox_work(push_source(sync)):
                 return
             if rechecks:
                 timeout: float | None = rechecks.pop(0)

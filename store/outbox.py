@@ -81,6 +81,37 @@ def take_batch(
     return batch
 
 
+def held(source: PushSource) -> str:
+    """SQL over an outbox entry ``o``: `` AND NOT`` (it waits for its row's create).
+
+    An update of a row whose create is in doubt waits for it to be settled (the pull
+    brings the record, or the operator retries): sent before, it could change or make
+    a record the create then makes again. Where updates name the record by its id, it
+    also waits for a create accepted without one (sent before, it would be a second
+    create) — while that entry is kept (KEEP_FINISHED). A diffed source's record is
+    found by its identifier instead.
+    """
+    known = "c.state = 'in_doubt'" + (
+        " OR c.state = 'confirmed'"
+        if source.updates_need_id and not is_diffed(source.table)
+        else ""
+    )
+    return (
+        " AND NOT (o.op = 'update' AND EXISTS (SELECT 1 FROM _replicad_outbox c "
+        "WHERE c.tbl = o.tbl AND c.internal_id = o.internal_id AND c.op = 'insert' "
+        f"AND c.awaiting_id = 1 AND ({known})))"
+    )
+
+
+def work_query(source: PushSource) -> str:
+    """SQL (one parameter: the table) for whether a push source has entries to send:
+    in flight unconfirmed, or pending and not held (``held``)."""
+    return (
+        "SELECT EXISTS (SELECT 1 FROM _replicad_outbox o WHERE o.tbl = ? AND "
+        f"(o.state = 'in_flight' OR (o.state = 'pending'{held(source)})))"
+    )
+
+
 def _in_flight(
     db: sqlite3.Connection, tbl: str, now: str, busy: Collection[str]
 ) -> OutboxBatch | None:
@@ -125,19 +156,7 @@ def _new_batch(
         if overlapping
         else ""
     )
-    # An update of a row whose create is in doubt waits for it to be settled (the pull
-    # brings the record, or the operator retries): sent before, it could change or
-    # make a record the create then makes again. Where updates name the record by its
-    # id, it also waits for a create accepted without one (sent before, it would be
-    # a second create). A diffed source's record is found by its identifier instead.
-    known = "c.state = 'in_doubt'" + (
-        " OR c.state = 'confirmed'" if source.updates_need_id and info is not None else ""
-    )
-    hold = (
-        " AND NOT (o.op = 'update' AND EXISTS (SELECT 1 FROM _replicad_outbox c "
-        "WHERE c.tbl = o.tbl AND c.internal_id = o.internal_id AND c.op = 'insert' "
-        f"AND c.awaiting_id = 1 AND ({known})))"
-    )
+    hold = held(source)
     pending = db.execute(
         "SELECT seq, internal_id, op, fields, payload, remote_id "
         f"FROM _replicad_outbox o WHERE state = 'pending' AND tbl = ?{wait}{hold} "
@@ -414,10 +433,7 @@ def record_outcomes(
             counts.merged += adopt_pulled_creates(db, catalog, tbl, None, now)
         db.execute(
             "DELETE FROM _replicad_outbox WHERE state IN ('confirmed', 'cancelled', "
-            "'not_found') AND finished_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) "
-            # A create still waiting for its record keeps what it sent (adoption
-            # compares it) and holds its row's later edits.
-            "AND awaiting_id = 0",
+            "'not_found') AND finished_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?)",
             (KEEP_FINISHED,),
         )
         db.execute("DELETE FROM _replicad_applying")

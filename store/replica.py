@@ -459,17 +459,15 @@ class Replica:
         """Run a diffed sync's source query and enqueue what changed (``store.diff``)."""
         return await self._write(run_diff, self.path, spec, utcnow)
 
-    async def has_outbox_work(self, table: str) -> bool:
-        """Whether a table has entries to send (pending, or in flight unconfirmed).
+    async def has_outbox_work(self, source: PushSource) -> bool:
+        """Whether a push source has entries to send (pending and not held back, or in
+        flight unconfirmed).
 
         A read only: the push loop's answer to a wake-up, so the daemon's own commits
-        (which wake it too) cost one index probe and never a write.
+        (which wake it too) cost an index probe and never a write. An edit held until
+        its record is known is not work: the loop sleeps until something changes.
         """
-        rows = await self.db.execute_fetchall(
-            "SELECT EXISTS (SELECT 1 FROM _replicad_outbox "
-            "WHERE state IN ('pending', 'in_flight') AND tbl = ?)",
-            (table,),
-        )
+        rows = await self.db.execute_fetchall(outbox.work_query(source), (source.table,))
         return bool(next(iter(rows))[0])
 
     async def requeue_rejected(self, entry: int | None) -> int:

@@ -290,11 +290,17 @@ MIGRATIONS: list[str] = [
     # v5: a create in doubt is a state of its own.
     """
     -- A create whose arrival cannot be told (its answer was lost and the record cannot
-    -- be looked up) was kept 'rejected' with awaiting_id = 1 (or 'pending', requeued by
-    -- an edit). As 'in_doubt' it keeps what it sent, and leaves its row's one open entry
-    -- to the edits made since, which wait until the record is known.
+    -- be looked up) was kept 'rejected' with awaiting_id = 1. As 'in_doubt' it keeps
+    -- what it sent, and leaves its row's one open entry to the edits made since, which
+    -- wait until the record is known.
     UPDATE _replicad_outbox SET state = 'in_doubt'
-        WHERE op = 'insert' AND awaiting_id = 1 AND state IN ('rejected', 'pending');
+        WHERE op = 'insert' AND awaiting_id = 1 AND state = 'rejected';
+    -- One an edit requeued no longer holds what it sent (the edit replaced it), so the
+    -- pulled record cannot be matched to it: the operator checks the destination.
+    UPDATE _replicad_outbox SET state = 'rejected', awaiting_id = 0,
+        reason = 'this create may have reached the destination before the row was ' ||
+                 'edited: check there for the record; `replicad retry` posts it again'
+        WHERE op = 'insert' AND awaiting_id = 1 AND state = 'pending';
     """,
 ]
 

@@ -188,8 +188,10 @@ async def test_files_the_daemon_creates_are_private(tmp_path: Path) -> None:
 
 
 async def test_v4_creates_in_doubt_become_their_own_state(tmp_path: Path) -> None:
-    """Migrating to v5: a create kept rejected (or requeued) while waiting for its
-    record becomes in_doubt; an ordinary rejection and an accepted create stay."""
+    """Migrating to v5: a create kept rejected while waiting for its record becomes
+    in_doubt; one an edit requeued (what it sent is gone) is rejected with a reason
+    that says to check the destination; an ordinary rejection and an accepted create
+    stay."""
     path = tmp_path / "r.db"
     async with await Replica.open(path):
         pass
@@ -212,10 +214,12 @@ async def test_v4_creates_in_doubt_become_their_own_state(tmp_path: Path) -> Non
         pass
     db = sqlite3.connect(path)
     got = db.execute("SELECT internal_id, state FROM _replicad_outbox ORDER BY seq").fetchall()
+    (reason,) = db.execute("SELECT reason FROM _replicad_outbox WHERE internal_id = 'b'").fetchone()
     db.close()
+    assert "check there for the record" in reason
     assert got == [
         ("a", "in_doubt"),
-        ("b", "in_doubt"),
+        ("b", "rejected"),
         ("c", "rejected"),
         ("d", "confirmed"),
         ("e", "rejected"),
