@@ -296,11 +296,20 @@ def _apply_table(
     q = quote(tbl)
     ids = [c.id for c in changes]
     existing = _revisions(db, f"SELECT id, _revision FROM {q} WHERE id IN ({{marks}})", (), ids)
-    tombs = _revisions(
-        db,
-        "SELECT id, revision FROM _replicad_tombstones WHERE tbl = ? AND id IN ({marks})",
-        (tbl,),
-        ids,
+    # One probe first: most pages (an initial sync's every page) meet no tombstone
+    # of their table, and a hundred probes for none cost more.
+    any_tomb = db.execute(
+        "SELECT EXISTS (SELECT 1 FROM _replicad_tombstones WHERE tbl = ?)", (tbl,)
+    ).fetchone()[0]
+    tombs = (
+        _revisions(
+            db,
+            "SELECT id, revision FROM _replicad_tombstones WHERE tbl = ? AND id IN ({marks})",
+            (tbl,),
+            ids,
+        )
+        if any_tomb
+        else {}
     )
     plan = plan_table(
         changes, existing, tombs, apply_deletes=target.apply_deletes, operation=target.operation

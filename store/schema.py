@@ -287,7 +287,8 @@ MIGRATIONS: list[str] = [
            resolved_at IS NULL AS open
     FROM _replicad_alerts;
     """,
-    # v5: a create in doubt is a state of its own.
+    # v5: a create in doubt is a state of its own; one guard trigger per statement kind
+    # (HOOKS[4]).
     """
     -- A create whose arrival cannot be told (its answer was lost and the record cannot
     -- be looked up) was kept 'rejected' with awaiting_id = 1. As 'in_doubt' it keeps
@@ -346,24 +347,40 @@ def _regenerate_triggers(db: sqlite3.Connection) -> None:
     """v4 guards edits by push operation and captures deletes: new triggers (no history
     table exists before v4)."""
     for tbl, sync in db.execute("SELECT tbl, sync FROM _replicad_types").fetchall():
-        cols = [
-            str(c)
-            for (c,) in db.execute(
-                "SELECT col FROM _replicad_fields WHERE tbl = ? ORDER BY position", (tbl,)
-            )
-        ]
-        old = db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
-            "AND name LIKE '\\_replicad\\_%' ESCAPE '\\'",
-            (tbl,),
-        ).fetchall()
-        for (name,) in old:
-            db.execute(f"DROP TRIGGER {quote(str(name))}")
-        for trigger in triggers(tbl, sync, cols):
-            db.execute(trigger)
+        _replace_triggers(db, str(tbl), str(sync))
 
 
 HOOKS[3] = _regenerate_triggers
+
+
+def _merged_guards(db: sqlite3.Connection) -> None:
+    """v5 checks each statement kind in one BEFORE trigger: every type table's
+    triggers are made again (history tables keep theirs)."""
+    for tbl, sync in db.execute(
+        "SELECT tbl, sync FROM _replicad_types WHERE kind = 'table'"
+    ).fetchall():
+        _replace_triggers(db, str(tbl), str(sync))
+
+
+def _replace_triggers(db: sqlite3.Connection, tbl: str, sync: str) -> None:
+    cols = [
+        str(c)
+        for (c,) in db.execute(
+            "SELECT col FROM _replicad_fields WHERE tbl = ? ORDER BY position", (tbl,)
+        )
+    ]
+    old = db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
+        "AND name LIKE '\\_replicad\\_%' ESCAPE '\\'",
+        (tbl,),
+    ).fetchall()
+    for (name,) in old:
+        db.execute(f"DROP TRIGGER {quote(str(name))}")
+    for trigger in triggers(tbl, sync, cols):
+        db.execute(trigger)
+
+
+HOOKS[4] = _merged_guards
 
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -172,18 +172,6 @@ def triggers(tbl: str, sync: str, columns: list[str]) -> list[str]:
         f"replicad: id, _internal_id, _revision, _synced_at and _pending of table {tbl} "
         "are managed by replicad and cannot be changed; the edit was refused"
     )
-    out = [
-        f"CREATE TRIGGER {quote(f'_replicad_guard_{op.lower()}_{tbl}')} BEFORE {op} ON {q} "
-        f"WHEN NOT {_APPLYING} AND NOT {pushed} "
-        f"BEGIN SELECT RAISE(ABORT, {not_pushed}); END"
-        for op in ("INSERT", "UPDATE", "DELETE")
-    ]
-    out.append(
-        f"CREATE TRIGGER {quote(f'_replicad_nodelete_{tbl}')} BEFORE DELETE ON {q} "
-        f"WHEN NOT {_APPLYING} AND {pushed} AND NOT EXISTS "
-        f"(SELECT 1 FROM _replicad_push WHERE tbl = {t} AND can_delete) "
-        f"BEGIN SELECT RAISE(ABORT, {no_delete}); END"
-    )
     no_insert = literal(
         f"replicad: table {tbl} is pushed with operation 'update': rows can be changed, "
         "not inserted (the destination only updates records it has); nothing changed"
@@ -197,30 +185,48 @@ def triggers(tbl: str, sync: str, columns: list[str]) -> list[str]:
         f"replicad: this row of table {tbl} is being created upstream and has no id "
         "yet; delete it once the push has confirmed it (a moment)"
     )
-    out.append(
-        f"CREATE TRIGGER {quote(f'_replicad_noinsert_{tbl}')} BEFORE INSERT ON {q} "
-        f"WHEN NOT {_APPLYING} AND EXISTS (SELECT 1 FROM _replicad_push WHERE tbl = {t} "
-        f"AND operation = 'update') BEGIN SELECT RAISE(ABORT, {no_insert}); END"
+    reinsert = literal(
+        f"replicad: an INSERT into table {tbl} may not set id, _revision, _synced_at or "
+        "_pending, nor reuse the _internal_id of an existing row (that would replace a "
+        "synced record); use UPDATE"
     )
-    # An insert or append table may still change a row whose create is not sent yet
-    # or was rejected (the change rides along with the create; a fix requeues it).
-    out.append(
-        f"CREATE TRIGGER {quote(f'_replicad_noupdate_{tbl}')} BEFORE UPDATE ON {q} "
-        f"WHEN NOT {_APPLYING} AND EXISTS (SELECT 1 FROM _replicad_push WHERE tbl = {t} "
-        "AND operation IN ('insert', 'append')) AND NOT EXISTS (SELECT 1 FROM "
+    # One BEFORE trigger per statement kind, its checks in order: the daemon's own
+    # writes (a pull applies hundreds of rows a page) then test the flag once, not
+    # once per check.
+    refuse_unpushed = f"SELECT RAISE(ABORT, {not_pushed}) WHERE NOT {pushed}; "
+    out = [
+        f"CREATE TRIGGER {quote(f'_replicad_check_insert_{tbl}')} BEFORE INSERT ON {q} "
+        f"WHEN NOT {_APPLYING} BEGIN {refuse_unpushed}"
+        f"SELECT RAISE(ABORT, {no_insert}) WHERE EXISTS (SELECT 1 FROM _replicad_push "
+        f"WHERE tbl = {t} AND operation = 'update'); "
+        f"SELECT RAISE(ABORT, {reinsert}) WHERE NEW.id IS NOT NULL OR NEW._revision IS NOT 0 "
+        "OR NEW._synced_at IS NOT NULL OR NEW._pending IS NOT 1 OR EXISTS "
+        f"(SELECT 1 FROM {q} WHERE _internal_id = NEW._internal_id); END",
+        # The bookkeeping columns decide what the pull overwrites (_revision) and what
+        # is shown as unsent (_pending): an app setting them would silently break the
+        # sync. The capture triggers' own "SET _pending = 1" stays allowed. An insert
+        # or append table may still change a row whose create is not sent yet or was
+        # rejected (the change rides along with the create; a fix requeues it).
+        f"CREATE TRIGGER {quote(f'_replicad_check_update_{tbl}')} BEFORE UPDATE ON {q} "
+        f"WHEN NOT {_APPLYING} BEGIN {refuse_unpushed}"
+        f"SELECT RAISE(ABORT, {identity}) WHERE NEW.id IS NOT OLD.id "
+        "OR NEW._internal_id IS NOT OLD._internal_id OR NEW._revision IS NOT OLD._revision "
+        "OR NEW._synced_at IS NOT OLD._synced_at "
+        "OR (NEW._pending IS NOT OLD._pending AND NEW._pending IS NOT 1); "
+        f"SELECT RAISE(ABORT, {no_update}) WHERE EXISTS (SELECT 1 FROM _replicad_push "
+        f"WHERE tbl = {t} AND operation IN ('insert', 'append')) AND NOT EXISTS (SELECT 1 "
+        f"FROM _replicad_outbox WHERE tbl = {t} AND internal_id = OLD._internal_id "
+        "AND op = 'insert' AND state IN ('pending', 'rejected')); END",
+        # A row whose create is in flight (or was accepted without an id) cannot be
+        # deleted upstream yet: the delete would have no id to name.
+        f"CREATE TRIGGER {quote(f'_replicad_check_delete_{tbl}')} BEFORE DELETE ON {q} "
+        f"WHEN NOT {_APPLYING} BEGIN {refuse_unpushed}"
+        f"SELECT RAISE(ABORT, {no_delete}) WHERE NOT EXISTS (SELECT 1 FROM _replicad_push "
+        f"WHERE tbl = {t} AND can_delete); "
+        f"SELECT RAISE(ABORT, {creating}) WHERE OLD.id IS NULL AND EXISTS (SELECT 1 FROM "
         f"_replicad_outbox WHERE tbl = {t} AND internal_id = OLD._internal_id "
-        "AND op = 'insert' AND state IN ('pending', 'rejected')) "
-        f"BEGIN SELECT RAISE(ABORT, {no_update}); END"
-    )
-    # A row whose create is in flight (or was accepted without an id) cannot be
-    # deleted upstream yet: the delete would have no id to name.
-    out.append(
-        f"CREATE TRIGGER {quote(f'_replicad_delete_creating_{tbl}')} BEFORE DELETE ON {q} "
-        f"WHEN NOT {_APPLYING} AND OLD.id IS NULL AND EXISTS (SELECT 1 FROM _replicad_outbox "
-        f"WHERE tbl = {t} AND internal_id = OLD._internal_id AND op = 'insert' "
-        "AND (state = 'in_flight' OR awaiting_id = 1)) "
-        f"BEGIN SELECT RAISE(ABORT, {creating}); END"
-    )
+        "AND op = 'insert' AND (state = 'in_flight' OR awaiting_id = 1)); END",
+    ]
     # mirror: an app's DELETE becomes a delete upstream. Entries not yet sent go (the
     # record is going); a tombstone keeps the pull from bringing the row back before
     # the delete arrives.
@@ -235,29 +241,6 @@ def triggers(tbl: str, sync: str, columns: list[str]) -> list[str]:
         "INSERT OR REPLACE INTO _replicad_tombstones (tbl, id, revision, deleted_at) "
         f"SELECT {t}, OLD.id, OLD._revision, {_NOW} WHERE OLD.id IS NOT NULL; "
         "END"
-    )
-    reinsert = literal(
-        f"replicad: an INSERT into table {tbl} may not set id, _revision, _synced_at or "
-        "_pending, nor reuse the _internal_id of an existing row (that would replace a "
-        "synced record); use UPDATE"
-    )
-    out.append(
-        f"CREATE TRIGGER {quote(f'_replicad_insert_identity_{tbl}')} BEFORE INSERT ON {q} "
-        f"WHEN NOT {_APPLYING} AND (NEW.id IS NOT NULL OR NEW._revision IS NOT 0 "
-        "OR NEW._synced_at IS NOT NULL OR NEW._pending IS NOT 1 OR EXISTS "
-        f"(SELECT 1 FROM {q} WHERE _internal_id = NEW._internal_id)) "
-        f"BEGIN SELECT RAISE(ABORT, {reinsert}); END"
-    )
-    # The bookkeeping columns decide what the pull overwrites (_revision) and what is
-    # shown as unsent (_pending): an app setting them would silently break the sync.
-    # The capture triggers' own "SET _pending = 1" stays allowed.
-    out.append(
-        f"CREATE TRIGGER {quote(f'_replicad_identity_{tbl}')} BEFORE UPDATE OF id, _internal_id, "
-        f"_revision, _synced_at, _pending ON {q} WHEN NOT {_APPLYING} AND (NEW.id IS NOT OLD.id "
-        "OR NEW._internal_id IS NOT OLD._internal_id OR NEW._revision IS NOT OLD._revision "
-        "OR NEW._synced_at IS NOT OLD._synced_at "
-        "OR (NEW._pending IS NOT OLD._pending AND NEW._pending IS NOT 1)) "
-        f"BEGIN SELECT RAISE(ABORT, {identity}); END"
     )
     out.append(
         f"CREATE TRIGGER {quote(f'_replicad_capture_insert_{tbl}')} AFTER INSERT ON {q} "

@@ -224,3 +224,34 @@ async def test_v4_creates_in_doubt_become_their_own_state(tmp_path: Path) -> Non
         ("d", "confirmed"),
         ("e", "rejected"),
     ]
+
+
+async def test_v5_makes_one_guard_trigger_per_statement_kind(tmp_path: Path) -> None:
+    """Migrating to v5 replaces a type table's separate guard triggers with one per
+    statement kind, and the guards still refuse what they refused."""
+    from tests.store.conftest import TARGET, page, up
+
+    path = tmp_path / "r.db"
+    async with await Replica.open(path) as replica:
+        await replica.apply_page(TARGET, page(up("contact", 1, 1, name="Ada")))
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(
+        'CREATE TRIGGER "_replicad_guard_insert_contact" BEFORE INSERT ON contact '
+        "BEGIN SELECT 1; END"
+    )
+    db.execute("PRAGMA user_version = 4")
+    db.close()
+    async with await Replica.open(path):
+        pass
+    db = sqlite3.connect(path, isolation_level=None)
+    names = {
+        n
+        for (n,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'contact'"
+        )
+    }
+    assert "_replicad_guard_insert_contact" not in names
+    assert {f"_replicad_check_{k}_contact" for k in ("insert", "update", "delete")} <= names
+    with pytest.raises(sqlite3.IntegrityError, match="no push sync carries"):
+        db.execute("UPDATE contact SET name = 'x'")
+    db.close()
