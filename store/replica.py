@@ -240,8 +240,11 @@ class Replica:
         )
         await anyio.to_thread.run_sync(migrate, self._writer, version)
         self._writer.execute("PRAGMA synchronous = FULL")
-        # A larger page cache keeps the indexes of big tables in memory while applying.
-        self._writer.execute("PRAGMA cache_size = -65536")
+        # A page cache of 4 MiB (SQLite's default is 2): the hot index pages of a pull
+        # stay in it, and memory stays flat however big the account (pages the pull
+        # writes are never read again; a larger cache only fills with them — 64 MiB
+        # of them once this connection became the only writer).
+        self._writer.execute("PRAGMA cache_size = -4096")
         self.catalog.load(self._writer)
         self.repairs += await anyio.to_thread.run_sync(reconcile, self._writer, self.catalog)
         self.copy_notes += await anyio.to_thread.run_sync(
