@@ -102,7 +102,7 @@ def render_status(report: dict[str, Any]) -> str:
                 f"({s.get('in_flight_local_edits', 0)} in flight), "
                 f"{s['failed_local_edits']} rejected"
                 + (
-                    f" ({s['in_doubt_local_edits']} in doubt: waiting for the pull)"
+                    f" ({s['in_doubt_local_edits']} in doubt)"
                     if s.get("in_doubt_local_edits")
                     else ""
                 )

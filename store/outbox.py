@@ -88,11 +88,13 @@ def held(source: PushSource) -> str:
     brings the record, or the operator retries): sent before, it could change or make
     a record the create then makes again. Where updates name the record by its id, it
     also waits for a create accepted without one (sent before, it would be a second
-    create) — while that entry is kept (KEEP_FINISHED). A diffed source's record is
-    found by its identifier instead.
+    create) — for as long as such an entry is kept (KEEP_FINISHED): then the edit goes,
+    and its refusal is visible. A diffed source's record is found by its identifier
+    instead.
     """
     known = "c.state = 'in_doubt'" + (
-        " OR c.state = 'confirmed'"
+        " OR (c.state = 'confirmed' AND c.finished_at >= "
+        f"strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '{KEEP_FINISHED}'))"
         if source.updates_need_id and not is_diffed(source.table)
         else ""
     )

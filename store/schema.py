@@ -363,6 +363,11 @@ def _merged_guards(db: sqlite3.Connection) -> None:
 
 
 def _replace_triggers(db: sqlite3.Connection, tbl: str, sync: str) -> None:
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (tbl,)
+    ).fetchone()
+    if exists is None:
+        return  # an app dropped it: reconcile makes it again, triggers and all
     cols = [
         str(c)
         for (c,) in db.execute(

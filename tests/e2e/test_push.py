@@ -159,7 +159,7 @@ def _unknown_create_then_edit(tmp_path: Path, profile: str, lost: bool) -> None:
         assert first.returncode == 3, first.stderr
         if lost:
             shown = replicad("status", "--config", str(cfg))
-            assert "1 rejected (1 in doubt: waiting for the pull)" in shown.stdout
+            assert "1 rejected (1 in doubt)" in shown.stdout
         app_write(db, "UPDATE contact SET first_name = 'Edited' WHERE email = 'doubt@cdm.org'")
         replicad("sync", "--once", "--no-progress", "--config", str(cfg))
         sync(cfg)  # the edit goes once the record is known
