@@ -33,7 +33,9 @@ NOT_FOUND_STATUS = frozenset({404, 410})
 # "reflected back in any API responses").
 ECHO_KEYS = ("tracking_id", "trackingId", "X-Tracking-ID")
 
-RETRY_HINT = "run `replicad retry` to post again"
+RETRY_HINT = (
+    "check the destination for the record, then run `replicad retry ENTRY` to post it again"
+)
 # An update with no record id: the create was accepted without naming the record, and
 # the pull brought no record equal to what it sent (the outbox holds such edits while
 # it waits for one).
@@ -333,6 +335,7 @@ def resolve_lookup(entry: int, key: NaturalKey, ids: Sequence[str]) -> PushOutco
             f"create may have reached the destination; {len(ids)} records have "
             f"{key.field} {key.value!r}, cannot tell which — {RETRY_HINT}"
         ),
+        in_doubt=True,
     )
 
 

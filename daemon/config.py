@@ -101,7 +101,7 @@ class Sync:
     push_to_source: bool = False
     sources: tuple[str, ...] = ()
     natural_key: str | None = None
-    updates_by_id: bool = False  # the destination's kind names records by id (kinds.py)
+    updates_need_id: bool = False  # the destination's kind names records by id (kinds.py)
     # Census keys (CONTRACT §7)
     name: str = ""  # ``label = "…"``: a display name (the TOML key stays the label)
     diffed: DiffedSource | None = None
@@ -440,7 +440,7 @@ def _push_sync(label: str, s: dict[str, Any], conn: Connection, base: Path) -> S
         push_to_source=bool(check_opt(s, "push_to_source", bool, f"{k}.push_to_source")),
         sources=tuple(sources),
         natural_key=check_opt(s, "natural_key", str, f"{k}.natural_key"),
-        updates_by_id=spec.updates_by_id,
+        updates_need_id=spec.updates_need_id,
         name=_name(s, k),
         diffed=diffed,
         mappings=mappings,

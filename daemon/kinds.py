@@ -44,7 +44,7 @@ class Kind:
     batches: bool = False
     # Whether an update names the record by its remote id (not by our internal id):
     # an edit of a row whose create was accepted without an id then waits for it.
-    updates_by_id: bool = False
+    updates_need_id: bool = False
     default_rate_limit: str | None = None
     # The path the client appends to base_url (a base_url ending with it is a mistake).
     appended_path: str = ""
@@ -159,7 +159,7 @@ CDM = Kind(
     sync_keys=frozenset({"push_to_source", "sources", "natural_key"}),
     # DELETE api/{object}/{id} makes mirror possible; updates by id or by lookup.
     push_operations=frozenset({"mirror", "upsert", "insert", "update", "append"}),
-    updates_by_id=True,
+    updates_need_id=True,
     push_client=_cdm_client,
 )
 REST = Kind("rest", None)

@@ -70,7 +70,7 @@ def push_source(sync: Sync) -> PushSource:
         sync.conflict,
         tuple(Association(a.column, a.source, a.object) for a in sync.associations),
         sync.operation,
-        sync.updates_by_id,
+        sync.updates_need_id,
     )
 
 

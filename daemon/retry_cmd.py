@@ -1,4 +1,4 @@
-"""``replicad retry [--all|ID]``: requeue rejected local edits and creates in doubt."""
+"""``replicad retry [--all|ID]``: requeue rejected local edits, or one create in doubt."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import sys
 
 from replicad.daemon import exits
 from replicad.daemon.config import Config
-from replicad.store.operate import entry_state
+from replicad.store.operate import entry_state, in_doubt_entries
 from replicad.store.outbox import requeue_at
 
 
 def retry_rejected(config: Config, entry: int | None) -> int:
-    """Move rejected outbox entries (and creates in doubt, posted again unchecked) back
-    to pending; exit 1 if the entry is neither.
+    """Move rejected outbox entries back to pending, or the create in doubt named by
+    its entry (posted again unchecked: it may exist upstream, so never by ``--all``);
+    exit 1 if the entry is neither.
 
     Works while the daemon runs (one short transaction on the outbox, which the daemon
     reads under its own transactions); its next push sends them.
@@ -26,5 +27,13 @@ def retry_rejected(config: Config, entry: int | None) -> int:
             file=sys.stderr,
         )
         return exits.FAILURE
-    print(f"requeued {n} rejected local edit{'' if n == 1 else 's'}; the next push sends them")
+    print(f"requeued {n} local edit{'' if n == 1 else 's'}; the next push sends them")
+    doubts = in_doubt_entries(config.replica_path) if entry is None else []
+    if doubts:
+        listed = ", ".join(str(d) for d in doubts[:10]) + (", …" if len(doubts) > 10 else "")
+        print(
+            f"left {len(doubts)} create{'' if len(doubts) == 1 else 's'} in doubt (entries "
+            f"{listed}): each may already exist at the destination; check there, then "
+            "`replicad retry ENTRY` posts it again"
+        )
     return exits.OK

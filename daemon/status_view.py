@@ -107,11 +107,7 @@ def render_status(report: dict[str, Any]) -> str:
                     else ""
                 )
                 + f", conflicts {s['conflicts']}"
-                + (
-                    "  (see replicad_outbox; `replicad retry --all`)"
-                    if s["failed_local_edits"]
-                    else ""
-                )
+                + _retry_hint(s)
             )
         else:
             lines.append(
@@ -124,3 +120,17 @@ def render_status(report: dict[str, Any]) -> str:
         for t in report["tables"]:
             lines.append(f"  {t['name']:<24} {t['rows']:>9} rows  (sync {t['sync']})")
     return "\n".join(lines) + "\n"
+
+
+def _retry_hint(sync: dict[str, Any]) -> str:
+    """What to run for a push sync's failed edits: `retry --all` requeues rejections;
+    a create in doubt may exist upstream, so it is posted again only by its entry."""
+    doubt = sync.get("in_doubt_local_edits", 0)
+    if not sync["failed_local_edits"]:
+        return ""
+    if not doubt:
+        return "  (see replicad_outbox; `replicad retry --all`)"
+    return (
+        "  (see replicad_outbox; `replicad retry --all` requeues the rejected ones; for a "
+        "create in doubt, check the destination, then `replicad retry ENTRY`)"
+    )

@@ -477,6 +477,16 @@ def entry_state(path: Path, entry: int) -> str | None:
         db.close()
 
 
+def in_doubt_entries(path: Path) -> list[int]:
+    """The outbox entries of creates in doubt (``replicad retry`` names them)."""
+    db = connect(path)
+    try:
+        rows = db.execute("SELECT seq FROM _replicad_outbox WHERE state = 'in_doubt' ORDER BY seq")
+        return [int(r[0]) for r in rows]
+    finally:
+        db.close()
+
+
 def unsent_edits(path: Path) -> int:
     """Local edits of the replica that no destination has confirmed yet."""
     db = connect(path)

@@ -60,7 +60,8 @@ def take_batch(
     busy: Collection[str] = (),
 ) -> OutboxBatch | None:
     """The next batch to send: an unconfirmed in-flight batch first (resent as it was),
-    else up to ``limit`` pending entries, oldest first. None when nothing waits.
+    else up to ``limit`` pending entries, oldest first, but those ``held`` back. None
+    when nothing can be sent now.
 
     ``busy``: tracking ids of batches being sent right now (batches overlap): never
     taken again, and no entry of a row with an entry among them is taken either, so
@@ -373,9 +374,14 @@ def record_outcomes(
                 db.execute(
                     "UPDATE _replicad_outbox SET state = 'confirmed', "
                     "remote_id = coalesce(?, remote_id), sync_id = ?, transfer_id = ?, "
+                    # With the record's id known, nothing waits for the pull any more.
+                    "awaiting_id = iif(? IS NULL, awaiting_id, 0), "
                     "reason = NULL, finished_at = ?, updated_at = ? WHERE seq = ?",
-                    (outcome.id, outcome.sync_id, outcome.transfer_id, now, now, outcome.entry),
-                )
+                    (
+                        outcome.id, outcome.sync_id, outcome.transfer_id, outcome.id, now,
+                        now, outcome.entry,
+                    ),
+                )  # fmt: skip
                 counts.confirmed += 1
                 _count_op(counts, str(row[1]))
                 sent = list(json.loads(row[3] or "{}").get("data", {}))
@@ -749,11 +755,13 @@ def requeue_at(path: Path, entry: int | None) -> int:
 
 
 def requeue(db: sqlite3.Connection, entry: int | None, now: str) -> int:
-    """Rejected entries and creates in doubt (one, or all) back to pending; how many.
+    """Rejected entries (one, or all) back to pending, and a create in doubt named by
+    its entry; how many.
 
-    The operator asked for it: a create in doubt is posted again, unchecked, and takes
-    along the edit of its row that waited for it (one create of the row as it is).
-    Runs in its own transaction.
+    A create in doubt may already exist at the destination: it is posted again only
+    when the operator names it (after checking), never by "all". It is then posted
+    unchecked and takes along the edit of its row that waited for it (one create of
+    the row as it is). Runs in its own transaction.
     """
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -766,13 +774,16 @@ def requeue(db: sqlite3.Connection, entry: int | None, now: str) -> int:
 
 
 def _requeue(db: sqlite3.Connection, entry: int | None, now: str) -> int:
-    which = "" if entry is None else " AND seq = ?"
-    args: tuple[int, ...] = () if entry is None else (entry,)
-    doubts = db.execute(
-        "SELECT seq, tbl, internal_id, op, payload FROM _replicad_outbox "
-        f"WHERE state = 'in_doubt'{which}",
-        args,
-    ).fetchall()
+    which, states = "", "('rejected')"
+    args: tuple[int, ...] = ()
+    doubts: list[Any] = []
+    if entry is not None:
+        which, args, states = " AND seq = ?", (entry,), "('rejected', 'in_doubt')"
+        doubts = db.execute(
+            "SELECT seq, tbl, internal_id, op, payload FROM _replicad_outbox "
+            "WHERE state = 'in_doubt' AND seq = ?",
+            (entry,),
+        ).fetchall()
     for seq, tbl, iid, op, sent in doubts:
         waiting = db.execute(
             "SELECT seq, op, fields, payload FROM _replicad_outbox WHERE tbl = ? "
@@ -791,7 +802,7 @@ def _requeue(db: sqlite3.Connection, entry: int | None, now: str) -> int:
     cur = db.execute(
         "UPDATE _replicad_outbox SET state = 'pending', batch = NULL, awaiting_id = 0, "
         f"payload = CASE WHEN tbl LIKE '{DIFF_PREFIX}%' THEN payload END, updated_at = ? "
-        f"WHERE state IN ('rejected', 'in_doubt'){which}",
+        f"WHERE state IN {states}{which}",
         (now, *args),
     )
     return cur.rowcount

@@ -183,7 +183,8 @@ def triggers(tbl: str, sync: str, columns: list[str]) -> list[str]:
     )
     creating = literal(
         f"replicad: this row of table {tbl} is being created upstream and has no id "
-        "yet; delete it once the push has confirmed it (a moment)"
+        "yet; delete it once its create is settled (a moment after the push, or, for a "
+        "create in doubt, once the pull brings the record or `replicad retry` posts it)"
     )
     reinsert = literal(
         f"replicad: an INSERT into table {tbl} may not set id, _revision, _synced_at or "

@@ -58,9 +58,10 @@ _COMPACT = _compact_encoder()
 def _encode(value: Any) -> str:
     """Compact JSON of a nested value: orjson's (several times faster than json's C
     encoder on the small objects records nest; the same text but for the spelling of
-    a float's exponent, 1e16 for 1e+16), else json's for what orjson refuses (an
+    a negative exponent, 1e-7 for 1e-07), else json's for what orjson refuses (an
     integer past 64 bits, a lone surrogate) or cannot write (any other type: the
-    usual TypeError)."""
+    usual TypeError). orjson would write NaN and ±Infinity as null: none reaches it
+    (the page decoder quarantines them; outbox payloads refuse them)."""
     try:
         return _ORJSON_DUMPS(value).decode()
     except TypeError:  # orjson.JSONEncodeError is a TypeError

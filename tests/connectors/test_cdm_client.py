@@ -294,19 +294,22 @@ async def test_resend_item_lacking_the_key_is_rejected() -> None:
         result = await c.push(batch(lacking, resend=True))
     assert result.outcomes[0].rejected == (
         "create may have reached the destination; cannot check without natural key "
-        "'email' — run `replicad retry` to post again"
+        "'email' — check the destination for the record, then run `replicad retry ENTRY` "
+        "to post it again"
     )
     assert server.requests == []
 
 
 async def test_resend_with_several_matches_is_rejected() -> None:
-    """Several records with the natural key cannot be told apart: the create is rejected."""
+    """Several records with the natural key cannot be told apart: the create is in
+    doubt (one of them may be it), never posted again by itself."""
     twins = [{"id": 1, "email": "u1@example.com"}, {"id": 2, "email": "u1@example.com"}]
     server = FakeCdm(records={"contact": twins})
     async with make(server, natural_key="email") as c:
         result = await c.push(batch(item(1), resend=True))
     reason = result.outcomes[0].rejected
     assert reason is not None and "2 records" in reason and server.writes() == []
+    assert result.outcomes[0].in_doubt
 
 
 async def test_lookup_filters_again_on_the_client() -> None:

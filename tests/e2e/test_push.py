@@ -160,6 +160,10 @@ def _unknown_create_then_edit(tmp_path: Path, profile: str, lost: bool) -> None:
         if lost:
             shown = replicad("status", "--config", str(cfg))
             assert "1 rejected (1 in doubt)" in shown.stdout
+            assert "`replicad retry ENTRY`" in shown.stdout
+            # "All" never posts a create that may already exist upstream.
+            done = replicad("retry", "--all", "--config", str(cfg))
+            assert done.returncode == 0 and "left 1 create in doubt" in done.stdout
         app_write(db, "UPDATE contact SET first_name = 'Edited' WHERE email = 'doubt@cdm.org'")
         replicad("sync", "--once", "--no-progress", "--config", str(cfg))
         sync(cfg)  # the edit goes once the record is known

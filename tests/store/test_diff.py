@@ -285,7 +285,8 @@ async def test_a_change_of_a_create_in_doubt_waits_and_joins_it_on_retry(
         ("update", "pending", {"k": 1, "price": 11}),
     ]
     assert await replica.take_push_batch(src, 10) is None
-    assert await replica.requeue_rejected(None) == 1
+    assert await replica.requeue_rejected(None) == 0  # "all": never a create in doubt
+    assert await replica.requeue_rejected(doubt.entry) == 1
     assert await entries(replica) == [("insert", "pending", {"k": 1, "name": "a", "price": 11})]
 
 

@@ -553,6 +553,22 @@ async def test_an_edit_held_for_an_id_goes_once_the_create_is_no_longer_kept(
     assert edit is not None and [(i.op, i.id) for i in edit.items] == [("update", None)]
 
 
+async def test_a_create_confirmed_with_its_id_waits_for_nothing(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """A create marked as waiting for its record (a resend of a v4 create in doubt)
+    that is confirmed with the record's id waits no more: the row's edits go at once."""
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'cy-1')")
+    batch = await pushed.take_push_batch(BY_ID, 10)
+    assert batch is not None
+    app.execute("UPDATE _replicad_outbox SET awaiting_id = 1 WHERE internal_id = 'cy-1'")
+    await pushed.record_push("contact", [Said(batch.items[0].entry, id="97")])
+    assert [e["awaiting_id"] for e in outbox(app) if e["internal_id"] == "cy-1"] == [0]
+    app.execute("UPDATE contact SET name = 'Cyd' WHERE _internal_id = 'cy-1'")
+    edit = await pushed.take_push_batch(BY_ID, 10)
+    assert edit is not None and [(i.op, i.id) for i in edit.items] == [("update", "97")]
+
+
 async def test_an_edit_of_a_create_accepted_without_id_goes_where_ids_are_not_needed(
     pushed: Replica, app: sqlite3.Connection
 ) -> None:
@@ -570,15 +586,17 @@ async def test_an_edit_of_a_create_accepted_without_id_goes_where_ids_are_not_ne
 async def test_retry_of_a_create_in_doubt_takes_its_waiting_edit_along(
     pushed: Replica, app: sqlite3.Connection
 ) -> None:
-    """`replicad retry` of a create in doubt whose row was edited since posts one
-    create of the row as it is now; the edit waiting apart is folded into it."""
+    """`replicad retry ENTRY` of a create in doubt whose row was edited since posts one
+    create of the row as it is now; the edit waiting apart is folded into it.
+    `replicad retry --all` leaves it alone: it may already exist upstream."""
     app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'cy-1')")
     batch = await pushed.take_push_batch(SOURCE, 10)
     assert batch is not None
     (entry,) = [i.entry for i in batch.items]
     await pushed.record_push("contact", [Said(entry, rejected="may have arrived", in_doubt=True)])
     app.execute("UPDATE contact SET name = 'Cyd' WHERE _internal_id = 'cy-1'")
-    assert await pushed.requeue_rejected(None) == 1
+    assert await pushed.requeue_rejected(None) == 0  # "all" never posts one in doubt
+    assert await pushed.requeue_rejected(entry) == 1
     assert _open(app, "cy-1") == [("insert", "pending")]
     again = await pushed.take_push_batch(SOURCE, 10)
     assert again is not None and not again.resend
