@@ -1,8 +1,8 @@
 """What the pull must know about unconfirmed local edits, and the conflict journal.
 
 A row with outbox entries that are not confirmed (pending, in flight, rejected, or a
-create in doubt) has local values the remote does not have yet. The pull merges into such rows field
-by field (``store.plan.merge_remote``) and journals the values that lose.
+create in doubt) has local values the remote does not have yet. The pull merges into
+such rows field by field (``store.plan.merge_remote``) and journals the values that lose.
 """
 
 from __future__ import annotations

@@ -269,7 +269,10 @@ def _check_outbox(db: sqlite3.Connection, d: Diagnosis) -> None:
     detail = summary if ok else (
         f"{summary}; {stuck} in flight without their sent values, {orphans} for tables "
         "that no longer exist")  # fmt: skip
-    hint = "see replicad_outbox; `replicad retry` requeues rejected ones and creates in doubt"
+    hint = (
+        "see replicad_outbox; `replicad retry --all` requeues rejected ones, `replicad "
+        "retry ENTRY` a create in doubt (check the destination first)"
+    )
     d.add("outbox", ok, detail, hint)
 
 

@@ -262,6 +262,17 @@ async def test_staging_keeps_each_values_type_and_comments_end_queries(
     assert (again.rows, again.deleted) == (0, 0)
 
 
+async def _send_in_doubt(replica: Replica, src: PushSource) -> _Ok:
+    """Send the next batch (one create) and record its outcome as in doubt."""
+    batch = await replica.take_push_batch(src, 10)
+    assert batch is not None
+    doubt = _Ok(batch.items[0].entry, "x")
+    doubt.id, doubt.rejected = None, "may have arrived"  # type: ignore[assignment]
+    doubt.in_doubt = True
+    await replica.record_push(src.table, [doubt])
+    return doubt
+
+
 async def test_a_change_of_a_create_in_doubt_waits_and_joins_it_on_retry(
     replica: Replica, tmp_path: Path
 ) -> None:
@@ -272,12 +283,7 @@ async def test_a_change_of_a_create_in_doubt_waits_and_joins_it_on_retry(
     src = PushSource("s", outbox_name("s"))
     source(app, [(1, "a", 10, None)])
     await replica.diff_source(spec(app))
-    batch = await replica.take_push_batch(src, 10)
-    assert batch is not None
-    doubt = _Ok(batch.items[0].entry, "x")
-    doubt.id, doubt.rejected = None, "may have arrived"  # type: ignore[assignment]
-    doubt.in_doubt = True
-    await replica.record_push(src.table, [doubt])
+    doubt = await _send_in_doubt(replica, src)
     source(app, [(1, "a", 11, None)])
     await replica.diff_source(spec(app))
     assert await entries(replica) == [
@@ -299,12 +305,7 @@ async def test_a_vanished_key_cancels_its_create_in_doubt_visibly(
     src = PushSource("s", outbox_name("s"))
     source(app, [(1, "a", 10, None)])
     await replica.diff_source(spec(app, "mirror"))
-    batch = await replica.take_push_batch(src, 10)
-    assert batch is not None
-    doubt = _Ok(batch.items[0].entry, "x")
-    doubt.id, doubt.rejected = None, "may have arrived"  # type: ignore[assignment]
-    doubt.in_doubt = True
-    await replica.record_push(src.table, [doubt])
+    await _send_in_doubt(replica, src)
     source(app, [])
     await replica.diff_source(spec(app, "mirror"))
     assert [e[:2] for e in await entries(replica)] == [("insert", "cancelled")]

@@ -511,17 +511,22 @@ async def test_an_edit_of_a_create_in_doubt_waits_apart_for_its_record(
     assert [(i.op, i.id, dict(i.data)) for i in edit.items] == [("update", "90", {"name": "Cyd"})]
 
 
+async def _accepted_without_id_then_edited(pushed: Replica, app: sqlite3.Connection) -> None:
+    """Row cy-1 created, its create accepted without an id (a 202), then edited."""
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'cy-1')")
+    batch = await pushed.take_push_batch(BY_ID, 10)
+    assert batch is not None
+    await pushed.record_push("contact", [Said(batch.items[0].entry)])
+    app.execute("UPDATE contact SET name = 'Cyd' WHERE _internal_id = 'cy-1'")
+
+
 async def test_an_edit_of_a_create_accepted_without_id_waits_for_its_id(
     pushed: Replica, app: sqlite3.Connection
 ) -> None:
     """A create accepted without an id (a 202) and then edited: where updates name the
     record by id, the edit waits until the pull brings the record (never sent as a
     second create); where they do not (internal ids), it goes at once."""
-    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'cy-1')")
-    batch = await pushed.take_push_batch(BY_ID, 10)
-    assert batch is not None
-    await pushed.record_push("contact", [Said(batch.items[0].entry)])
-    app.execute("UPDATE contact SET name = 'Cyd' WHERE _internal_id = 'cy-1'")
+    await _accepted_without_id_then_edited(pushed, app)
     assert await pushed.take_push_batch(BY_ID, 10) is None
     assert not await pushed.has_outbox_work(BY_ID)  # the push loop sleeps meanwhile
     await pushed.apply_page(TARGET, page(up("contact", 91, 1, name="Cy", email="cy@x")))
@@ -540,11 +545,7 @@ async def test_an_edit_held_for_an_id_goes_once_the_create_is_no_longer_kept(
     """A create accepted without an id whose record the pull never matched is kept a
     week; then its row's held edit goes (a CDM destination's client refuses an update
     without an id, visibly): nothing waits forever."""
-    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', 'cy@x', 'cy-1')")
-    batch = await pushed.take_push_batch(BY_ID, 10)
-    assert batch is not None
-    await pushed.record_push("contact", [Said(batch.items[0].entry)])
-    app.execute("UPDATE contact SET name = 'Cyd' WHERE _internal_id = 'cy-1'")
+    await _accepted_without_id_then_edited(pushed, app)
     assert await pushed.take_push_batch(BY_ID, 10) is None
     assert not await pushed.has_outbox_work(BY_ID)
     app.execute("UPDATE _replicad_outbox SET finished_at = '2020-01-01T00:00:00.000Z'")
