@@ -119,6 +119,16 @@ _OWN_DECLARED = {
 }
 
 
+def _present_and_known(
+    mapped: dict[str, str], actual: list[str], own: tuple[str, ...]
+) -> tuple[set[str], set[str]]:
+    """The table's columns, and the ones replicad expects (data and own), folded to
+    lower case as SQLite compares names."""
+    present = {c.lower() for c in actual}
+    known = {c.lower() for c in mapped.values()} | {c.lower() for c in own}
+    return present, known
+
+
 def _own_columns(
     db: sqlite3.Connection,
     tbl: str,
@@ -128,8 +138,7 @@ def _own_columns(
 ) -> list[str]:
     """replicad's own columns, which an app renamed or dropped: renamed back (they
     come first, so a rename keeps the position) or added back. ``actual`` is updated."""
-    present = {c.lower() for c in actual}
-    known = {c.lower() for c in mapped.values()} | {c.lower() for c in own}
+    present, known = _present_and_known(mapped, actual, own)
     out = []
     for i, col in enumerate(own):
         if col.lower() in present:
@@ -155,8 +164,7 @@ def _columns(
     actual: list[str],
     own: tuple[str, ...],
 ) -> list[str]:
-    present = {c.lower() for c in actual}
-    known = {c.lower() for c in mapped.values()} | {c.lower() for c in own}
+    present, known = _present_and_known(mapped, actual, own)
     missing = [(f, c) for f, c in mapped.items() if c.lower() not in present]
     unknown = [c for c in actual if c.lower() not in known]
     if not missing:
