@@ -23,7 +23,7 @@ from replicad.store.model import OutboxBatch, Outcome, OutcomeCounts, PushSource
 from replicad.store.names import quote
 from replicad.store.schema import APPLICATION_ID
 from replicad.store.tables import TableCatalog, TableInfo
-from replicad.store.values import SQLValue, from_sql, to_sql
+from replicad.store.values import SQLValue, from_sql, spellings
 
 
 def utcnow() -> str:
@@ -684,7 +684,13 @@ def adopt_pulled_creates(
         data: dict[str, Any] = json.loads(payload or "{}").get("data", {})
         if not data or any(f not in info.columns for f in data):
             continue
-        same = " AND ".join(f"{quote(info.columns[f])} IS ?" for f in data)
+        # Each value as this version stores it, or as an earlier one did (a record
+        # pulled before the upgrade keeps that spelling).
+        cells = [spellings(v) for v in data.values()]
+        same = " AND ".join(
+            "(" + " OR ".join(f"{quote(info.columns[f])} IS ?" for _ in spelt) + ")"
+            for f, spelt in zip(data, cells, strict=True)
+        )
         if ids is None:
             # Since the edit was made (not the last send: a resend moves that on).
             scope, head = "_synced_at >= ?", [created]
@@ -697,7 +703,7 @@ def adopt_pulled_creates(
             "AND NOT EXISTS (SELECT 1 FROM _replicad_outbox o WHERE o.tbl = ? "
             "AND o.internal_id = t._internal_id AND o.op = 'insert') "
             "ORDER BY _synced_at LIMIT 2",
-            (*head, *(to_sql(v) for v in data.values()), tbl),
+            (*head, *(c for spelt in cells for c in spelt), tbl),
         ).fetchall()
         # An accepted create (confirmed) surely made a record: the first equal one is
         # it. One in doubt may not have: only a single candidate is taken for it.

@@ -98,6 +98,22 @@ def to_sql(value: Any) -> SQLValue:
     return to_sql_slow(value)
 
 
+def spellings(value: Any) -> tuple[SQLValue, ...]:
+    """Every cell a JSON value may be found stored as: ``to_sql``'s, and for an object
+    or array also json's text, which this version's orjson differs from only in the
+    spelling of a negative exponent (1e-07 for 1e-7). Rows stored by an earlier
+    version, which used json's encoder, keep its spelling until pulled again."""
+    cell = to_sql(value)
+    if isinstance(value, dict | list):
+        try:
+            older = _COMPACT(value)
+        except (TypeError, ValueError):
+            return (cell,)
+        if older != cell:
+            return cell, older
+    return (cell,)
+
+
 def to_sql_slow(value: Any) -> SQLValue:
     """Subclasses of the JSON types (rare): same rules, with isinstance."""
     if isinstance(value, bool):

@@ -340,6 +340,31 @@ async def test_create_confirmed_without_id_after_the_pull_brought_it(
     ]
 
 
+async def test_a_create_is_adopted_by_a_record_stored_in_the_older_spelling(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """A record pulled before nested values were encoded by orjson keeps json's
+    spelling of a negative exponent (1e-07, not 1e-7): it is still the create's record,
+    not a second row."""
+    app.execute(
+        "INSERT INTO contact (name, tags, _internal_id) VALUES ('Cy', '[1e-07,\"a\"]', 'loc')"
+    )
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    await pushed.apply_page(TARGET, page(up("contact", 77, 3, name="Cy", tags=[1e-07, "a"])))
+    # As the version before stored it (past the capture, as the daemon writes).
+    app.execute("BEGIN IMMEDIATE")
+    app.execute("INSERT INTO _replicad_applying (flag) VALUES (1)")
+    app.execute("UPDATE contact SET tags = '[1e-07,\"a\"]' WHERE id = 77")
+    app.execute("DELETE FROM _replicad_applying")
+    app.execute("COMMIT")
+    counts = await pushed.record_push("contact", [Said(batch.items[0].entry)])
+    assert counts.merged == 1
+    assert app.execute("SELECT id, _internal_id FROM contact WHERE name = 'Cy'").fetchall() == [
+        (77, "loc")
+    ]
+
+
 async def test_unmatched_or_unwritten_creates_are_not_adopted(
     pushed: Replica, app: sqlite3.Connection
 ) -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from replicad.connectors.http import tls_verification
 from replicad.connectors.sell_protocol import _parse_odd_item, fast_loads, parse_item
-from replicad.store.values import _ENCODE, to_sql
+from replicad.store.values import _ENCODE, spellings, to_sql
 
 json_scalars = (
     st.none()
@@ -83,6 +83,20 @@ def test_nested_encoder_is_compact_json(value: Any) -> None:
         assert got == expected
     if isinstance(value, dict | list):
         assert to_sql(value) == got
+
+
+@settings(max_examples=500)
+@given(json_values)
+def test_a_value_is_looked_for_in_this_and_the_older_spelling(value: Any) -> None:
+    """Cells are matched against the text this version stores and the text json wrote
+    before (rows an earlier version stored keep it), and only those."""
+    older = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    cells = spellings(value)
+    assert cells[0] == to_sql(value)
+    if isinstance(value, dict | list):
+        assert set(cells) == {to_sql(value), older}
+    else:
+        assert cells == (to_sql(value),)
 
 
 def _has_float(value: Any) -> bool:
