@@ -5,7 +5,8 @@ round, a fresh replica decodes and applies them exactly as the pull does
 (``Replica.decode_and_apply`` with Sell's decoder, on the writer thread), and the
 process CPU time of that loop is divided by the records. No HTTP and no event-loop
 work is counted: this isolates what decoding, planning, SQLite and the commits cost,
-which `bench/pull.py` measures mixed with the network client.
+which `bench/pull.py` measures mixed with the network client. The last column is
+the decoding alone (the same pages, decoded and dropped), the part before SQLite.
 
     .venv/bin/python bench/apply_only.py --sizes 100000 --repeat 3
 """
@@ -50,6 +51,15 @@ def fetch_pages(records: int) -> list[bytes]:
                 pages.append(answer.content)
 
 
+def decode_all(pages: list[bytes]) -> float:
+    """CPU seconds to decode ``pages`` alone (the part of ``apply_all`` before SQLite)."""
+    client = SellClient(SellSettings(base_url="http://unused", token=TOKEN, device_uuid="d"))
+    start = time.process_time()
+    for raw in pages:
+        client.decode(raw)
+    return time.process_time() - start
+
+
 async def apply_all(pages: list[bytes], folder: Path) -> float:
     """CPU seconds to decode and apply ``pages`` into a new replica in ``folder``."""
     client = SellClient(SellSettings(base_url="http://unused", token=TOKEN, device_uuid="d"))
@@ -76,11 +86,15 @@ def main() -> None:
         f"# replicad apply-only benchmark: Python {platform.python_version()}, "
         f"SQLite {sqlite3.sqlite_version}, {platform.system()} {platform.machine()}\n"
     )
-    rows = [("records", "pages", "runs", "CPU µs/record (each run)", "median µs/record")]
+    rows = [
+        ("records", "pages", "runs", "CPU µs/record (each run)", "median µs/record",
+         "of which decoding")
+    ]  # fmt: skip
     for size in (int(s) for s in args.sizes.split(",")):
         pages = fetch_pages(size)
-        runs = []
+        runs, decoding = [], []
         for _ in range(args.repeat):
+            decoding.append(decode_all(pages) / size * 1e6)
             folder = Path(tempfile.mkdtemp(prefix="replicad-apply-"))
             try:
                 runs.append(asyncio.run(apply_all(pages, folder)) / size * 1e6)
@@ -93,6 +107,7 @@ def main() -> None:
                 str(len(runs)),
                 " ".join(f"{r:.2f}" for r in runs),
                 f"{statistics.median(runs):.2f}",
+                f"{statistics.median(decoding):.2f}",
             )
         )
     print_markdown_table(rows)

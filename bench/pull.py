@@ -10,11 +10,14 @@ every run, then a summary per latency and size: medians, CPU per record, the
 replica's bytes per record, and the ratios to the plain loop.
 
     .venv/bin/python bench/pull.py --sizes 10000,100000 --latency 0,50ms --repeat 5
-    .venv/bin/python bench/pull.py --sizes 100000 --rate-limit 600/m --clients replicad
+    .venv/bin/python bench/pull.py --sizes 100000 --rate-limit 600/m --no-baselines
 
 The plain loop (``bench/plain_loop.py``: stdlib json, one JSON blob per record, one
 transaction and one ack per page) is frozen: it is the baseline and must not move.
 ``fetch only`` (``bench/fetch_only.py``) drains the queue and stores nothing.
+``client only`` (``bench/fetch_replicad.py``) drains it with replicad's own connector
+(async httpx, acks in batches) and decodes every page, storing nothing: replicad's
+CPU less its CPU is what storing costs.
 
 The project's modules are byte-compiled first, as a regular install does: in an
 editable checkout run with PYTHONDONTWRITEBYTECODE set, every start would otherwise
@@ -89,7 +92,11 @@ SPECIFIC = (
 )
 
 
-SCRIPTS = {"plain loop": "plain_loop.py", "fetch only": "fetch_only.py"}
+SCRIPTS = {
+    "plain loop": "plain_loop.py",
+    "fetch only": "fetch_only.py",
+    "client only": "fetch_replicad.py",
+}
 
 
 def _clients(operations: list[str], baselines: bool) -> tuple[str, ...]:
@@ -162,7 +169,8 @@ def _summary(runs: list[Run], clients: tuple[str, ...]) -> list[tuple[str, ...]]
                 vs_cpu = f"{cpu / statistics.median(r.cpu for r in plain):.2f}"
             else:
                 vs_time = vs_cpu = "1.00" if plain else "-"
-            stored = "-" if client == "fetch only" else f"{got[0].db_bytes / size:,.0f}"
+            nothing = client in ("fetch only", "client only")
+            stored = "-" if nothing else f"{got[0].db_bytes / size:,.0f}"
             rows.append((
                 latency, f"{size:,}", client, str(len(got)), f"{med:.2f}",
                 f"{size / med:,.0f}", f"{cpu:.2f}", f"{cpu / size * 1e6:.0f}",
