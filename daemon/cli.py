@@ -50,8 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
 
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", type=Path, default=None, help="config file (TOML)")
+    def with_config(p: argparse.ArgumentParser, *, nested: bool = False) -> argparse.ArgumentParser:
+        # A nested action's own default would overwrite a --config given before it
+        # (`conflicts --config F resolve …`), and the command would act on another
+        # replica: it sets the option only when given.
+        default = argparse.SUPPRESS if nested else None
+        p.add_argument("--config", type=Path, default=default, help="config file (TOML)")
         return p
 
     p = with_config(sub.add_parser("sync", help="run one full cycle of every sync, then exit"))
@@ -89,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.add_argument("--all", action="store_true", help="closed entries too")
     csub = p.add_subparsers(dest="conflicts_action", metavar="ACTION", parser_class=_Parser)
-    r = with_config(csub.add_parser("resolve", help="close entries keeping one side"))
+    r = with_config(csub.add_parser("resolve", help="close entries keeping one side"), nested=True)
     r.add_argument("ids", nargs="+", type=int, metavar="ID")
     r.add_argument("--keep", required=True, choices=("local", "remote"))
     p.set_defaults(func=cmd_conflicts)

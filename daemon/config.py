@@ -294,6 +294,11 @@ def _sync(label: str, s: dict[str, Any], connections: dict[str, Connection], bas
     if direction == "pull":
         for key in sorted(_PUSH_ONLY & s.keys()):
             raise ConfigError(f"{k}.{key}: not supported for pull syncs by this version")
+    # A key of the other direction: say so, rather than "unknown".
+    for key in sorted((_PUSH_KEYS - _PULL_KEYS if direction == "pull" else set()) & s.keys()):
+        raise ConfigError(f"{k}.{key}: only push syncs take this key; this sync pulls")
+    for key in sorted((_PULL_KEYS - _PUSH_KEYS if direction == "push" else set()) & s.keys()):
+        raise ConfigError(f"{k}.{key}: only pull syncs take this key; this sync pushes")
     check_keys(s, k, _PULL_KEYS if direction == "pull" else _PUSH_KEYS)
     conn = check_req(s, "connection", str, f"{k}.connection")
     if conn not in connections:

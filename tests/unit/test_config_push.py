@@ -51,13 +51,38 @@ def test_push_sync_defaults_and_associations() -> None:
         ({"connection": "cdm", "source": "c", "object": "x", "sample_data": True}, "sample_data"),
         ({"connection": "out", "source": "c", "object": "x", "operation": "mirror"}, "operation"),
         ({"connection": "out", "source": "c; drop", "object": "x"}, "not a table name"),
-        ({"connection": "out", "source": "c", "object": "x", "prefix": "p"}, "unknown key"),
+        (
+            {"connection": "out", "source": "c", "object": "x", "prefix": "p"},
+            "syncs.up.prefix: only pull syncs take this key; this sync pushes",
+        ),
+        (
+            {"connection": "out", "source": "c", "object": "x", "max_sessions": 2},
+            "syncs.up.max_sessions: only pull syncs",
+        ),
+        ({"connection": "out", "source": "c", "object": "x", "colour": 2}, "unknown key"),
     ],
 )
 def test_push_sync_errors_name_the_key(sync: dict[str, Any], message: str) -> None:
     """Wrong push settings are config errors naming the key."""
     with pytest.raises(ConfigError, match=message):
         config(up={"direction": "push", **sync})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("source", "contact", "syncs.down.source: only push syncs take this key; this sync pulls"),
+        ("conflict", "remote", "syncs.down.conflict: only push syncs"),
+        ("batch_size", 10, "syncs.down.batch_size: only push syncs"),
+        ("colour", "red", "syncs.down.colour: unknown key"),
+    ],
+)
+def test_a_push_key_on_a_pull_sync_says_it_is_for_push_syncs(
+    key: str, value: Any, message: str
+) -> None:
+    """A key of the other direction is named as such, not as unknown."""
+    with pytest.raises(ConfigError, match=message):
+        config(down={"direction": "pull", "connection": "crm", key: value})
 
 
 def test_one_push_sync_per_table() -> None:

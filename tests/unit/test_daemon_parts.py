@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from replicad.daemon.cli import build_parser
 from replicad.daemon.heartbeat import LoopState, Supervision
 from replicad.daemon.logs import JournalRenderer, under_journald
 from replicad.daemon.notify import Notifier
@@ -291,3 +292,23 @@ async def test_a_failing_batch_lets_the_batches_out_finish(tmp_path: Path) -> No
         assert len(calls) == 2 and sorted(s for (s,) in states) == ["confirmed", "in_flight"]
     finally:
         await replica.close()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["conflicts", "--config", "mine.toml", "resolve", "1", "--keep", "local"],
+        ["conflicts", "resolve", "1", "--keep", "local", "--config", "mine.toml"],
+    ],
+)
+def test_the_config_given_before_or_after_a_nested_action_is_the_one_used(
+    argv: list[str],
+) -> None:
+    """`conflicts --config F resolve …` acts on F's replica, not on the default one."""
+    assert build_parser().parse_args(argv).config == Path("mine.toml")
+
+
+def test_no_config_given_to_a_nested_action_leaves_the_default_search() -> None:
+    """Without --config the command still looks where the README says (None here)."""
+    args = build_parser().parse_args(["conflicts", "resolve", "1", "--keep", "remote"])
+    assert args.config is None
