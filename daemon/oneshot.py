@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Any
 
 import anyio
 import structlog
@@ -125,6 +127,29 @@ async def ask_daemon(config: Config, pid: int) -> int:
     print(f"asking the running daemon (pid {pid}) for a cycle of {', '.join(labels)}",
           file=sys.stderr)  # fmt: skip
     os.kill(pid, signal.SIGUSR1)
+
+    def done(s: dict[str, Any]) -> bool:
+        idle_push = (
+            s["direction"] == "push"
+            and s.get("pending_local_edits", 0) == 0
+            and s.get("state") != "failing"
+        )
+        return (s.get("last_success") or "") > requested or idle_push
+
+    return await watch_daemon(config, pid, labels, requested, done, "done by the running daemon")
+
+
+async def watch_daemon(
+    config: Config,
+    pid: int,
+    labels: list[str],
+    requested: str,
+    done: Callable[[dict[str, Any]], bool],
+    said: str,
+) -> int:
+    """Follow ``labels`` in ``replicad_syncs`` until each is ``done`` (its status
+    entry) or failed after ``requested``; say each outcome; exit code 1 if one failed
+    or the wait ran out (``ASK_TIMEOUT``)."""
     pending = set(labels)
     code = exits.OK
     with anyio.move_on_after(ASK_TIMEOUT):
@@ -135,18 +160,11 @@ async def ask_daemon(config: Config, pid: int) -> int:
                 label = s["sync"]
                 if label not in pending:
                     continue
-                failed = (s.get("last_error_at") or "") > requested
-                ok = (s.get("last_success") or "") > requested
-                idle_push = (
-                    s["direction"] == "push"
-                    and s.get("pending_local_edits", 0) == 0
-                    and s.get("state") != "failing"
-                )
-                if failed:
+                if (s.get("last_error_at") or "") > requested:
                     print(f"replicad: sync {label}: {s.get('last_error')}", file=sys.stderr)
                     code = code or exits.FAILURE
-                elif ok or idle_push:
-                    print(f"{label}: done by the running daemon")
+                elif done(s):
+                    print(f"{label}: {said}")
                 else:
                     continue
                 pending.discard(label)

@@ -13,9 +13,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import anyio
 
 from replicad.daemon import exits
 from replicad.daemon.config import Config, ConfigError
+from replicad.daemon.oneshot import watch_daemon
 from replicad.store.lock import is_held
 from replicad.store.operate import (
     backup,
@@ -25,6 +29,7 @@ from replicad.store.operate import (
     resolve,
     resync_at,
 )
+from replicad.store.outbox import utcnow
 
 
 def resync(config: Config, labels: Sequence[str]) -> int:
@@ -38,17 +43,26 @@ def resync(config: Config, labels: Sequence[str]) -> int:
     chosen = [pulls[label] for label in labels] if labels else list(pulls.values())
     if not chosen:
         raise ConfigError(f"resync: {config.path} has no pull sync")
+    requested = utcnow()
     resync_at(config.replica_path, [s.connection for s in chosen])
     names = ", ".join(s.label for s in chosen)
     pid = is_held(config.replica_path)
-    if pid and pid > 0:
-        # Reload (a mapping change waits for the resync) and pull now, not at the interval.
-        os.kill(pid, signal.SIGHUP)
-        os.kill(pid, signal.SIGUSR1)
-        print(f"resync of {names} started; the running daemon (pid {pid}) pulls everything now")
-    else:
+    if not pid or pid < 0:
         print(f"resync of {names} started; the next `replicad sync` pulls everything again")
-    return exits.OK
+        return exits.OK
+    # Reload (a mapping change waits for the resync) and pull now, not at the interval;
+    # then report the daemon's result, as `sync` does: done once a cycle after the
+    # request has succeeded and the full pull has drained (it is no longer running).
+    os.kill(pid, signal.SIGHUP)
+    os.kill(pid, signal.SIGUSR1)
+    print(f"resync of {names} started; the running daemon (pid {pid}) pulls everything now",
+          file=sys.stderr)  # fmt: skip
+
+    def done(s: dict[str, Any]) -> bool:
+        return not s.get("resync_since") and (s.get("last_success") or "") > requested
+
+    labels = [s.label for s in chosen]
+    return anyio.run(watch_daemon, config, pid, labels, requested, done, "pulled everything again")
 
 
 def backup_cmd(config: Config, dest: Path) -> int:

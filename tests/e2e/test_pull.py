@@ -14,6 +14,7 @@ from tests.e2e.harness import (
     TOKEN,
     assert_replica_matches,
     emulator,
+    query,
     replica_state,
     replicad,
     start_replicad,
@@ -162,6 +163,22 @@ def test_second_process_is_refused_and_sync_asks_the_daemon(tmp_path: Path) -> N
             assert status["daemon"]["healthy"] is True
             mirror = next(s for s in status["syncs"] if s["sync"] == "mirror")
             assert mirror["daemon"]["activity"] in ("idle", "pulling")
+            # `resync` hands its full pull to the daemon too, and reports when it is
+            # done: the row the remote never had is gone by then.
+            ghost = sqlite3.connect(tmp_path / "replica.db", isolation_level=None)
+            ghost.execute("BEGIN IMMEDIATE")
+            ghost.execute("INSERT INTO _replicad_applying VALUES (1)")
+            ghost.execute("INSERT INTO contact (id, _internal_id, _revision, _pending) "
+                          "VALUES (999999, 'ghost', 1, 0)")  # fmt: skip
+            ghost.execute("DELETE FROM _replicad_applying")
+            ghost.execute("COMMIT")
+            ghost.close()
+            again = replicad("resync", "--config", str(cfg))
+            assert again.returncode == 0, again.stderr
+            assert "mirror: pulled everything again" in again.stdout
+            assert query(tmp_path / "replica.db",
+                         "SELECT count(*) FROM contact WHERE id = 999999") == [(0,)]  # fmt: skip
+            assert_replica_matches(tmp_path / "replica.db", emu)
         finally:
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(20) == 0
