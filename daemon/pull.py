@@ -22,7 +22,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from replicad.connectors.errors import ConnectorError, ProtocolError
 from replicad.connectors.pull_model import PullConnector, PulledPage
 from replicad.connectors.ratelimit import NOTICE_EVERY
-from replicad.daemon.config import Connection, Sync
+from replicad.daemon.config import ConfigError, Connection, Sync
 from replicad.daemon.cycle_status import recorded_cycle
 from replicad.daemon.exits import unwrap
 from replicad.store import Naming, PageBatch, PullTarget, Replica
@@ -96,8 +96,9 @@ class PullOutcome:
     skipped: int = 0
 
 
-def pull_target(sync: Sync, resync: bool = False) -> PullTarget:
-    """The store's view of a pull sync (``resync``: a full pull is running)."""
+def pull_target(sync: Sync, resync: str | None = None) -> PullTarget:
+    """The store's view of a pull sync (``resync``: the request of the full pull that
+    is running, if one is)."""
     return PullTarget(
         sync.label,
         sync.connection,
@@ -137,6 +138,10 @@ async def flush_acks(replica: Replica, client: PullConnector, conn: Connection) 
 
 class IncompletePull(ConnectorError):
     """A cycle ended with a page lost in its last allowed session."""
+
+
+class DevicePinned(ConfigError):
+    """A full pull is due, but the config pins the device it must replace."""
 
 
 async def pull_cycle(
@@ -191,7 +196,15 @@ async def _pull_cycle(
     async with recorded_cycle(replica, sync.label):
         await flush_acks(replica, client, conn)
         # A full pull (a copy's, or `replicad resync`) notes every id it brings.
-        target = pull_target(sync, await replica.resync_since(conn.name) is not None)
+        target = pull_target(sync, await replica.resync_request(conn.name))
+        if target.resync is not None and client.identity == await replica.resync_device(conn.name):
+            raise DevicePinned(
+                f"connections.{conn.name}.device_uuid pins the device this replica pulled "
+                "with before, but a full pull (`replicad resync`, or this file is a copy "
+                "of another replica) needs a new one: under the same device the remote "
+                "sends only what is new. Set another device_uuid for this replica, or "
+                "remove the key; nothing was pulled"
+            )
         lost = drained = False
         for _ in range(sync.max_sessions):
             session = await client.start(await replica.checkpoint(conn.name))

@@ -107,7 +107,7 @@ def apply_page(
             for tbl, changes in by_table.items():
                 _apply_table(db, catalog, tbl, changes, target, now, result, exact)
         if target.resync:
-            note_seen(db, _seen(target, routed, bad), target.connection)
+            note_seen(db, _seen(target, routed, bad), target.connection, target.resync)
         _quarantine(db, target.sync, bad, now)
         result.quarantined = len(bad)
         _failed_objects(db, target, batch, routed, now)

@@ -12,13 +12,22 @@ within its filesystem keeps the inode: not a copy.
 While a connection resyncs, every id a page brings is noted. Once the full pull has
 drained, rows of its tables that it did not bring, that have no unconfirmed local
 edits and that the server did not report as failed, are remote deletes the replica
-missed: they are removed (and tombstoned).
+missed: they are removed (and tombstoned). Each request is told apart
+(``resync_request``): a pull notes ids and removes rows only for the request it
+started under, so a second request while a full pull runs starts over instead of
+sweeping what the first had already brought.
+
+A full pull needs a new device. Where the config pins the device UUID, the device the
+replica drained before is remembered with the request, and the pull refuses to run
+under it (``resync_device``): under the same device the queue brings only what is
+new, and the sweep would remove nearly every row.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -30,6 +39,10 @@ _RESYNC = "resync."
 CHECKPOINT_KEY = "checkpoint."
 # Set while a full pull has met an item it could not identify (see note_seen).
 _UNSURE = "resync_unsure."
+# The device a connection used before its full pull was requested.
+_FROM_DEVICE = "resync_from_device."
+# What tells one request for a full pull from the next (two may share a millisecond).
+_REQUEST = "resync_request."
 
 
 def file_identity(path: Path) -> str:
@@ -89,6 +102,11 @@ def _forget_devices(db: sqlite3.Connection, connections: list[str] | None, now: 
             for (k,) in db.execute("SELECT key FROM _replicad_meta WHERE key LIKE 'device_uuid.%'")
         ]
     for conn in connections:
+        device = db.execute(
+            "SELECT value FROM _replicad_meta WHERE key = ?", (f"device_uuid.{conn}",)
+        ).fetchone()
+        if device is not None:
+            _set(db, _FROM_DEVICE + conn, str(device[0]))
         db.execute(
             "DELETE FROM _replicad_meta WHERE key IN (?, ?)",
             (f"device_uuid.{conn}", CHECKPOINT_KEY + conn),
@@ -96,6 +114,7 @@ def _forget_devices(db: sqlite3.Connection, connections: list[str] | None, now: 
         # Keys of the old identity: sending them would drain the original's queue.
         db.execute("DELETE FROM _replicad_pending_acks WHERE connection = ?", (conn,))
         _set(db, _RESYNC + conn, now)
+        _set(db, _REQUEST + conn, uuid.uuid4().hex)
         db.execute("DELETE FROM _replicad_meta WHERE key = ?", (_UNSURE + conn,))
         db.execute(
             "DELETE FROM _replicad_resync_seen WHERE tbl IN (SELECT t.tbl FROM _replicad_types t "
@@ -113,12 +132,39 @@ def resync_since(db: sqlite3.Connection, connection: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+def resync_request(db: sqlite3.Connection, connection: str) -> str | None:
+    """What identifies the connection's running full pull request (None: none runs).
+    A request from before requests were told apart is known by its start time."""
+    row = db.execute(
+        "SELECT coalesce((SELECT value FROM _replicad_meta WHERE key = ?), value) "
+        "FROM _replicad_meta WHERE key = ?",
+        (_REQUEST + connection, _RESYNC + connection),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def resync_device(db: sqlite3.Connection, connection: str) -> str | None:
+    """The device the connection used before its running full pull was requested (a
+    full pull under it would bring only what is new); None if none is known."""
+    row = db.execute(
+        "SELECT value FROM _replicad_meta WHERE key = ?", (_FROM_DEVICE + connection,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
 def note_seen(
-    db: sqlite3.Connection, pairs: Sequence[tuple[str, int] | None], connection: str
+    db: sqlite3.Connection,
+    pairs: Sequence[tuple[str, int] | None],
+    connection: str,
+    request: str,
 ) -> None:
     """Remember the records a resync's page brought (inside the page's transaction);
     None stands for an item whose record is unknown (quarantined before its id could
-    be read): then no row may be taken for deleted when the full pull ends."""
+    be read): then no row may be taken for deleted when the full pull ends. Nothing is
+    noted once another request has replaced the one the pull started under
+    (``request``): that request's own full pull notes what it brings."""
+    if resync_request(db, connection) != request:
+        return
     known = [p for p in pairs if p is not None]
     db.executemany("INSERT OR IGNORE INTO _replicad_resync_seen (tbl, id) VALUES (?, ?)", known)
     if len(known) < len(pairs):
@@ -126,14 +172,18 @@ def note_seen(
 
 
 def finish_resync(
-    db: sqlite3.Connection, sync: str, connection: str, apply_deletes: bool, now: str
+    db: sqlite3.Connection, sync: str, connection: str, request: str, apply_deletes: bool, now: str
 ) -> int | None:
-    """The full pull drained: remove the rows it did not bring; how many went (None
-    when none may be removed: the sync keeps remote deletes, or an item it could not
-    identify may be one of those rows)."""
+    """The full pull of ``request`` (``resync_request``) drained: remove the rows it did
+    not bring; how many went (None when none may be removed: the sync keeps remote
+    deletes, an item it could not identify may be one of those rows, or another request
+    has replaced this one — its own full pull finishes it)."""
     removed: int | None = 0
     db.execute("BEGIN IMMEDIATE")
     try:
+        if resync_request(db, connection) != request:
+            db.execute("COMMIT")
+            return None
         db.execute("INSERT INTO _replicad_applying (flag) VALUES (1)")
         unsure = db.execute(
             "SELECT 1 FROM _replicad_meta WHERE key = ?", (_UNSURE + connection,)
@@ -162,8 +212,13 @@ def finish_resync(
             removed = None
         db.executemany("DELETE FROM _replicad_resync_seen WHERE tbl = ?", [(t,) for t in tables])
         db.execute(
-            "DELETE FROM _replicad_meta WHERE key IN (?, ?)",
-            (_RESYNC + connection, _UNSURE + connection),
+            "DELETE FROM _replicad_meta WHERE key IN (?, ?, ?, ?)",
+            (
+                _RESYNC + connection,
+                _UNSURE + connection,
+                _FROM_DEVICE + connection,
+                _REQUEST + connection,
+            ),
         )
         db.execute("DELETE FROM _replicad_applying")
         db.execute("COMMIT")

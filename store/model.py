@@ -42,7 +42,10 @@ class PullTarget:
     connection: str
     prefix: str = ""
     apply_deletes: bool = True
-    resync: bool = False  # a full pull: note every id brought (see store.identity)
+    # A full pull is running for this request (``Replica.resync_request``): every id
+    # it brings is noted, and only a pull of that same request removes what it did
+    # not bring (see store.identity). None: an ordinary pull.
+    resync: str | None = None
     operation: str = "mirror"  # CONTRACT §7: mirror | upsert | insert | update | append
     types: frozenset[str] | None = None  # only these types are kept (None: every type)
     naming: Naming | None = None  # mappings, field_behavior, field_normalization

@@ -547,10 +547,22 @@ class Replica:
     async def finish_resync(self, target: PullTarget) -> int | None:
         """A full pull drained: remove the rows it did not bring; how many (None: none
         could be, see ``store.identity.finish_resync``)."""
+        if target.resync is None:
+            return None
         return await self._write(
-            identity.finish_resync, target.sync, target.connection, target.apply_deletes,
-            utcnow(),
+            identity.finish_resync, target.sync, target.connection, target.resync,
+            target.apply_deletes, utcnow(),
         )  # fmt: skip
+
+    async def resync_request(self, connection: str) -> str | None:
+        """What identifies the connection's running full pull request, if one runs
+        (a pull started under it hands it over as ``PullTarget.resync``)."""
+        return await self._write(identity.resync_request, connection)
+
+    async def resync_device(self, connection: str) -> str | None:
+        """The device the connection drained before its running full pull was asked
+        for: that pull must not run under it (see ``store.identity``)."""
+        return await self._write(identity.resync_device, connection)
 
     async def register_sync(self, sync: str, direction: str, connection: str) -> None:
         """Make a configured sync visible in ``replicad_syncs`` (waits while busy)."""

@@ -182,6 +182,38 @@ def test_resync_pulls_everything_again(tmp_path: Path) -> None:
         assert_replica_matches(db, emu)
 
 
+def test_a_full_pull_under_a_pinned_device_is_refused_and_removes_nothing(
+    tmp_path: Path,
+) -> None:
+    """With `device_uuid` set in the config, a resync, or a copy of the file, cannot
+    take a new device: the pull says so (exit 2) and removes nothing (before, the sweep
+    took every row the queue did not bring again). Another device_uuid then pulls
+    everything, and the replica equals the remote."""
+    db = tmp_path / "replica.db"
+    pinned = "0f6ad0a2-3c4e-4a8c-9d1e-2b7f5e9c1a11"
+    with emulator(records=120) as emu:
+        cfg = write_config(tmp_path, emu.url, device_uuid=pinned)
+        run("sync", "--once", "--no-progress", "--config", str(cfg))
+        before = query(db, "SELECT count(*) FROM contact")
+        for start_full_pull in ("resync", "copy"):
+            if start_full_pull == "resync":
+                run("resync", "--config", str(cfg))
+            else:
+                shutil.copyfile(db, tmp_path / "c.db")
+                db.unlink()
+                (tmp_path / "c.db").rename(db)
+            refused = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+            assert refused.returncode == 2, refused.stderr
+            assert "connections.crm.device_uuid pins the device" in refused.stderr
+            assert query(db, "SELECT count(*) FROM contact") == before
+        cfg.write_text(cfg.read_text().replace(pinned, "5d0c1e2f-0000-4000-8000-00000000abcd"))
+        emu.control.mutate(random=6, seed=3)
+        run("sync", "--once", "--no-progress", "--config", str(cfg))
+        assert_replica_matches(db, emu)
+        status = json.loads(run("status", "--json", "--config", str(cfg)))
+        assert all("resync_since" not in s for s in status["syncs"])
+
+
 def test_version_and_log_level_flags(tmp_path: Path) -> None:
     """--version prints the version (exit 0); -v shows the debug events of a sync, -q
     silences its info lines; the result is the same."""

@@ -142,14 +142,15 @@ async def test_a_full_pull_removes_only_rows_it_knows_are_gone(replica: Replica)
     await replica.apply_page(
         TARGET, page(*(up("contact", i, 1, name=f"n{i}") for i in range(1, 5)))
     )
-    full = replace(TARGET, resync=True)
 
-    async def full_pull(*bad: BadItem, target: object = full) -> int | None:
+    async def full_pull(*bad: BadItem, apply_deletes: bool = True) -> int | None:
         resync_at(replica.path, ["crm"])
-        assert await replica.resync_since("crm") is not None
+        request = await replica.resync_request("crm")
+        assert request is not None
+        target = replace(TARGET, resync=request, apply_deletes=apply_deletes)
         batch = PageBatch([up("contact", 1, 2, name="n1")], list(bad))
-        await replica.apply_page(target, batch)  # type: ignore[arg-type]
-        return await replica.finish_resync(target)  # type: ignore[arg-type]
+        await replica.apply_page(target, batch)
+        return await replica.finish_resync(target)
 
     # Record 3 could not be stored (but exists remotely): kept. 2 and 4 are gone.
     assert await full_pull(BadItem("{}", "NaN", "k3", "contact", 3)) == 2
@@ -159,5 +160,36 @@ async def test_a_full_pull_removes_only_rows_it_knows_are_gone(replica: Replica)
     assert await full_pull(BadItem("{", "not JSON", None)) is None
     assert sorted(await rows(replica, "contact")) == [1, 3]
     # A sync that keeps remote deletes (upsert) removes nothing either.
-    assert await full_pull(target=replace(full, apply_deletes=False)) is None
+    assert await full_pull(apply_deletes=False) is None
     assert sorted(await rows(replica, "contact")) == [1, 3]
+
+
+async def test_a_resync_asked_during_a_full_pull_starts_over_and_removes_nothing_early(
+    replica: Replica,
+) -> None:
+    """A second `resync` while a full pull drains: that pull's end removes nothing (the
+    rows its first pages brought stay), and the new request's own full pull then
+    removes what the remote no longer has."""
+    from dataclasses import replace
+
+    from replicad.store.operate import resync_at
+
+    await replica.apply_page(
+        TARGET, page(*(up("contact", i, 1, name=f"n{i}") for i in range(1, 6)))
+    )
+    resync_at(replica.path, ["crm"])
+    first = replace(TARGET, resync=await replica.resync_request("crm"))
+    await replica.apply_page(first, page(up("contact", 1, 1, name="n1"), up("contact", 2, 1)))
+    resync_at(replica.path, ["crm"])  # again, mid-pull
+    second = await replica.resync_request("crm")
+    assert second is not None and second != first.resync
+    await replica.apply_page(first, page(up("contact", 3, 1, name="n3"), up("contact", 4, 1)))
+    assert await replica.finish_resync(first) is None
+    assert sorted(await rows(replica, "contact")) == [1, 2, 3, 4, 5]
+    assert await replica.resync_request("crm") == second  # still to do
+    # The new device's full pull: record 5 is gone remotely.
+    again = replace(TARGET, resync=second)
+    await replica.apply_page(again, page(*(up("contact", i, 1) for i in range(1, 5))))
+    assert await replica.finish_resync(again) == 1
+    assert sorted(await rows(replica, "contact")) == [1, 2, 3, 4]
+    assert await replica.resync_since("crm") is None
