@@ -673,7 +673,7 @@ def adopt_pulled_creates(
     q = quote(tbl)
     merged = 0
     for seq, iid, payload, created, state in waiting:
-        own = db.execute(f"SELECT id FROM {q} WHERE _internal_id = ?", (iid,)).fetchone()
+        own = db.execute(f"SELECT id, rowid FROM {q} WHERE _internal_id = ?", (iid,)).fetchone()
         if own is None or own[0] is not None:
             # The row is gone, or learned its id another way: nothing to wait for.
             db.execute(
@@ -684,26 +684,23 @@ def adopt_pulled_creates(
         data: dict[str, Any] = json.loads(payload or "{}").get("data", {})
         if not data or any(f not in info.columns for f in data):
             continue
-        # Each value as this version stores it, or as an earlier one did (a record
-        # pulled before the upgrade keeps that spelling).
-        cells = [spellings(v) for v in data.values()]
-        same = " AND ".join(
-            "(" + " OR ".join(f"{quote(info.columns[f])} IS ?" for _ in spelt) + ")"
-            for f, spelt in zip(data, cells, strict=True)
-        )
+        same, values = _equal_to_any(info, _states_sent(db, tbl, iid, seq, data, info))
         if ids is None:
             # Since the edit was made (not the last send: a resend moves that on).
             scope, head = "_synced_at >= ?", [created]
         else:
             scope, head = f"id IN ({','.join('?' * len(ids))})", list(ids)
         # Only a pulled row qualifies: not another local create (with or without its
-        # id), nor a row an earlier entry of this loop has just claimed.
+        # id), nor a row an earlier entry of this loop has just claimed, nor a record
+        # the replica held before the create was made (a later rowid: a new row of a
+        # rowid table always takes one past every row there is), which a remote edit
+        # may have made equal to it.
         hits = db.execute(
-            f"SELECT id FROM {q} t WHERE id IS NOT NULL AND {scope} AND {same} "
-            "AND NOT EXISTS (SELECT 1 FROM _replicad_outbox o WHERE o.tbl = ? "
+            f"SELECT id FROM {q} t WHERE id IS NOT NULL AND {scope} AND t.rowid > ? "
+            f"AND ({same}) AND NOT EXISTS (SELECT 1 FROM _replicad_outbox o WHERE o.tbl = ? "
             "AND o.internal_id = t._internal_id AND o.op = 'insert') "
             "ORDER BY _synced_at LIMIT 2",
-            (*head, *(c for spelt in cells for c in spelt), tbl),
+            (*head, own[1], *values, tbl),
         ).fetchall()
         # An accepted create (confirmed) surely made a record: the first equal one is
         # it. One in doubt may not have: only a single candidate is taken for it.
@@ -723,6 +720,47 @@ def adopt_pulled_creates(
         settle_pending_flag(db, tbl, str(iid))
         merged += 1
     return merged
+
+
+def _states_sent(
+    db: sqlite3.Connection, tbl: str, iid: str, seq: int, data: dict[str, Any], info: TableInfo
+) -> list[dict[str, Any]]:
+    """The values the record may hold upstream: what its create sent, then that with
+    each later update of the row that was sent (where updates need no id, an edit goes
+    on its own while the create waits; the pull may bring the record before or after
+    the destination applied it)."""
+    states = [data]
+    later = db.execute(
+        "SELECT payload FROM _replicad_outbox WHERE tbl = ? AND internal_id = ? AND seq > ? "
+        "AND op = 'update' AND state IN ('in_flight', 'confirmed') AND payload IS NOT NULL "
+        "ORDER BY seq",
+        (tbl, iid, seq),
+    ).fetchall()
+    for (payload,) in later:
+        changed: dict[str, Any] = json.loads(payload).get("data", {})
+        if any(f not in info.columns for f in changed):
+            break
+        state = {**states[-1], **changed}
+        if state != states[-1]:
+            states.append(state)
+    return states
+
+
+def _equal_to_any(info: TableInfo, states: list[dict[str, Any]]) -> tuple[str, list[SQLValue]]:
+    """SQL (and its values) that holds for a row equal to one of ``states``: each value
+    as this version stores it, or as an earlier one did (a record pulled before the
+    upgrade keeps that spelling)."""
+    alternatives, values = [], []
+    for state in states:
+        cells = [spellings(v) for v in state.values()]
+        alternatives.append(
+            " AND ".join(
+                "(" + " OR ".join(f"{quote(info.columns[f])} IS ?" for _ in spelt) + ")"
+                for f, spelt in zip(state, cells, strict=True)
+            )
+        )
+        values += [c for spelt in cells for c in spelt]
+    return " OR ".join(f"({a})" for a in alternatives), values
 
 
 def _values_of(db: sqlite3.Connection, tbl: str, cols: list[str], iid: str) -> dict[str, SQLValue]:

@@ -365,6 +365,60 @@ async def test_a_create_is_adopted_by_a_record_stored_in_the_older_spelling(
     ]
 
 
+async def test_a_create_is_not_adopted_by_an_older_record_made_equal_to_it(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """A record the replica held before the create, edited remotely to the create's
+    values in the page that brings the new record, is not taken for it: the create
+    lands on its own record, and the edit held for it goes there, not to the other."""
+    await pushed.apply_page(TARGET, page(up("contact", 12, 1, name="Acme", email="old@acme")))
+    app.execute("INSERT INTO contact (name, _internal_id) VALUES ('Acme', 'new-1')")
+    batch = await pushed.take_push_batch(BY_ID, 10)
+    assert batch is not None
+    await pushed.record_push("contact", [Said(batch.items[0].entry)])  # no id
+    app.execute("UPDATE contact SET email = 'me@new' WHERE _internal_id = 'new-1'")  # held
+    await pushed.apply_page(
+        TARGET,
+        page(up("contact", 12, 2, name="Acme", email=None), up("contact", 99, 1, name="Acme")),
+    )
+    assert app.execute("SELECT id FROM contact WHERE _internal_id = 'new-1'").fetchone() == (99,)
+    edit = await pushed.take_push_batch(BY_ID, 10)
+    assert edit is not None and [i.id for i in edit.items] == ["99"]
+    # Record 12 is untouched by it.
+    assert app.execute("SELECT name, email, _pending FROM contact WHERE id = 12").fetchone() == (
+        "Acme",
+        None,
+        0,
+    )
+
+
+async def test_a_create_without_id_whose_edit_went_on_its_own_is_adopted(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """Where updates need no id (Endgrate), an edit of a create accepted without an id
+    goes at once; the pull may then bring the record with or without it: either way it
+    is the create's record, not a second row."""
+    for name_seen in ("Cyd", "Cy"):
+        iid = f"cy-{name_seen}"
+        email = f"{iid}@x"
+        app.execute(
+            "INSERT INTO contact (name, email, _internal_id) VALUES ('Cy', ?, ?)", (email, iid)
+        )
+        created = await pushed.take_push_batch(SOURCE, 10)
+        assert created is not None
+        await pushed.record_push("contact", [Said(created.items[0].entry)])  # no id
+        app.execute("UPDATE contact SET name = 'Cyd' WHERE _internal_id = ?", (iid,))
+        edited = await pushed.take_push_batch(SOURCE, 10)
+        assert edited is not None and [(i.op, i.id) for i in edited.items] == [("update", None)]
+        await pushed.record_push("contact", [Said(edited.items[0].entry)])
+        new_id = 90 if name_seen == "Cyd" else 91
+        await pushed.apply_page(TARGET, page(up("contact", new_id, 2, name=name_seen, email=email)))
+        rows = app.execute(
+            "SELECT id, _internal_id FROM contact WHERE email = ?", (email,)
+        ).fetchall()
+        assert rows == [(new_id, iid)], name_seen
+
+
 async def test_unmatched_or_unwritten_creates_are_not_adopted(
     pushed: Replica, app: sqlite3.Connection
 ) -> None:
