@@ -303,6 +303,20 @@ MIGRATIONS: list[str] = [
                  'edited: check there for the record; `replicad retry` posts it again'
         WHERE op = 'insert' AND awaiting_id = 1 AND state = 'pending';
     """,
+    # v6: v5's rejected "check the destination" creates are in doubt.
+    """
+    -- v5 left such a create 'rejected', which `replicad retry --all` posts again
+    -- unchecked, though it may already exist upstream: in doubt, it is posted again only
+    -- by `replicad retry ENTRY`, after the operator has checked, and the row's later
+    -- edits wait for it as for any create in doubt.
+    UPDATE _replicad_outbox SET state = 'in_doubt', awaiting_id = 1,
+        reason = 'this create may have reached the destination before the row was ' ||
+                 'edited: check there for the record, then `replicad retry ENTRY` ' ||
+                 'posts it again'
+        WHERE op = 'insert' AND state = 'rejected' AND reason =
+            'this create may have reached the destination before the row was ' ||
+            'edited: check there for the record; `replicad retry` posts it again';
+    """,
 ]
 
 # Python steps run after a migration's script, in the same transaction.

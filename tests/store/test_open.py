@@ -188,10 +188,10 @@ async def test_files_the_daemon_creates_are_private(tmp_path: Path) -> None:
 
 
 async def test_v4_creates_in_doubt_become_their_own_state(tmp_path: Path) -> None:
-    """Migrating to v5: a create kept rejected while waiting for its record becomes
-    in_doubt; one an edit requeued (what it sent is gone) is rejected with a reason
-    that says to check the destination; an ordinary rejection and an accepted create
-    stay."""
+    """Migrating to v5 and on: a create kept rejected while waiting for its record
+    becomes in_doubt; one an edit requeued (what it sent is gone) too, with a reason
+    that says to check the destination (v5 made it rejected, which `retry --all` would
+    post again); an ordinary rejection and an accepted create stay."""
     path = tmp_path / "r.db"
     async with await Replica.open(path):
         pass
@@ -210,19 +210,20 @@ async def test_v4_creates_in_doubt_become_their_own_state(tmp_path: Path) -> Non
     )
     db.execute("PRAGMA user_version = 4")
     db.close()
-    async with await Replica.open(path):
-        pass
+    async with await Replica.open(path) as replica:
+        # `retry --all` requeues the rejections only.
+        assert await replica.requeue_rejected(None) == 2
     db = sqlite3.connect(path)
-    got = db.execute("SELECT internal_id, state FROM _replicad_outbox ORDER BY seq").fetchall()
+    got = db.execute(
+        "SELECT internal_id, state FROM _replicad_outbox WHERE state != 'pending' ORDER BY seq"
+    ).fetchall()
     (reason,) = db.execute("SELECT reason FROM _replicad_outbox WHERE internal_id = 'b'").fetchone()
     db.close()
-    assert "check there for the record" in reason
+    assert "check there for the record, then `replicad retry ENTRY`" in reason
     assert got == [
         ("a", "in_doubt"),
-        ("b", "rejected"),
-        ("c", "rejected"),
+        ("b", "in_doubt"),
         ("d", "confirmed"),
-        ("e", "rejected"),
     ]
 
 
