@@ -102,6 +102,8 @@ class Sync:
     sources: tuple[str, ...] = ()
     natural_key: str | None = None
     updates_need_id: bool = False  # the destination's kind names records by id (kinds.py)
+    # A create may land on a record the destination already has (kinds.py).
+    creates_may_merge: bool = False
     # Census keys (CONTRACT §7)
     name: str = ""  # ``label = "…"``: a display name (the TOML key stays the label)
     diffed: DiffedSource | None = None
@@ -424,6 +426,7 @@ def _push_sync(label: str, s: dict[str, Any], conn: Connection, base: Path) -> S
     sources = check_opt(s, "sources", list, f"{k}.sources") or []
     if not all(isinstance(x, str) and x and "," not in x for x in sources):
         raise ConfigError(f"{k}.sources: must be a list of names (no commas)")
+    no_upsert = bool(check_opt(s, "disable_upsert", bool, f"{k}.disable_upsert"))
     return Sync(
         label=label,
         direction="push",
@@ -439,13 +442,17 @@ def _push_sync(label: str, s: dict[str, Any], conn: Connection, base: Path) -> S
         # it arrived) takes one entry per batch, so an entry is never in flight unsent.
         batch_size=_count(s, "batch_size", 100, k, minimum=1) if spec.batches else 1,
         conflict=conflict,
-        disable_upsert=bool(check_opt(s, "disable_upsert", bool, f"{k}.disable_upsert")),
+        disable_upsert=no_upsert,
         sample_data=bool(check_opt(s, "sample_data", bool, f"{k}.sample_data")),
         associations=_associations(s, k),
         push_to_source=bool(check_opt(s, "push_to_source", bool, f"{k}.push_to_source")),
         sources=tuple(sources),
         natural_key=check_opt(s, "natural_key", str, f"{k}.natural_key"),
         updates_need_id=spec.updates_need_id,
+        # insert and append create, never merge (as the kinds' clients send them).
+        creates_may_merge=spec.creates_may_merge
+        and not no_upsert
+        and operation not in ("insert", "append"),
         name=_name(s, k),
         diffed=diffed,
         mappings=mappings,

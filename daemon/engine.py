@@ -19,7 +19,13 @@ from replicad.daemon.alerts import Alerts
 from replicad.daemon.config import Config, ConfigError, Connection, Sync, read_token
 from replicad.daemon.kinds import KINDS
 from replicad.daemon.logs import register_secret
-from replicad.daemon.pull import PullOutcome, PullProgress, pull_cycle, pull_naming
+from replicad.daemon.pull import (
+    PullOutcome,
+    PullProgress,
+    StaleDevice,
+    pull_cycle,
+    pull_naming,
+)
 from replicad.daemon.push import PushReport, push_cycle, push_source
 from replicad.store import Naming, Replica
 
@@ -132,7 +138,12 @@ class Engine:
         try:
             async with self.alerts.run(sync) as run:
                 try:
-                    await pull_cycle(self.replica, sync, conn, client, progress, outcome)
+                    try:
+                        await pull_cycle(self.replica, sync, conn, client, progress, outcome)
+                    except StaleDevice:
+                        # `replicad resync` took a new device since the client was made.
+                        client = await self.client(conn)
+                        await pull_cycle(self.replica, sync, conn, client, progress, outcome)
                 finally:
                     c = run.counts
                     c.created, c.updated, c.deleted = (

@@ -45,6 +45,10 @@ class Kind:
     # Whether an update names the record by its remote id (not by our internal id):
     # an edit of a row whose create was accepted without an id then waits for it.
     updates_need_id: bool = False
+    # Whether a create may land on a record the destination already has (it upserts
+    # by its own matching), unless the sync disables that: the record a create
+    # accepted without an id made may then be one the replica held before.
+    creates_may_merge: bool = False
     default_rate_limit: str | None = None
     # The path the client appends to base_url (a base_url ending with it is a mistake).
     appended_path: str = ""
@@ -142,6 +146,7 @@ ENDGRATE = Kind(
     required_keys=frozenset({"session_id"}),
     sync_keys=frozenset({"disable_upsert", "sample_data", "associations", "batch_size"}),
     batches=True,
+    creates_may_merge=True,  # transfers upsert unless disable_upsert
     push_operations=frozenset({"upsert", "insert", "append"}),
     cannot=(
         ("mirror", "Endgrate push transfers cannot delete records (its API has no delete)"),

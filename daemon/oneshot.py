@@ -16,10 +16,11 @@ from replicad.connectors.errors import ConnectorError
 from replicad.daemon import exits
 from replicad.daemon.config import Config
 from replicad.daemon.engine import open_engine
+from replicad.daemon.heartbeat import read_heartbeat
 from replicad.daemon.logs import redact
 from replicad.daemon.sources import check_diffed_sources
 from replicad.daemon.status_view import status_report
-from replicad.store import SourceError
+from replicad.store import ReplicaBusy, SourceError
 from replicad.store.lock import is_held
 from replicad.store.outbox import utcnow
 
@@ -31,8 +32,8 @@ async def sync_once(config: Config, show_progress: bool) -> int:
 
     While a daemon holds the replica, the cycle is asked of it instead.
     """
-    pid = is_held(config.replica_path)
-    if pid is not None and pid > 0:
+    pid = await held_by_daemon(config)
+    if pid is not None:
         return await ask_daemon(config, pid)
     problems = await anyio.to_thread.run_sync(check_diffed_sources, config)
     if problems:
@@ -113,6 +114,34 @@ async def sync_once(config: Config, show_progress: bool) -> int:
 
 # How long `sync` waits for the running daemon's cycle before giving up waiting.
 ASK_TIMEOUT = 900.0
+
+
+# How long a holder of the replica may take to show it is the daemon (its heartbeat).
+DAEMON_SHOWS_WITHIN = 5.0
+
+
+async def held_by_daemon(config: Config) -> int | None:
+    """The pid of the daemon (``replicad run``) holding the replica, None when no known
+    process holds it; ReplicaBusy when another command does.
+
+    Only the daemon handles SIGUSR1 and SIGHUP: a one-shot command (another `sync`)
+    would be killed by them. The daemon is the holder whose pid its heartbeat file
+    names, written as soon as it has started.
+    """
+    pid = is_held(config.replica_path)
+    if pid is None or pid <= 0:
+        return None  # an unknown holder: opening the replica says which it is
+    with anyio.move_on_after(DAEMON_SHOWS_WITHIN):
+        while is_held(config.replica_path) == pid:
+            beat = await anyio.to_thread.run_sync(read_heartbeat, config.replica_path)
+            if beat is not None and beat.get("pid") == pid:
+                return pid
+            await anyio.sleep(0.1)
+        return None  # it has gone: this command may hold the replica itself
+    raise ReplicaBusy(
+        f"replica {config.replica_path} is in use by replicad process {pid}, a command "
+        "other than the daemon (`replicad run`); run this again once it has finished"
+    )
 
 
 async def ask_daemon(config: Config, pid: int) -> int:

@@ -19,8 +19,8 @@ import anyio
 
 from replicad.daemon import exits
 from replicad.daemon.config import Config, ConfigError
-from replicad.daemon.oneshot import watch_daemon
-from replicad.store.lock import is_held
+from replicad.daemon.oneshot import held_by_daemon, watch_daemon
+from replicad.store import ReplicaBusy
 from replicad.store.operate import (
     backup,
     conflicts,
@@ -46,9 +46,14 @@ def resync(config: Config, labels: Sequence[str]) -> int:
     requested = utcnow()
     resync_at(config.replica_path, [s.connection for s in chosen])
     names = ", ".join(s.label for s in chosen)
-    pid = is_held(config.replica_path)
-    if not pid or pid < 0:
-        print(f"resync of {names} started; the next `replicad sync` pulls everything again")
+    try:
+        pid = anyio.run(held_by_daemon, config)
+    except ReplicaBusy:
+        pid = None  # a one-shot command holds it: its cycle under way ends as it was
+    labels = [s.label for s in chosen if not s.paused]
+    if pid is None or not labels:
+        when = "the next `replicad sync`" if labels else "the first pull once resumed"
+        print(f"resync of {names} started; {when} pulls everything again")
         return exits.OK
     # Reload (a mapping change waits for the resync) and pull now, not at the interval;
     # then report the daemon's result, as `sync` does: done once a cycle after the
@@ -61,7 +66,6 @@ def resync(config: Config, labels: Sequence[str]) -> int:
     def done(s: dict[str, Any]) -> bool:
         return not s.get("resync_since") and (s.get("last_success") or "") > requested
 
-    labels = [s.label for s in chosen]
     return anyio.run(watch_daemon, config, pid, labels, requested, done, "pulled everything again")
 
 

@@ -144,6 +144,11 @@ class DevicePinned(ConfigError):
     """A full pull is due, but the config pins the device it must replace."""
 
 
+class StaleDevice(Exception):
+    """A full pull was asked for after the cycle's client was made: it still has the
+    device the full pull replaces (``Engine.pull`` makes a new client and runs again)."""
+
+
 async def pull_cycle(
     replica: Replica,
     sync: Sync,
@@ -193,11 +198,19 @@ async def _pull_cycle(
     progress: PullProgress,
     outcome: PullOutcome,
 ) -> PullOutcome:
+    # A full pull (a copy's, or `replicad resync`) notes every id it brings. It needs
+    # a device other than the one drained before: a request made after the client was
+    # built leaves that client stale (the caller builds a new one), and a device the
+    # config pins cannot change (a recorded failure, below). A request made from here
+    # on concerns this cycle only in that it notes nothing for it (store.identity).
+    target = pull_target(sync, await replica.resync_request(conn.name))
+    old_device = target.resync is not None and client.identity == await replica.resync_device(
+        conn.name
+    )
+    if old_device and conn.device_uuid is None:
+        raise StaleDevice(f"{conn.name}: a full pull was asked for since its client was made")
     async with recorded_cycle(replica, sync.label):
-        await flush_acks(replica, client, conn)
-        # A full pull (a copy's, or `replicad resync`) notes every id it brings.
-        target = pull_target(sync, await replica.resync_request(conn.name))
-        if target.resync is not None and client.identity == await replica.resync_device(conn.name):
+        if old_device:
             raise DevicePinned(
                 f"connections.{conn.name}.device_uuid pins the device this replica pulled "
                 "with before, but a full pull (`replicad resync`, or this file is a copy "
@@ -205,6 +218,7 @@ async def _pull_cycle(
                 "sends only what is new. Set another device_uuid for this replica, or "
                 "remove the key; nothing was pulled"
             )
+        await flush_acks(replica, client, conn)
         lost = drained = False
         for _ in range(sync.max_sessions):
             session = await client.start(await replica.checkpoint(conn.name))

@@ -71,6 +71,7 @@ def push_source(sync: Sync) -> PushSource:
         tuple(Association(a.column, a.source, a.object) for a in sync.associations),
         sync.operation,
         sync.updates_need_id,
+        sync.creates_may_merge,
     )
 
 

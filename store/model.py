@@ -88,6 +88,9 @@ class PushSource:
     # The destination names a record to update by its remote id (CDM), not by our
     # internal id (Endgrate): an update of a row whose id is not known yet waits.
     updates_need_id: bool = False
+    # A create may land on a record the destination already has (Endgrate upserts):
+    # a create accepted without an id may then be a record the replica held before.
+    creates_may_merge: bool = True
 
 
 @dataclass(frozen=True, slots=True)

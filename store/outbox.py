@@ -41,9 +41,19 @@ def register_push(db: sqlite3.Connection, sources: Iterable[PushSource]) -> None
     try:
         db.execute("DELETE FROM _replicad_push")
         db.executemany(
-            "INSERT INTO _replicad_push (tbl, sync, conflict, operation, can_delete) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(s.table, s.sync, s.conflict, s.operation, s.operation == "mirror") for s in sources],
+            "INSERT INTO _replicad_push (tbl, sync, conflict, operation, can_delete, "
+            "creates_may_merge) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    s.table,
+                    s.sync,
+                    s.conflict,
+                    s.operation,
+                    s.operation == "mirror",
+                    s.creates_may_merge,
+                )
+                for s in sources
+            ],
         )
         db.execute("COMMIT")
     except BaseException:
@@ -672,6 +682,9 @@ def adopt_pulled_creates(
     info = catalog.tables[tbl]
     q = quote(tbl)
     merged = 0
+    push = db.execute("SELECT creates_may_merge FROM _replicad_push WHERE tbl = ?", (tbl,))
+    setting = push.fetchone()
+    may_merge = setting is None or bool(setting[0])
     for seq, iid, payload, created, state in waiting:
         own = db.execute(f"SELECT id, rowid FROM {q} WHERE _internal_id = ?", (iid,)).fetchone()
         if own is None or own[0] is not None:
@@ -690,17 +703,21 @@ def adopt_pulled_creates(
             scope, head = "_synced_at >= ?", [created]
         else:
             scope, head = f"id IN ({','.join('?' * len(ids))})", list(ids)
+        if not may_merge:
+            # The destination makes a new record for each create: not one the replica
+            # held before the create was made (a later rowid: a new row of a rowid
+            # table always takes one past every row there is), which a remote edit may
+            # have made equal to it.
+            scope += " AND t.rowid > ?"
+            head.append(own[1])
         # Only a pulled row qualifies: not another local create (with or without its
-        # id), nor a row an earlier entry of this loop has just claimed, nor a record
-        # the replica held before the create was made (a later rowid: a new row of a
-        # rowid table always takes one past every row there is), which a remote edit
-        # may have made equal to it.
+        # id), nor a row an earlier entry of this loop has just claimed.
         hits = db.execute(
-            f"SELECT id FROM {q} t WHERE id IS NOT NULL AND {scope} AND t.rowid > ? "
-            f"AND ({same}) AND NOT EXISTS (SELECT 1 FROM _replicad_outbox o WHERE o.tbl = ? "
+            f"SELECT id FROM {q} t WHERE id IS NOT NULL AND {scope} AND ({same}) "
+            "AND NOT EXISTS (SELECT 1 FROM _replicad_outbox o WHERE o.tbl = ? "
             "AND o.internal_id = t._internal_id AND o.op = 'insert') "
             "ORDER BY _synced_at LIMIT 2",
-            (*head, own[1], *values, tbl),
+            (*head, *values, tbl),
         ).fetchall()
         # An accepted create (confirmed) surely made a record: the first equal one is
         # it. One in doubt may not have: only a single candidate is taken for it.

@@ -269,14 +269,16 @@ class Replica:
         )
 
     async def device_uuid(self, connection: str, configured: str | None = None) -> str:
-        """The connection's device UUID: configured, else generated once and kept."""
+        """The connection's device UUID: configured, else generated once and kept
+        (and generated anew while a full pull waits for a new device, where a device
+        the config pinned before was kept)."""
         key = f"device_uuid.{connection}"
         stored = await self.meta(key)
         if configured is not None:
             if stored != configured:
                 await self.set_meta(key, configured)
             return configured
-        if stored is not None:
+        if stored is not None and stored != await self.resync_device(connection):
             return stored
         new = str(uuid.uuid4())
         await self.set_meta(key, new)

@@ -303,13 +303,17 @@ MIGRATIONS: list[str] = [
                  'edited: check there for the record; `replicad retry` posts it again'
         WHERE op = 'insert' AND awaiting_id = 1 AND state = 'pending';
     """,
-    # v6: v5's rejected "check the destination" creates are in doubt.
+    # v6: v5's rejected "check the destination" creates are in doubt; whether a push
+    # sync's creates may land on records the destination already has.
     """
+    ALTER TABLE _replicad_push ADD COLUMN creates_may_merge INTEGER NOT NULL DEFAULT 1;
     -- v5 left such a create 'rejected', which `replicad retry --all` posts again
     -- unchecked, though it may already exist upstream: in doubt, it is posted again only
     -- by `replicad retry ENTRY`, after the operator has checked, and the row's later
     -- edits wait for it as for any create in doubt.
-    UPDATE _replicad_outbox SET state = 'in_doubt', awaiting_id = 1,
+    -- Its payload (if any) holds the edited values, not what was sent: dropped, so no
+    -- pulled record is matched to it (a retry reads the row again).
+    UPDATE _replicad_outbox SET state = 'in_doubt', awaiting_id = 1, payload = NULL,
         reason = 'this create may have reached the destination before the row was ' ||
                  'edited: check there for the record, then `replicad retry ENTRY` ' ||
                  'posts it again'

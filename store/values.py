@@ -57,8 +57,8 @@ _COMPACT = _compact_encoder()
 
 def _encode(value: Any) -> str:
     """Compact JSON of a nested value: orjson's (several times faster than json's C
-    encoder on the small objects records nest; the same text but for the spelling of
-    a negative exponent, 1e-7 for 1e-07), else json's for what orjson refuses (an
+    encoder on the small objects records nest; the same text but for how some floats
+    spell their exponent, 1e-7 for 1e-07, 1e17 for 1e+17), else json's for what orjson refuses (an
     integer past 64 bits, a lone surrogate) or cannot write (any other type: the
     usual TypeError). orjson would write NaN and ±Infinity as null: none reaches it
     (the page decoder quarantines them; outbox payloads refuse them)."""
@@ -100,9 +100,10 @@ def to_sql(value: Any) -> SQLValue:
 
 def spellings(value: Any) -> tuple[SQLValue, ...]:
     """Every cell a JSON value may be found stored as: ``to_sql``'s, and for an object
-    or array also json's text, which this version's orjson differs from only in the
-    spelling of a negative exponent (1e-07 for 1e-7). Rows stored by an earlier
-    version, which used json's encoder, keep its spelling until pulled again."""
+    or array also json's text, which this version's orjson differs from only in how
+    some floats spell their exponent (1e-07 for 1e-7, 1e+17 for 1e17). Rows stored by
+    an earlier version, which used json's encoder, keep its spelling until pulled
+    again."""
     cell = to_sql(value)
     if isinstance(value, dict | list):
         try:

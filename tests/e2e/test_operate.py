@@ -8,8 +8,12 @@ import signal
 import sqlite3
 import stat
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.e2e.harness import (
+    TOKEN,
     app_write,
     assert_replica_matches,
     emulator,
@@ -187,8 +191,8 @@ def test_a_full_pull_under_a_pinned_device_is_refused_and_removes_nothing(
 ) -> None:
     """With `device_uuid` set in the config, a resync, or a copy of the file, cannot
     take a new device: the pull says so (exit 2) and removes nothing (before, the sweep
-    took every row the queue did not bring again). Another device_uuid then pulls
-    everything, and the replica equals the remote."""
+    took every row the queue did not bring again). Without the key (as the error
+    advises), a new device pulls everything, and the replica equals the remote."""
     db = tmp_path / "replica.db"
     pinned = "0f6ad0a2-3c4e-4a8c-9d1e-2b7f5e9c1a11"
     with emulator(records=120) as emu:
@@ -206,7 +210,8 @@ def test_a_full_pull_under_a_pinned_device_is_refused_and_removes_nothing(
             assert refused.returncode == 2, refused.stderr
             assert "connections.crm.device_uuid pins the device" in refused.stderr
             assert query(db, "SELECT count(*) FROM contact") == before
-        cfg.write_text(cfg.read_text().replace(pinned, "5d0c1e2f-0000-4000-8000-00000000abcd"))
+        cfg.write_text(cfg.read_text().replace(f'device_uuid = "{pinned}"\n', ""))
+        assert "device_uuid" not in cfg.read_text()
         emu.control.mutate(random=6, seed=3)
         run("sync", "--once", "--no-progress", "--config", str(cfg))
         assert_replica_matches(db, emu)
@@ -280,3 +285,38 @@ def test_a_push_source_no_pull_makes_is_refused_and_a_coming_one_is_named(
         assert "WARNING: the replica has no table 'order' yet" in said.stdout
         report = json.loads(replicad("validate", "--json", "--config", str(cfg)).stdout)
         assert report["data"]["syncs"]["up"]["warning"] == "no table 'order' in the replica"
+
+
+async def test_a_resync_landing_while_a_cycle_starts_runs_with_a_new_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`replicad resync` committed after a cycle made its client (with the device the
+    resync replaces) and before it read the request: the cycle makes a new client and
+    runs the full pull, not failing as if the config pinned the device."""
+    from replicad.daemon.config import load_config
+    from replicad.daemon.engine import Engine, open_engine
+    from replicad.store.operate import resync_at
+
+    with emulator(records=150) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        monkeypatch.setenv("CRM_TOKEN", TOKEN)
+        config = load_config(cfg)
+        sync = next(s for s in config.syncs.values() if s.direction == "pull")
+        conn = config.connections[sync.connection]
+        async with open_engine(config) as engine:
+            await engine.pull(sync)
+            made = Engine.client
+            before = (await engine.client(conn)).identity
+
+            async def client_then_resync(self: Engine, c: Any) -> Any:
+                client = await made(self, c)
+                resync_at(config.replica_path, [c.name])  # from another process
+                monkeypatch.setattr(Engine, "client", made)  # once
+                return client
+
+            monkeypatch.setattr(Engine, "client", client_then_resync)
+            outcome = await engine.pull(sync)
+            assert outcome.items >= 150
+            assert (await engine.client(conn)).identity != before
+            assert await engine.replica.resync_since(conn.name) is None
+        assert_replica_matches(tmp_path / "replica.db", emu)

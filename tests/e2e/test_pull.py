@@ -363,3 +363,37 @@ def test_a_pull_paced_by_its_budget_says_so(tmp_path: Path) -> None:
         assert_replica_matches(tmp_path / "replica.db", emu)
         # Done: the status no longer says it.
         assert "rate budget" not in replicad("status", "--config", str(cfg)).stdout
+
+
+def test_a_second_command_never_signals_a_one_shot_sync(tmp_path: Path) -> None:
+    """While `sync --once` holds the replica, `sync` and `resync` do not send it the
+    daemon's signals (its default action is to die): `sync` says who holds the replica
+    (exit 2) or runs once it has finished; the first sync ends normally."""
+    with emulator(records=4000, latency="40ms") as emu:
+        cfg = write_config(tmp_path, emu.url)
+        first = start_replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+        try:
+            wait_for(lambda: _has_rows(tmp_path / "replica.db") or first.poll() is not None)
+            assert first.poll() is None, "the first sync ended before the second started"
+            second = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+            assert second.returncode in (0, 2), second.stderr
+            if second.returncode == 2:
+                assert f"replicad process {first.pid}, a command other than the daemon" in (
+                    second.stderr
+                )
+            again = replicad("resync", "--config", str(cfg))
+            assert again.returncode == 0, again.stderr
+            assert first.wait(60) == 0, first.stderr.read() if first.stderr else ""
+        finally:
+            if first.poll() is None:
+                first.kill()
+        done = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+        assert done.returncode == 0, done.stderr
+        assert_replica_matches(tmp_path / "replica.db", emu)
+
+
+def _has_rows(db: Path) -> bool:
+    try:
+        return bool(query(db, "SELECT count(*) FROM contact")[0][0])
+    except sqlite3.Error:
+        return False

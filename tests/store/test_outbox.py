@@ -368,9 +368,11 @@ async def test_a_create_is_adopted_by_a_record_stored_in_the_older_spelling(
 async def test_a_create_is_not_adopted_by_an_older_record_made_equal_to_it(
     pushed: Replica, app: sqlite3.Connection
 ) -> None:
-    """A record the replica held before the create, edited remotely to the create's
-    values in the page that brings the new record, is not taken for it: the create
-    lands on its own record, and the edit held for it goes there, not to the other."""
+    """Where each create makes a new record (CDM), a record the replica held before the
+    create, edited remotely to the create's values in the page that brings the new
+    record, is not taken for it: the create lands on its own record, and the edit held
+    for it goes there, not to the other."""
+    await pushed.register_push([BY_ID])
     await pushed.apply_page(TARGET, page(up("contact", 12, 1, name="Acme", email="old@acme")))
     app.execute("INSERT INTO contact (name, _internal_id) VALUES ('Acme', 'new-1')")
     batch = await pushed.take_push_batch(BY_ID, 10)
@@ -390,6 +392,22 @@ async def test_a_create_is_not_adopted_by_an_older_record_made_equal_to_it(
         None,
         0,
     )
+
+
+async def test_a_create_the_destination_upserted_into_a_known_record_is_adopted_by_it(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """Where creates may land on a record the destination has (Endgrate upserts), a
+    create accepted without an id is adopted by the record the replica held before,
+    when the pull brings it with the create's values: one row, not two."""
+    await pushed.apply_page(TARGET, page(up("contact", 12, 1, name="Old", email="a@acme")))
+    app.execute("INSERT INTO contact (name, email, _internal_id) VALUES ('Ann', 'a@acme', 'n1')")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    await pushed.record_push("contact", [Said(batch.items[0].entry)])  # no id
+    await pushed.apply_page(TARGET, page(up("contact", 12, 2, name="Ann", email="a@acme")))
+    rows = app.execute("SELECT id, _internal_id FROM contact WHERE email = 'a@acme'").fetchall()
+    assert rows == [(12, "n1")]
 
 
 async def test_a_create_without_id_whose_edit_went_on_its_own_is_adopted(
@@ -546,7 +564,8 @@ async def test_overlapping_batches_keep_each_rows_edits_in_order(
     assert last is not None and [i.data for i in last.items] == [{"name": "A2"}]
 
 
-BY_ID = PushSource(sync="out", table="contact", updates_need_id=True)
+# As a CDM push: updates name the record by id, and each create makes a new record.
+BY_ID = PushSource(sync="out", table="contact", updates_need_id=True, creates_may_merge=False)
 
 
 def _open(db: sqlite3.Connection, iid: str) -> list[tuple[str, str]]:
