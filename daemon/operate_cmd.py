@@ -43,6 +43,16 @@ def resync(config: Config, labels: Sequence[str]) -> int:
     chosen = [pulls[label] for label in labels] if labels else list(pulls.values())
     if not chosen:
         raise ConfigError(f"resync: {config.path} has no pull sync")
+    for s in chosen:
+        pinned = config.connections[s.connection].device_uuid
+        if pinned is not None:
+            # Asked for anyway, the full pull would be refused at every cycle.
+            raise ConfigError(
+                f"resync: connections.{s.connection}.device_uuid pins the device of sync "
+                f"{s.label!r}, but a full pull needs a new one (under the same device the "
+                "remote sends only what is new): set another device_uuid for this "
+                "replica, or remove the key, then run resync again"
+            )
     requested = utcnow()
     resync_at(config.replica_path, [s.connection for s in chosen])
     names = ", ".join(s.label for s in chosen)

@@ -304,9 +304,8 @@ MIGRATIONS: list[str] = [
         WHERE op = 'insert' AND awaiting_id = 1 AND state = 'pending';
     """,
     # v6: v5's rejected "check the destination" creates are in doubt; whether a push
-    # sync's creates may land on records the destination already has.
+    # sync's creates may land on records the destination already has (HOOKS[5]).
     """
-    ALTER TABLE _replicad_push ADD COLUMN creates_may_merge INTEGER NOT NULL DEFAULT 1;
     -- v5 left such a create 'rejected', which `replicad retry --all` posts again
     -- unchecked, though it may already exist upstream: in doubt, it is posted again only
     -- by `replicad retry ENTRY`, after the operator has checked, and the row's later
@@ -404,6 +403,20 @@ def _replace_triggers(db: sqlite3.Connection, tbl: str, sync: str) -> None:
 
 
 HOOKS[4] = _merged_guards
+
+
+def _creates_may_merge(db: sqlite3.Connection) -> None:
+    """v6: whether a push sync's creates may land on a record the destination has
+    (``PushSource.creates_may_merge``; until the daemon registers its push syncs again,
+    as it does at every start: yes, the rule before this version)."""
+    columns = {str(r[1]) for r in db.execute("PRAGMA table_info(_replicad_push)")}
+    if "creates_may_merge" not in columns:
+        db.execute(
+            "ALTER TABLE _replicad_push ADD COLUMN creates_may_merge INTEGER NOT NULL DEFAULT 1"
+        )
+
+
+HOOKS[5] = _creates_may_merge
 
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -190,26 +190,27 @@ def test_a_full_pull_under_a_pinned_device_is_refused_and_removes_nothing(
     tmp_path: Path,
 ) -> None:
     """With `device_uuid` set in the config, a resync, or a copy of the file, cannot
-    take a new device: the pull says so (exit 2) and removes nothing (before, the sweep
-    took every row the queue did not bring again). Without the key (as the error
-    advises), a new device pulls everything, and the replica equals the remote."""
+    take a new device: `resync` refuses (exit 2), and a copy's pull says so (exit 2);
+    nothing is removed (before, the sweep took every row the queue did not bring
+    again). Without the key (as the errors advise), a new device pulls everything, and
+    the replica equals the remote."""
     db = tmp_path / "replica.db"
     pinned = "0f6ad0a2-3c4e-4a8c-9d1e-2b7f5e9c1a11"
     with emulator(records=120) as emu:
         cfg = write_config(tmp_path, emu.url, device_uuid=pinned)
         run("sync", "--once", "--no-progress", "--config", str(cfg))
         before = query(db, "SELECT count(*) FROM contact")
-        for start_full_pull in ("resync", "copy"):
-            if start_full_pull == "resync":
-                run("resync", "--config", str(cfg))
-            else:
-                shutil.copyfile(db, tmp_path / "c.db")
-                db.unlink()
-                (tmp_path / "c.db").rename(db)
-            refused = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
-            assert refused.returncode == 2, refused.stderr
-            assert "connections.crm.device_uuid pins the device" in refused.stderr
-            assert query(db, "SELECT count(*) FROM contact") == before
+        refused = replicad("resync", "--config", str(cfg))
+        assert refused.returncode == 2, refused.stderr
+        assert "connections.crm.device_uuid pins the device" in refused.stderr
+        run("sync", "--once", "--no-progress", "--config", str(cfg))  # nothing asked
+        shutil.copyfile(db, tmp_path / "c.db")
+        db.unlink()
+        (tmp_path / "c.db").rename(db)
+        refused = replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+        assert refused.returncode == 2, refused.stderr
+        assert "connections.crm.device_uuid pins the device" in refused.stderr
+        assert query(db, "SELECT count(*) FROM contact") == before
         cfg.write_text(cfg.read_text().replace(f'device_uuid = "{pinned}"\n', ""))
         assert "device_uuid" not in cfg.read_text()
         emu.control.mutate(random=6, seed=3)
