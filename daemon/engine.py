@@ -312,14 +312,15 @@ async def register(replica: Replica, config: Config) -> None:
 
 @asynccontextmanager
 async def open_engine(
-    config: Config, on_wait: Callable[[str], None] | None = None
+    config: Config, on_wait: Callable[[str], None] | None = None, *, daemon: bool = False
 ) -> AsyncIterator[Engine]:
-    """Open (and lock) the replica, register the configured syncs, yield an Engine.
+    """Open (and lock) the replica, register the configured syncs, yield an Engine
+    (``daemon``: for ``replicad run``, whose lock says so).
 
     While an app holds the replica's write lock, opening and registering wait (and
     ``on_wait`` hears why; by default it is logged) instead of failing.
     """
-    replica = await Replica.open(config.replica_path, on_wait or _log_wait)
+    replica = await Replica.open(config.replica_path, on_wait or _log_wait, daemon=daemon)
     log_repairs(replica)
     engine = Engine(config, replica)
     try:

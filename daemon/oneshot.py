@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -21,7 +22,7 @@ from replicad.daemon.logs import redact
 from replicad.daemon.sources import check_diffed_sources
 from replicad.daemon.status_view import status_report
 from replicad.store import ReplicaBusy, SourceError
-from replicad.store.lock import is_held
+from replicad.store.lock import DAEMON, holder_role, is_held, lock_path
 from replicad.store.outbox import utcnow
 
 log = structlog.get_logger("replicad.sync")
@@ -116,32 +117,48 @@ async def sync_once(config: Config, show_progress: bool) -> int:
 ASK_TIMEOUT = 900.0
 
 
-# How long a holder of the replica may take to show it is the daemon (its heartbeat).
-DAEMON_SHOWS_WITHIN = 5.0
+# How long another command holding the replica may take to finish before this one
+# gives up; and how fresh the heartbeat of a daemon of a version that did not say what
+# it is in its lock must be.
+HOLDER_ENDS_WITHIN = 5.0
+FRESH_HEARTBEAT = 30.0
 
 
 async def held_by_daemon(config: Config) -> int | None:
     """The pid of the daemon (``replicad run``) holding the replica, None when no known
-    process holds it; ReplicaBusy when another command does.
+    process holds it; ReplicaBusy when another command does (and goes on doing so).
 
-    Only the daemon handles SIGUSR1 and SIGHUP: a one-shot command (another `sync`)
-    would be killed by them. The daemon is the holder whose pid its heartbeat file
-    names, written as soon as it has started.
+    Only the daemon handles SIGUSR1 and SIGHUP: another command (a second `sync`)
+    would be killed by them. The lock file says which the holder is.
     """
+    lock = lock_path(config.replica_path)
     pid = is_held(config.replica_path)
     if pid is None or pid <= 0:
         return None  # an unknown holder: opening the replica says which it is
-    with anyio.move_on_after(DAEMON_SHOWS_WITHIN):
-        while is_held(config.replica_path) == pid:
-            beat = await anyio.to_thread.run_sync(read_heartbeat, config.replica_path)
-            if beat is not None and beat.get("pid") == pid:
-                return pid
-            await anyio.sleep(0.1)
-        return None  # it has gone: this command may hold the replica itself
+    role = holder_role(lock)
+    if role == DAEMON or (role is None and _fresh_heartbeat_of(config, pid)):
+        return pid
+    for _ in range(round(HOLDER_ENDS_WITHIN / 0.1)):
+        if is_held(config.replica_path) != pid:
+            return None  # it has finished: this command may hold the replica itself
+        await anyio.sleep(0.1)
     raise ReplicaBusy(
         f"replica {config.replica_path} is in use by replicad process {pid}, a command "
         "other than the daemon (`replicad run`); run this again once it has finished"
     )
+
+
+def _fresh_heartbeat_of(config: Config, pid: int) -> bool:
+    """Whether a recent heartbeat names ``pid`` (a daemon from before locks said so;
+    a stale file of a killed daemon may name a pid another process has since)."""
+    beat = read_heartbeat(config.replica_path)
+    if beat is None or beat.get("pid") != pid:
+        return False
+    try:
+        written = datetime.fromisoformat(str(beat.get("heartbeat")).replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return (datetime.now(UTC) - written).total_seconds() < FRESH_HEARTBEAT
 
 
 async def ask_daemon(config: Config, pid: int) -> int:
@@ -184,6 +201,11 @@ async def watch_daemon(
     with anyio.move_on_after(ASK_TIMEOUT):
         while pending:
             await anyio.sleep(0.25)
+            if is_held(config.replica_path) != pid:
+                print(f"replicad: the daemon (pid {pid}) stopped before it had finished "
+                      f"{', '.join(sorted(pending))}; see `replicad status`",
+                      file=sys.stderr)  # fmt: skip
+                return exits.FAILURE
             report = await anyio.to_thread.run_sync(status_report, config)
             for s in report["syncs"]:
                 label = s["sync"]

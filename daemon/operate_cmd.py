@@ -24,6 +24,7 @@ from replicad.store import ReplicaBusy
 from replicad.store.operate import (
     backup,
     conflicts,
+    device_of,
     diagnose,
     repair,
     resolve,
@@ -45,13 +46,13 @@ def resync(config: Config, labels: Sequence[str]) -> int:
         raise ConfigError(f"resync: {config.path} has no pull sync")
     for s in chosen:
         pinned = config.connections[s.connection].device_uuid
-        if pinned is not None:
+        if pinned is not None and pinned == device_of(config.replica_path, s.connection):
             # Asked for anyway, the full pull would be refused at every cycle.
             raise ConfigError(
-                f"resync: connections.{s.connection}.device_uuid pins the device of sync "
-                f"{s.label!r}, but a full pull needs a new one (under the same device the "
-                "remote sends only what is new): set another device_uuid for this "
-                "replica, or remove the key, then run resync again"
+                f"resync: connections.{s.connection}.device_uuid pins the device sync "
+                f"{s.label!r} pulls with, but a full pull needs a new one (under the same "
+                "device the remote sends only what is new): set another device_uuid for "
+                "this replica, or remove the key, then run resync again"
             )
     requested = utcnow()
     resync_at(config.replica_path, [s.connection for s in chosen])

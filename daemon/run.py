@@ -427,7 +427,7 @@ async def _start(
 
         tg.start_soon(stop_on_signal)
         with starting:
-            engine = await stack.enter_async_context(open_engine(config, waiting))
+            engine = await stack.enter_async_context(open_engine(config, waiting, daemon=True))
         tg.cancel_scope.cancel()
     return engine
 

@@ -45,8 +45,11 @@ def create_private(path: Path) -> None:
 class ReplicaLock:
     """An exclusive, non-blocking lock held for the life of the daemon."""
 
-    def __init__(self, replica: Path) -> None:
+    def __init__(self, replica: Path, daemon: bool = False) -> None:
         self.path = lock_path(replica)
+        # Written beside the pid: other commands signal a holder only if it is the
+        # daemon (its signal handlers); any other replicad process would die of them.
+        self.role = DAEMON if daemon else COMMAND
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -63,7 +66,7 @@ class ReplicaLock:
                 "stop it first or use another replica path"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} {self.role}\n".encode())
         self._fd = fd
 
     def release(self) -> None:
@@ -75,13 +78,30 @@ class ReplicaLock:
             self._fd = None
 
 
+DAEMON = "daemon"
+COMMAND = "command"
+
+
 def holder_pid(path: Path) -> int | None:
     """The pid written by the current holder, if any."""
+    pid, _ = _holder(path)
+    return pid
+
+
+def holder_role(path: Path) -> str | None:
+    """What the current holder wrote it is (``DAEMON`` or ``COMMAND``; None: nothing,
+    or a version that did not say)."""
+    _, role = _holder(path)
+    return role
+
+
+def _holder(path: Path) -> tuple[int | None, str | None]:
     try:
-        text = path.read_text().strip()
+        words = path.read_text().split()
     except OSError:
-        return None
-    return int(text) if text.isdigit() else None
+        return None, None
+    pid = int(words[0]) if words and words[0].isdigit() else None
+    return pid, words[1] if len(words) > 1 else None
 
 
 def is_held(replica: Path) -> int | None:

@@ -513,6 +513,20 @@ def resync_at(path: Path, connections: Sequence[str]) -> list[str]:
         db.close()
 
 
+def device_of(path: Path, connection: str) -> str | None:
+    """The device UUID the connection pulls with now (None: none yet, or no replica)."""
+    if not path.exists():
+        return None
+    db = connect(path)
+    try:
+        row = db.execute(
+            "SELECT value FROM _replicad_meta WHERE key = ?", (f"device_uuid.{connection}",)
+        ).fetchone()
+    finally:
+        db.close()
+    return None if row is None else str(row[0])
+
+
 def conflicts(path: Path, *, closed: bool = False) -> list[dict[str, Any]]:
     """The conflict journal's open entries (or all), oldest first."""
     db = connect(path)

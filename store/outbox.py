@@ -188,8 +188,9 @@ def _new_batch(
             encoded = _encode_item(item)
             db.execute(
                 "UPDATE _replicad_outbox SET state = 'in_flight', batch = ?, payload = ?, "
-                "attempts = attempts + 1, sent_at = ?, updated_at = ? WHERE seq = ?",
-                (tracking, encoded, now, now, seq),
+                "attempts = attempts + 1, sent_at = ?, updated_at = ?, creates_may_merge = ? "
+                "WHERE seq = ?",
+                (tracking, encoded, now, now, source.creates_may_merge, seq),
             )
             items.append(item)
             continue
@@ -230,8 +231,9 @@ def _new_batch(
             continue
         db.execute(
             "UPDATE _replicad_outbox SET state = 'in_flight', batch = ?, payload = ?, "
-            "attempts = attempts + 1, sent_at = ?, updated_at = ? WHERE seq = ?",
-            (tracking, encoded, now, now, seq),
+            "attempts = attempts + 1, sent_at = ?, updated_at = ?, creates_may_merge = ? "
+            "WHERE seq = ?",
+            (tracking, encoded, now, now, source.creates_may_merge, seq),
         )
         items.append(item)
     return OutboxBatch(tracking, tuple(items), resend=False) if items else None
@@ -673,8 +675,9 @@ def adopt_pulled_creates(
     """
     # A create accepted without an id (confirmed), or in doubt (its answer was lost).
     waiting = db.execute(
-        "SELECT seq, internal_id, payload, created_at, state FROM _replicad_outbox "
-        "WHERE awaiting_id = 1 AND tbl = ? AND state IN ('confirmed', 'in_doubt') ORDER BY seq",
+        "SELECT seq, internal_id, payload, created_at, state, creates_may_merge "
+        "FROM _replicad_outbox WHERE awaiting_id = 1 AND tbl = ? "
+        "AND state IN ('confirmed', 'in_doubt') ORDER BY seq",
         (tbl,),
     ).fetchall()
     if not waiting:
@@ -682,10 +685,14 @@ def adopt_pulled_creates(
     info = catalog.tables[tbl]
     q = quote(tbl)
     merged = 0
+    # An entry sent before this was recorded with it: the push sync's rule as now
+    # configured, or none (a process without it): the strict rule.
     push = db.execute("SELECT creates_may_merge FROM _replicad_push WHERE tbl = ?", (tbl,))
-    setting = push.fetchone()
-    may_merge = setting is None or bool(setting[0])
-    for seq, iid, payload, created, state in waiting:
+    configured = push.fetchone()
+    for seq, iid, payload, created, state, sent_may_merge in waiting:
+        may_merge = bool(
+            (configured is not None and configured[0]) if sent_may_merge is None else sent_may_merge
+        )
         own = db.execute(f"SELECT id, rowid FROM {q} WHERE _internal_id = ?", (iid,)).fetchone()
         if own is None or own[0] is not None:
             # The row is gone, or learned its id another way: nothing to wait for.
@@ -711,17 +718,19 @@ def adopt_pulled_creates(
             scope += " AND t.rowid > ?"
             head.append(own[1])
         # Only a pulled row qualifies: not another local create (with or without its
-        # id), nor a row an earlier entry of this loop has just claimed.
+        # id), nor a row an earlier entry of this loop has just claimed. Rows new since
+        # the create come first.
         hits = db.execute(
-            f"SELECT id FROM {q} t WHERE id IS NOT NULL AND {scope} AND ({same}) "
+            f"SELECT id, t.rowid > ? FROM {q} t WHERE id IS NOT NULL AND {scope} AND ({same}) "
             "AND NOT EXISTS (SELECT 1 FROM _replicad_outbox o WHERE o.tbl = ? "
             "AND o.internal_id = t._internal_id AND o.op = 'insert') "
-            "ORDER BY _synced_at LIMIT 2",
-            (*head, *values, tbl),
+            "ORDER BY 2 DESC, _synced_at LIMIT 2",
+            (own[1], *head, *values, tbl),
         ).fetchall()
-        # An accepted create (confirmed) surely made a record: the first equal one is
-        # it. One in doubt may not have: only a single candidate is taken for it.
-        if not hits or (state == "in_doubt" and len(hits) > 1):
+        # An accepted create (confirmed) surely made a record: the first new equal one
+        # is it. One in doubt may not have, and an older record may be another one a
+        # remote edit made equal: only a single candidate is taken for either.
+        if not hits or ((state == "in_doubt" or not hits[0][1]) and len(hits) > 1):
             continue
         hit = hits[0]
         # A create in doubt has now arrived; confirmed first, so the merge takes the

@@ -126,8 +126,11 @@ class Replica:
         self.copy_notes: list[str] = []
 
     @classmethod
-    async def open(cls, path: Path, on_wait: OnWait | None = None) -> Replica:
-        """Lock, open and migrate the replica at ``path`` (created if missing).
+    async def open(
+        cls, path: Path, on_wait: OnWait | None = None, *, daemon: bool = False
+    ) -> Replica:
+        """Lock, open and migrate the replica at ``path`` (created if missing);
+        ``daemon``: the lock says the holder is the daemon (it takes signals).
 
         While another program holds the file's write lock (an app's long transaction),
         opening waits with backoff instead of failing; ``on_wait`` hears what it waits
@@ -135,7 +138,7 @@ class Replica:
         """
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            lock = ReplicaLock(path)
+            lock = ReplicaLock(path, daemon)
             lock.acquire()
         except OSError as e:
             raise ReplicaRefused(

@@ -311,8 +311,10 @@ MIGRATIONS: list[str] = [
     -- by `replicad retry ENTRY`, after the operator has checked, and the row's later
     -- edits wait for it as for any create in doubt.
     -- Its payload (if any) holds the edited values, not what was sent: dropped, so no
-    -- pulled record is matched to it (a retry reads the row again).
-    UPDATE _replicad_outbox SET state = 'in_doubt', awaiting_id = 1, payload = NULL,
+    -- pulled record is matched to it (a retry reads the row again); a diffed source's
+    -- is its only copy of the values (no pulled record is matched to those).
+    UPDATE _replicad_outbox SET state = 'in_doubt', awaiting_id = 1,
+        payload = CASE WHEN tbl LIKE 'diff:%' THEN payload END,
         reason = 'this create may have reached the destination before the row was ' ||
                  'edited: check there for the record, then `replicad retry ENTRY` ' ||
                  'posts it again'
@@ -407,13 +409,16 @@ HOOKS[4] = _merged_guards
 
 def _creates_may_merge(db: sqlite3.Connection) -> None:
     """v6: whether a push sync's creates may land on a record the destination has
-    (``PushSource.creates_may_merge``; until the daemon registers its push syncs again,
-    as it does at every start: yes, the rule before this version)."""
-    columns = {str(r[1]) for r in db.execute("PRAGMA table_info(_replicad_push)")}
-    if "creates_may_merge" not in columns:
-        db.execute(
-            "ALTER TABLE _replicad_push ADD COLUMN creates_may_merge INTEGER NOT NULL DEFAULT 1"
-        )
+    (``PushSource.creates_may_merge``): as the push sync is configured (until the
+    daemon registers its push syncs again, as it does at every start: yes, the rule
+    before this version), and as it was when an entry was sent (NULL: sent before)."""
+    for table, column in (
+        ("_replicad_push", "creates_may_merge INTEGER NOT NULL DEFAULT 1"),
+        ("_replicad_outbox", "creates_may_merge INTEGER"),
+    ):
+        columns = {str(r[1]) for r in db.execute(f"PRAGMA table_info({table})")}
+        if "creates_may_merge" not in columns:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 HOOKS[5] = _creates_may_merge

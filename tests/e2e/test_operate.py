@@ -218,6 +218,14 @@ def test_a_full_pull_under_a_pinned_device_is_refused_and_removes_nothing(
         assert_replica_matches(db, emu)
         status = json.loads(run("status", "--json", "--config", str(cfg)))
         assert all("resync_since" not in s for s in status["syncs"])
+        # Pinned to a device of its own, as the refusal advises, resync goes through.
+        other = 'device_uuid = "7d1c4f0e-2b9a-4e61-8f3d-5a6c7b8e9f00"\n'
+        cfg.write_text(cfg.read_text().replace('kind = "sell"\n', 'kind = "sell"\n' + other))
+        assert other in cfg.read_text()
+        run("resync", "--config", str(cfg))
+        emu.control.mutate(random=6, seed=4)
+        run("sync", "--once", "--no-progress", "--config", str(cfg))
+        assert_replica_matches(db, emu)
 
 
 def test_version_and_log_level_flags(tmp_path: Path) -> None:

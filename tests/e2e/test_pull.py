@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
+from replicad.daemon.oneshot import HOLDER_ENDS_WITHIN
+from replicad.store.lock import is_held
 from tests.e2e.harness import (
     PROFILES,
     TOKEN,
@@ -397,3 +400,31 @@ def _has_rows(db: Path) -> bool:
         return bool(query(db, "SELECT count(*) FROM contact")[0][0])
     except sqlite3.Error:
         return False
+
+
+def test_sync_asks_a_daemon_that_is_still_starting(tmp_path: Path) -> None:
+    """A daemon still opening the replica (an app holds its write lock) already holds
+    it: `sync` asks it for the cycle (the daemon's lock says what it is) and reports
+    the result once it runs, rather than refusing it as another command."""
+    db = tmp_path / "replica.db"
+    with emulator(records=50) as emu:
+        cfg = write_config(tmp_path, emu.url)
+        cfg.write_text(cfg.read_text().replace('interval = "1s"', 'interval = "1h"'))
+        assert replicad("sync", "--once", "--no-progress", "--config", str(cfg)).returncode == 0
+        app = sqlite3.connect(db, isolation_level=None)
+        app.execute("BEGIN IMMEDIATE")
+        daemon = start_replicad("run", "--config", str(cfg))
+        try:
+            wait_for(lambda: is_held(db) == daemon.pid)
+            asking = start_replicad("sync", "--once", "--no-progress", "--config", str(cfg))
+            # Longer than a command waits for another to finish: still asking.
+            time.sleep(HOLDER_ENDS_WITHIN + 1)
+            assert asking.poll() is None, asking.communicate()
+            app.execute("ROLLBACK")
+            out, err = asking.communicate(timeout=60)
+            assert asking.returncode == 0, err
+            assert "mirror: done by the running daemon" in out
+        finally:
+            app.close()
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(30) == 0

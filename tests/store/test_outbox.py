@@ -410,6 +410,46 @@ async def test_a_create_the_destination_upserted_into_a_known_record_is_adopted_
     assert rows == [(12, "n1")]
 
 
+async def test_the_rule_a_create_was_sent_under_holds_without_its_push_sync(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """Whether a create may have landed on a record the replica held is the push
+    sync's rule when the create was sent: a process whose config lacks that push sync
+    (a pull-only config) still keeps a CDM create off an older record."""
+    await pushed.register_push([BY_ID])
+    await pushed.apply_page(TARGET, page(up("contact", 12, 1, name="Acme", email="old@acme")))
+    app.execute("INSERT INTO contact (name, _internal_id) VALUES ('Acme', 'new-1')")
+    batch = await pushed.take_push_batch(BY_ID, 10)
+    assert batch is not None
+    await pushed.record_push("contact", [Said(batch.items[0].entry)])  # no id
+    await pushed.register_push([])
+    await pushed.apply_page(
+        TARGET,
+        page(up("contact", 12, 2, name="Acme", email=None), up("contact", 99, 1, name="Acme")),
+    )
+    assert app.execute("SELECT id FROM contact WHERE _internal_id = 'new-1'").fetchone() == (99,)
+
+
+async def test_two_older_records_equal_to_a_create_are_not_guessed_between(
+    pushed: Replica, app: sqlite3.Connection
+) -> None:
+    """Where a create may have landed on a record the replica held, two such records
+    now equal to it leave the create waiting rather than taking one of them."""
+    await pushed.apply_page(
+        TARGET, page(up("contact", 12, 1, name="A1"), up("contact", 13, 1, name="A2"))
+    )
+    app.execute("INSERT INTO contact (name, _internal_id) VALUES ('Acme', 'n1')")
+    batch = await pushed.take_push_batch(SOURCE, 10)
+    assert batch is not None
+    await pushed.record_push("contact", [Said(batch.items[0].entry)])  # no id
+    await pushed.apply_page(
+        TARGET, page(up("contact", 12, 2, name="Acme"), up("contact", 13, 2, name="Acme"))
+    )
+    assert app.execute("SELECT id FROM contact WHERE _internal_id = 'n1'").fetchone() == (None,)
+    (entry,) = [e for e in outbox(app) if e["internal_id"] == "n1"]
+    assert entry["awaiting_id"] == 1
+
+
 async def test_a_create_without_id_whose_edit_went_on_its_own_is_adopted(
     pushed: Replica, app: sqlite3.Connection
 ) -> None:
