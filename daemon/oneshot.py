@@ -22,7 +22,7 @@ from replicad.daemon.logs import redact
 from replicad.daemon.sources import check_diffed_sources
 from replicad.daemon.status_view import status_report
 from replicad.store import ReplicaBusy, SourceError
-from replicad.store.lock import DAEMON, holder_role, is_held, lock_path
+from replicad.store.lock import DAEMON, holder, is_held, lock_path
 from replicad.store.outbox import utcnow
 
 log = structlog.get_logger("replicad.sync")
@@ -131,11 +131,11 @@ async def held_by_daemon(config: Config) -> int | None:
     Only the daemon handles SIGUSR1 and SIGHUP: another command (a second `sync`)
     would be killed by them. The lock file says which the holder is.
     """
-    lock = lock_path(config.replica_path)
-    pid = is_held(config.replica_path)
-    if pid is None or pid <= 0:
-        return None  # an unknown holder: opening the replica says which it is
-    role = holder_role(lock)
+    # The pid and the role as one holder wrote them, then that holder still live: read
+    # apart, they could be one command's pid and the daemon's role after it.
+    pid, role = holder(lock_path(config.replica_path))
+    if pid is None or is_held(config.replica_path) != pid:
+        return None  # none, or an unknown one: opening the replica says which it is
     if role == DAEMON or (role is None and _fresh_heartbeat_of(config, pid)):
         return pid
     for _ in range(round(HOLDER_ENDS_WITHIN / 0.1)):
@@ -201,11 +201,9 @@ async def watch_daemon(
     with anyio.move_on_after(ASK_TIMEOUT):
         while pending:
             await anyio.sleep(0.25)
-            if is_held(config.replica_path) != pid:
-                print(f"replicad: the daemon (pid {pid}) stopped before it had finished "
-                      f"{', '.join(sorted(pending))}; see `replicad status`",
-                      file=sys.stderr)  # fmt: skip
-                return exits.FAILURE
+            # Whether it still runs, before what it recorded: a cycle it recorded just
+            # before stopping still counts.
+            gone = is_held(config.replica_path) != pid
             report = await anyio.to_thread.run_sync(status_report, config)
             for s in report["syncs"]:
                 label = s["sync"]
@@ -219,6 +217,11 @@ async def watch_daemon(
                 else:
                     continue
                 pending.discard(label)
+            if gone and pending:
+                print(f"replicad: the daemon (pid {pid}) stopped before it had finished "
+                      f"{', '.join(sorted(pending))}; see `replicad status`",
+                      file=sys.stderr)  # fmt: skip
+                return exits.FAILURE
     if pending:
         print(f"replicad: the daemon (pid {pid}) has not finished {', '.join(sorted(pending))} "
               f"after {ASK_TIMEOUT:.0f}s; see `replicad status`", file=sys.stderr)  # fmt: skip

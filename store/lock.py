@@ -84,18 +84,13 @@ COMMAND = "command"
 
 def holder_pid(path: Path) -> int | None:
     """The pid written by the current holder, if any."""
-    pid, _ = _holder(path)
+    pid, _ = holder(path)
     return pid
 
 
-def holder_role(path: Path) -> str | None:
-    """What the current holder wrote it is (``DAEMON`` or ``COMMAND``; None: nothing,
-    or a version that did not say)."""
-    _, role = _holder(path)
-    return role
-
-
-def _holder(path: Path) -> tuple[int | None, str | None]:
+def holder(path: Path) -> tuple[int | None, str | None]:
+    """The pid and the role (``DAEMON`` or ``COMMAND``; None: a version that did not
+    say) the last holder wrote, in one read."""
     try:
         words = path.read_text().split()
     except OSError:

@@ -312,3 +312,31 @@ def test_no_config_given_to_a_nested_action_leaves_the_default_search() -> None:
     """Without --config the command still looks where the README says (None here)."""
     args = build_parser().parse_args(["conflicts", "resolve", "1", "--keep", "remote"])
     assert args.config is None
+
+
+@pytest.mark.parametrize(("recorded", "code"), [(True, 0), (False, 1)])
+def test_a_daemon_that_stops_is_judged_by_what_it_recorded(
+    monkeypatch: pytest.MonkeyPatch, recorded: bool, code: int
+) -> None:
+    """`sync`/`resync` following the daemon: a cycle it recorded just before stopping
+    is done (exit 0); one it had not finished is a failure (exit 1), not a 15-minute
+    wait."""
+    import anyio
+
+    from replicad.daemon import oneshot
+
+    monkeypatch.setattr(oneshot, "is_held", lambda _path: None)  # the daemon is gone
+    success = "2030-01-01T00:00:00.000Z" if recorded else None
+    report = {"syncs": [{"sync": "mirror", "direction": "pull", "last_success": success}]}
+    monkeypatch.setattr(oneshot, "status_report", lambda _config: report)
+
+    class Config:
+        replica_path = Path("/nonexistent/replica.db")
+
+    def done(s: dict[str, str | None]) -> bool:
+        return (s["last_success"] or "") > "2026"
+
+    got = anyio.run(
+        oneshot.watch_daemon, Config(), 123, ["mirror"], "2026-01-01T00:00:00.000Z", done, "done"
+    )
+    assert got == code
