@@ -57,18 +57,24 @@ def resync(config: Config, labels: Sequence[str]) -> int:
     requested = utcnow()
     resync_at(config.replica_path, [s.connection for s in chosen])
     names = ", ".join(s.label for s in chosen)
+    unpaused = [s.label for s in chosen if not s.paused]
+    return anyio.run(_hand_to_daemon, config, names, unpaused, requested)
+
+
+async def _hand_to_daemon(config: Config, names: str, labels: list[str], requested: str) -> int:
+    """Wake the daemon holding the replica for the full pull just requested and report
+    its result, as `sync` does; with no daemon (or only paused syncs) say when it runs."""
     try:
-        pid = anyio.run(held_by_daemon, config)
+        pid = await held_by_daemon(config)
     except ReplicaBusy:
         pid = None  # a one-shot command holds it: its cycle under way ends as it was
-    labels = [s.label for s in chosen if not s.paused]
     if pid is None or not labels:
         when = "the next `replicad sync`" if labels else "the first pull once resumed"
         print(f"resync of {names} started; {when} pulls everything again")
         return exits.OK
     # Reload (a mapping change waits for the resync) and pull now, not at the interval;
-    # then report the daemon's result, as `sync` does: done once a cycle after the
-    # request has succeeded and the full pull has drained (it is no longer running).
+    # done once a cycle after the request has succeeded and the full pull has drained
+    # (it is no longer running).
     os.kill(pid, signal.SIGHUP)
     os.kill(pid, signal.SIGUSR1)
     print(f"resync of {names} started; the running daemon (pid {pid}) pulls everything now",
@@ -77,7 +83,7 @@ def resync(config: Config, labels: Sequence[str]) -> int:
     def done(s: dict[str, Any]) -> bool:
         return not s.get("resync_since") and (s.get("last_success") or "") > requested
 
-    return anyio.run(watch_daemon, config, pid, labels, requested, done, "pulled everything again")
+    return await watch_daemon(config, pid, labels, requested, done, "pulled everything again")
 
 
 def backup_cmd(config: Config, dest: Path) -> int:

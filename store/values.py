@@ -58,9 +58,9 @@ _COMPACT = _compact_encoder()
 def _encode(value: Any) -> str:
     """Compact JSON of a nested value: orjson's (several times faster than json's C
     encoder on the small objects records nest; the same text but for how some floats
-    spell their exponent, 1e-7 for 1e-07, 1e17 for 1e+17), else json's for what orjson refuses (an
-    integer past 64 bits, a lone surrogate) or cannot write (any other type: the
-    usual TypeError). orjson would write NaN and ±Infinity as null: none reaches it
+    spell their exponent, 1e-7 for 1e-07, 1e17 for 1e+17), else json's for what
+    orjson refuses (an integer past 64 bits, a lone surrogate) or cannot write (any
+    other type: the usual TypeError). orjson would write NaN and ±Infinity as null: none reaches it
     (the page decoder quarantines them; outbox payloads refuse them)."""
     try:
         return _ORJSON_DUMPS(value).decode()
